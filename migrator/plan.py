@@ -40,7 +40,15 @@ Plan file keys:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from migrator.secrets import REFERENCE_FORMS, is_reference
 
 PUBLIC = "PUBLIC_ENDPOINT"
 VPC = "VPC_ENDPOINT_SERVICE"
@@ -105,3 +113,329 @@ class Plan:
     path: str = ""
     text: str = field(default="", repr=False)
     fingerprint: str = ""  # sha256 hex of the file's bytes
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading. Patterns and lengths are the KMS model's (facts §1.2); anything else is refused early.
+
+MAX_PLAN_BYTES = 1024 * 1024
+MAX_VERIFY_KEYS = 10
+RE_REGION = re.compile(r"^[a-z]{2}(-[a-z]+){1,2}-\d{1,2}$")
+RE_ACCOUNT = re.compile(r"^[0-9]{12}$")
+RE_STORE_ID = re.compile(r"^cks-[0-9a-f]{17}$")
+RE_ENDPOINT = re.compile(r"^https://[a-zA-Z0-9.-]+$")
+RE_PATH = re.compile(r"^(/[a-zA-Z0-9\/_-]+/kms/xks/v\d{1,2})$|^(/kms/xks/v\d{1,2})$")
+RE_SERVICE = re.compile(r"^(com|eu)\.amazonaws\.vpce\.([a-z]+-){2,3}\d+\.vpce-svc-[0-9a-z]+$")
+RE_ACCESS_KEY_ID = re.compile(r"^[A-Z2-7]+$")
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+RE_KEY_ID = re.compile(rf"^{_UUID}$|^arn:aws[a-z-]*:kms:[a-z]{{2}}(-[a-z]+){{1,2}}-\d{{1,2}}:[0-9]{{12}}:key/{_UUID}$")
+RE_PROBE = re.compile(r"^([a-zA-Z0-9.-]+|\[[0-9a-fA-F:.]+\]):([0-9]{1,5})$")
+RE_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+# Any run this long of the RawSecretAccessKey alphabet might be a secret: such values are never echoed.
+_SECRETISH = re.compile(r"[a-zA-Z0-9/+=]{43,}")
+_TOML_TYPES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "an array",
+               dict: "a table"}
+
+
+def _one_line(text: str) -> str:
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+def _show(value: Any) -> str:
+    """A value for an error message: quoted, one line, short, and never something that could be a secret."""
+    if isinstance(value, str) and _SECRETISH.search(value):
+        return "(value not shown: it could be a secret)"
+    text = repr(value)
+    return _one_line(text if len(text) <= 140 else text[:137] + "...")
+
+
+def _type_name(value: Any) -> str:
+    for kind, name in _TOML_TYPES.items():
+        if isinstance(value, kind):
+            return name.split(" ", 1)[1]
+    return type(value).__name__  # datetime, date, time
+
+
+def _key_text(key: str) -> str:
+    if re.fullmatch(r"[A-Za-z0-9_-]+(\[\d+\])?", key) and not _SECRETISH.search(key):
+        return key
+    return _show(key) if _SECRETISH.search(key) else _one_line(repr(key))
+
+
+class _Table:
+    """One TOML table with typed getters; every failure is a PlanError `FILE: KEY: reason`."""
+
+    def __init__(self, source: str, path: str, data: dict[str, Any]):
+        self.source, self.path, self.data = source, path, data
+        self.used: set[str] = set()
+
+    def where(self, key: str) -> str:
+        key = _key_text(key)
+        return f"{self.path}.{key}" if self.path else key
+
+    def fail(self, key: str, reason: str) -> PlanError:
+        return PlanError(_one_line(f"{self.source}: {self.where(key)}: {reason}"))
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def get(self, key: str, kind: type, *, required: bool = False, default: Any = None) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            if required:
+                raise self.fail(key, "is required")
+            return default
+        value = self.data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise self.fail(key, f"must be {_TOML_TYPES[kind]}, not {_type_name(value)}")
+        return value
+
+    def text(self, key: str, pattern: re.Pattern[str] | None = None, *, lengths: tuple[int, int] = (1, 256),
+             required: bool = False, hint: str = "", secret: bool = False) -> str | None:
+        value = self.get(key, str, required=required)
+        if value is None:
+            return None
+        shown = "the value (not shown)" if secret else _show(value)
+        lo, hi = lengths
+        if not lo <= len(value) <= hi:
+            raise self.fail(key, f"{shown} is {len(value)} characters; must be {lo}-{hi}{hint}")
+        if pattern is not None and not pattern.match(value):
+            raise self.fail(key, f"{shown} does not match {pattern.pattern}{hint}")
+        if pattern is None and not value.isprintable():
+            raise self.fail(key, "must be printable text on one line")
+        return value
+
+    def table(self, key: str, *, required: bool = False) -> _Table | None:
+        raw = self.get(key, dict, required=required)
+        return None if raw is None else _Table(self.source, self.where(key), raw)
+
+    def tables(self, key: str) -> list[_Table]:
+        raw = self.get(key, list, default=[])
+        if not all(isinstance(item, dict) for item in raw):
+            raise self.fail(key, "must be an array of tables ([[...]])")
+        return [_Table(self.source, f"{self.where(key)}[{i}]", item) for i, item in enumerate(raw)]
+
+    def expect(self, *keys: str) -> None:
+        """Refuse unknown keys first: a typo'd key explains a "required" error better than the error itself."""
+        unknown = sorted(set(self.data) - set(keys))
+        if unknown:
+            raise self.fail(unknown[0], f"unknown key (expected one of: {', '.join(keys)})")
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise self.fail(unknown[0], "unknown key")
+
+
+def parse_duration(value: str | int | float, where: str) -> float:
+    """`15m`, `5s`, `1h30m`, `250ms` (units in descending order) or a number of seconds -> seconds."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise PlanError(_one_line(f"{where}: must be a duration like '15m' or '5s', not {_type_name(value)}"))
+    if isinstance(value, str):
+        text = value.strip()
+        parts = RE_DURATION_PART.findall(text)
+        units = [unit for _, unit in parts]
+        order = [list(_UNIT_SECONDS).index(u) for u in units]
+        if not parts or "".join(n + u for n, u in parts) != text or order != sorted(set(order)):
+            raise PlanError(_one_line(f"{where}: {_show(value)} is not a duration like '15m', '1h30m', '90s', '250ms'"))
+        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    else:
+        try:
+            seconds = float(value)
+        except OverflowError:
+            seconds = math.inf
+    if not math.isfinite(seconds) or seconds < 0:
+        raise PlanError(_one_line(f"{where}: {_show(value)} is not a finite, non-negative duration"))
+    return seconds
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read and validate a plan file; relative `extra_trusted_roots` are taken from the plan's directory."""
+    path = Path(path)
+    source = str(path)
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_PLAN_BYTES + 1)
+    except OSError as exc:
+        raise PlanError(_one_line(f"{source}: cannot read: {exc.strerror or type(exc).__name__}")) from None
+    plan = parse_plan(raw, source)
+    roots = tuple(r if Path(r).is_absolute() else str(path.parent / r) for r in plan.extra_trusted_roots)
+    return replace(plan, extra_trusted_roots=roots)
+
+
+def parse_plan(text: str | bytes, source: str) -> Plan:
+    """Validate plan text; `source` names the file in messages and becomes `Plan.path`."""
+    src = _one_line(str(source))
+    if isinstance(text, str):
+        try:
+            raw = text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise PlanError(f"{src}: not UTF-8 text (character {exc.start})") from None
+    else:
+        raw = bytes(text)
+    if len(raw) > MAX_PLAN_BYTES:
+        raise PlanError(f"{src}: larger than {MAX_PLAN_BYTES} bytes (1 MiB); not a plan file")
+    try:
+        decoded = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PlanError(f"{src}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        data = tomllib.loads(decoded.removeprefix("\ufeff"))
+    except tomllib.TOMLDecodeError as exc:
+        raise PlanError(_one_line(f"{src}: not valid TOML: {exc}")) from None
+    except RecursionError:
+        raise PlanError(f"{src}: not valid TOML: nested too deeply") from None
+    plan = _plan_from_dict(_Table(src, "", data))
+    return replace(plan, path=str(source), text=decoded, fingerprint=hashlib.sha256(raw).hexdigest())
+
+
+def _plan_from_dict(top: _Table) -> Plan:
+    top.expect("plan", "keystores")
+    head = top.table("plan", required=True)
+    assert head is not None
+    head.expect("name", "region", "account_id", "max_disconnected", "poll_interval", "extra_trusted_roots")
+    name = head.text("name", required=True)
+    region = head.text("region", RE_REGION, required=True, lengths=(1, 32))
+    account_id = head.text("account_id", RE_ACCOUNT, lengths=(12, 12))
+    max_disc = _duration(head, "max_disconnected", "15m")
+    poll = _duration(head, "poll_interval", "5s")
+    if max_disc <= 0:
+        raise head.fail("max_disconnected", "must be more than 0")
+    if poll < 1:
+        raise head.fail("poll_interval", "must be at least 1s: DescribeCustomKeyStores allows 5 requests/s "
+                                         "per account and Region, shared with every other caller")
+    if poll >= max_disc:
+        raise head.fail("poll_interval", "must be shorter than max_disconnected")
+    roots = head.get("extra_trusted_roots", list, default=[])
+    if not all(isinstance(r, str) and r and r.isprintable() for r in roots):
+        raise head.fail("extra_trusted_roots", "must be an array of file names")
+    head.done()
+
+    stores = [_keystore(t, region) for t in top.tables("keystores")]
+    if not stores:
+        raise top.fail("keystores", "at least one [[keystores]] table is required")
+    top.done()
+    _check_unique(top, stores)
+    return Plan(name=name or "", region=region or "", keystores=tuple(stores), max_disconnected=max_disc,
+                poll_interval=poll, account_id=account_id, extra_trusted_roots=tuple(roots))
+
+
+def _duration(t: _Table, key: str, default: str) -> float:
+    t.used.add(key)
+    value = t.data.get(key, default)
+    return parse_duration(value, f"{t.source}: {t.where(key)}")
+
+
+def _keystore(t: _Table, region: str | None) -> KeystorePlan:
+    t.expect("id", "name", "probe", "target", "original_credential", "accept_no_rollback", "verify")
+    store_id = t.text("id", RE_STORE_ID, lengths=(21, 21))
+    name = t.text("name", lengths=(1, 256))
+    if (store_id is None) == (name is None):
+        raise t.fail("id", "give exactly one of id (cks-...) or name" if store_id else "id or name is required")
+    probe = t.text("probe", RE_PROBE, lengths=(3, 300), hint=" (host:port)")
+    if probe is not None and not 1 <= int(probe.rsplit(":", 1)[1]) <= 65535:
+        raise t.fail("probe", f"{_show(probe)}: port must be 1-65535")
+    target_table = t.table("target", required=True)
+    assert target_table is not None
+    target = _target(target_table, region)
+
+    accept = t.get("accept_no_rollback", bool, default=False)
+    original = None
+    orig = t.table("original_credential")
+    if orig is not None:
+        accept = orig.get("accept_no_rollback", bool, default=False) or accept
+        original = _credential(orig, require_key_id=False, require_secret=not accept)
+    if target.credential is not None and original is None and not accept:
+        raise t.fail("original_credential", "is required when target.credential is set (rollback needs the "
+                                            "secret in use today); or set accept_no_rollback = true")
+    verify = t.table("verify")
+    key_ids: list[str] = []
+    if verify is not None:
+        verify.expect("key_ids")
+        key_ids = verify.get("key_ids", list, default=[])
+        if len(key_ids) > MAX_VERIFY_KEYS:
+            raise verify.fail("key_ids", f"at most {MAX_VERIFY_KEYS} keys (each costs an Encrypt+Decrypt)")
+        for i, key_id in enumerate(key_ids):
+            if not isinstance(key_id, str) or not RE_KEY_ID.match(key_id):
+                raise verify.fail(f"key_ids[{i}]", f"{_show(key_id)} is not a key id (UUID) or key ARN")
+            if region and key_id.startswith("arn:") and key_id.split(":")[3] != region:
+                raise verify.fail(f"key_ids[{i}]", f"{_show(key_id)} is not in the plan's region {region}")
+        if len(set(key_ids)) != len(key_ids):
+            raise verify.fail("key_ids", "lists a key twice")
+        verify.done()
+    t.done()
+    return KeystorePlan(id=store_id, name=name, target=target, verify_key_ids=tuple(key_ids),
+                        original_credential=original, accept_no_rollback=accept, probe=probe)
+
+
+def _target(t: _Table, region: str | None) -> Target:
+    t.expect("connectivity", "uri_endpoint", "uri_path", "vpc_endpoint_service_name", "vpc_endpoint_service_owner",
+             "credential")
+    conn = t.get("connectivity", str, required=True)
+    if conn not in (PUBLIC, VPC):
+        raise t.fail("connectivity", f"must be {PUBLIC} or {VPC}, not {_show(conn)}")
+    endpoint = t.text("uri_endpoint", RE_ENDPOINT, lengths=(10, 128), required=True,
+                      hint=_endpoint_hint(t.data.get("uri_endpoint")))
+    path = t.text("uri_path", RE_PATH, lengths=(10, 128), hint=" (the proxy's path prefix ending in /kms/xks/v1)")
+    service = t.text("vpc_endpoint_service_name", RE_SERVICE, lengths=(20, 64))
+    owner = t.text("vpc_endpoint_service_owner", RE_ACCOUNT, lengths=(12, 12))
+    if conn == VPC and service is None:
+        raise t.fail("vpc_endpoint_service_name", f"is required when connectivity is {VPC}")
+    if conn == PUBLIC:
+        for key in ("vpc_endpoint_service_name", "vpc_endpoint_service_owner"):
+            if t.has(key):
+                raise t.fail(key, f"must not be set when connectivity is {PUBLIC} (KMS clears it)")
+    if service is not None and region and service.split(".")[3] != region:
+        raise t.fail("vpc_endpoint_service_name", f"is in Region {service.split('.')[3]}, but the plan's region "
+                                                  f"is {region}; the service must be in the key store's Region")
+    cred = t.table("credential")
+    credential = _credential(cred, require_key_id=True, require_secret=True) if cred is not None else None
+    t.done()
+    return Target(connectivity=conn, uri_endpoint=endpoint or "", uri_path=path, vpc_endpoint_service_name=service,
+                  vpc_endpoint_service_owner=owner, credential=credential)
+
+
+def _endpoint_hint(value: Any) -> str:
+    if not isinstance(value, str):
+        return ""
+    if re.match(r"^https://[^/]*:\d*$", value):
+        return " (KMS takes no port; it always uses 443)"
+    if value.startswith("http://"):
+        return " (KMS connects only over HTTPS)"
+    if re.match(r"^https://[^/]+/", value):
+        return " (no path or trailing slash here; the path goes in uri_path)"
+    return ""
+
+
+def _credential(t: _Table, *, require_key_id: bool, require_secret: bool) -> CredentialRef | None:
+    t.expect("access_key_id", "secret", *(("accept_no_rollback",) if not require_key_id else ()))
+    key_id = t.text("access_key_id", RE_ACCESS_KEY_ID, lengths=(20, 30), required=require_key_id, secret=True)
+    t.used.add("secret")
+    secret = t.data.get("secret")
+    if secret is None and require_secret:
+        raise t.fail("secret", f"is required: a reference ({REFERENCE_FORMS})")
+    if secret is not None and not (isinstance(secret, str) and is_reference(secret)):
+        raise t.fail("secret", f"must be a reference ({REFERENCE_FORMS}), never the secret itself; "
+                               "the value given is not shown")
+    t.done()
+    if secret is None:
+        return None
+    return CredentialRef(access_key_id=key_id or "", secret_ref=secret)
+
+
+def _check_unique(top: _Table, stores: list[KeystorePlan]) -> None:
+    """KMS refuses two stores sharing an endpoint or a service (facts §1.3); catch it before any call."""
+    seen: dict[tuple[str, str], int] = {}
+    for i, store in enumerate(stores):
+        checks = [("id", store.id), ("name", store.name), ("target.uri_endpoint", store.target.uri_endpoint),
+                  ("target.vpc_endpoint_service_name", store.target.vpc_endpoint_service_name)]
+        for key, value in checks:
+            if value is None:
+                continue
+            first = seen.setdefault((key, value), i)
+            if first != i:
+                where = f"keystores[{i}].{key}"
+                raise PlanError(_one_line(f"{top.source}: {where}: {_show(value)} is also used by keystores[{first}]"))
