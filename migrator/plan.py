@@ -202,7 +202,7 @@ class _Table:
         lo, hi = lengths
         if not lo <= len(value) <= hi:
             raise self.fail(key, f"{shown} is {len(value)} characters; must be {lo}-{hi}{hint}")
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not pattern.fullmatch(value):
             raise self.fail(key, f"{shown} does not match {pattern.pattern}{hint}")
         if pattern is None and not value.isprintable():
             raise self.fail(key, "must be printable text on one line")
@@ -359,7 +359,7 @@ def _keystore(t: _Table, region: str | None) -> KeystorePlan:
         if len(key_ids) > MAX_VERIFY_KEYS:
             raise verify.fail("key_ids", f"at most {MAX_VERIFY_KEYS} keys (each costs an Encrypt+Decrypt)")
         for i, key_id in enumerate(key_ids):
-            if not isinstance(key_id, str) or not RE_KEY_ID.match(key_id):
+            if not isinstance(key_id, str) or not RE_KEY_ID.fullmatch(key_id):
                 raise verify.fail(f"key_ids[{i}]", f"{_show(key_id)} is not a key id (UUID) or key ARN")
             if region and key_id.startswith("arn:") and key_id.split(":")[3] != region:
                 raise verify.fail(f"key_ids[{i}]", f"{_show(key_id)} is not in the plan's region {region}")

@@ -55,7 +55,7 @@ def _split(ref: str) -> tuple[str, str] | None:
         return None
     if any(ch in rest for ch in "\r\n\x00"):
         return None
-    if scheme == "env" and not ENV_NAME_PATTERN.match(rest):
+    if scheme == "env" and not ENV_NAME_PATTERN.fullmatch(rest):
         return None
     return scheme, rest
 
@@ -84,7 +84,7 @@ def resolve_secret(ref: str, *, client_factory: Any = None) -> SecretValue:
         value = _read_file(ref, Path(rest).expanduser())
     else:
         value = _read_secrets_manager(ref, rest, client_factory)
-    if not RAW_SECRET_PATTERN.match(value):
+    if not RAW_SECRET_PATTERN.fullmatch(value):
         raise SecretError(
             f"the secret behind {ref} is not a valid XKS proxy secret (43-64 characters of A-Z a-z 0-9 / + =)"
         )
