@@ -1,0 +1,275 @@
+"""One loopback HTTP endpoint for the whole rehearsal world, usable by boto3 and the AWS CLI unchanged.
+
+Routing: `X-Amz-Target: TrentService.*` -> KMS (kms_api), `secretsmanager.*` -> Secrets Manager, a form
+body with `Action=` -> the query protocol (EC2/ELBv2/IAM/STS; the service comes from the SigV4 credential
+scope). Any credentials are accepted: the world checks configuration, not callers. `/_rehearsal/*` are
+control paths for tests and benchmarks (never used by the engine). Every response carries
+`x-amzn-RequestId`; every API call is logged with simulated time.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import fields, is_dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl
+
+from migrator.rehearsal import model
+from migrator.rehearsal.kms_api import JSON_CONTENT_TYPE, KmsError, handle_kms
+from migrator.rehearsal.secrets_api import handle_secrets
+from migrator.rehearsal.world import WorldState
+
+_SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/[^/]+/([^/]+)/aws4_request")
+_MUTABLE = {"endpoint_service": ("endpoint_services", "service_id"), "proxy": ("proxies", "name"),
+            "keystore": ("keystores", "id"), "key": ("keys", "key_id"), "load_balancer": ("load_balancers", "name")}
+_SECRET_FIELDS = {"secret", "credentials"}
+
+
+class RehearsalServer:
+    """The world on 127.0.0.1:port in a thread; start()/stop() or `with RehearsalServer(world) as s:`."""
+
+    def __init__(self, world: model.World, faults: Sequence[model.Fault] = (), *, port: int = 0,
+                 log_path: str | None = None, ca_dir: str | None = None):
+        self.world = world
+        self.state = WorldState(world, log_path=log_path, ca_dir=ca_dir)
+        self._extra_faults = list(faults)
+        self._port = port
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def world_state(self) -> WorldState:
+        return self.state
+
+    @property
+    def time_scale(self) -> float:
+        return self.world.time_scale
+
+    @property
+    def port(self) -> int:
+        return self._httpd.server_address[1] if self._httpd else self._port
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ca_bundle_path(self) -> str:
+        return str(self.state.ca.ca_bundle_path) if self.state.ca else ""
+
+    def start(self) -> RehearsalServer:
+        self.state.start()
+        self.state.add_faults(self._extra_faults)
+        httpd = ThreadingHTTPServer(("127.0.0.1", self._port), _Handler)
+        httpd.daemon_threads = True
+        httpd.world = self.state  # type: ignore[attr-defined]
+        self._httpd = httpd
+        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="rehearsal-endpoint", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        httpd, self._httpd = self._httpd, None
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.state.stop()
+
+    def __enter__(self) -> RehearsalServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def public_view(obj: Any) -> dict[str, Any]:
+    """A model object as JSON-able data without secrets."""
+    out = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if f.name in _SECRET_FIELDS:
+            value = [c.access_key_id for c in value] if f.name == "credentials" else "***"
+        elif is_dataclass(value):
+            value = public_view(value)
+        out[f.name] = value
+    return out
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "xksmigrate-rehearsal/1.0"
+    sys_version = ""
+
+    def log_message(self, format: str, *args: Any) -> None:  # the world's own log is the record
+        pass
+
+    @property
+    def world(self) -> WorldState:
+        return self.server.world  # type: ignore[attr-defined]
+
+    def _send(self, status: int, body: bytes, content_type: str, request_id: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("x-amzn-RequestId", request_id)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def do_GET(self) -> None:
+        self._dispatch(b"")
+
+    def do_POST(self) -> None:
+        self._dispatch(self._body())
+
+    def _dispatch(self, body: bytes) -> None:
+        request_id = self.world.new_request_id()
+        path = self.path.split("?", 1)[0]
+        if path.startswith("/_rehearsal/"):
+            status, payload, ctype = self._control(path, body)
+            self._send(status, payload, ctype, request_id)
+            return
+        target = self.headers.get("X-Amz-Target", "")
+        if "." in target:
+            prefix, operation = target.split(".", 1)
+            service = {"TrentService": "kms", "secretsmanager": "secretsmanager"}.get(prefix, "")
+            self._api(service, operation, body, request_id)
+            return
+        params = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        if "Action" in params:
+            match = _SCOPE.search(self.headers.get("Authorization", ""))
+            self._api(match.group(1) if match else "", params.pop("Action"), body, request_id, params)
+            return
+        err = KmsError("UnknownOperationException", "Send X-Amz-Target (JSON protocol) or a form body with Action.")
+        self._send(err.status, err.body(), JSON_CONTENT_TYPE, request_id)
+
+    def _api(self, service: str, operation: str, body: bytes, request_id: str,
+             params: dict[str, str] | None = None) -> None:
+        world = self.world
+        delay = world.faults.latency(operation)
+        if delay:
+            time.sleep(world.clock.real_seconds(delay))
+        keystore = None
+        fault = world.faults.api_error(operation)
+        if service in ("kms", "secretsmanager", ""):
+            ctype = JSON_CONTENT_TYPE
+            if fault is not None:
+                err = KmsError(fault.error_code, fault.message or f"{fault.error_code} (rehearsal fault)",
+                               fault.http_status if fault.http_status != 400 else None)
+                status, payload, error = err.status, err.body(), err.name
+            elif service == "kms":
+                answer = handle_kms(world, operation, body)
+                status, payload, error, keystore = answer.status, answer.body, answer.error, answer.keystore
+            elif service == "secretsmanager":
+                status, payload, error = handle_secrets(world, operation, body)
+            else:
+                err = KmsError("UnknownOperationException", f"Unknown target or service for {operation}.")
+                status, payload, error = err.status, err.body(), err.name
+        else:
+            ctype = "text/xml"
+            status, payload, error = self._query(service, operation, params or {}, fault)
+        world.log.add("call", operation, keystore=keystore, error=error, request_id=request_id,
+                      detail=None if service == "kms" else service)
+        self._send(status, payload, ctype, request_id)
+
+    def _query(self, service: str, action: str, params: dict[str, str],
+               fault: model.Fault | None) -> tuple[int, bytes, str]:
+        try:
+            from migrator.rehearsal.query_api import handle_query
+            from migrator.rehearsal.query_common import QueryError, error_body
+        except ImportError:  # the query API is optional for a KMS-only world
+            err = KmsError("UnknownOperationException", f"{service} is not served by this world.")
+            return err.status, err.body(), err.name
+        if fault is not None:
+            qerr = QueryError(fault.error_code, fault.message or f"{fault.error_code} (rehearsal fault)",
+                              fault.http_status)
+            return qerr.http_status, error_body(service, qerr), qerr.code
+        with self.world.lock:
+            self.world.advance()
+            status, payload = handle_query(self.world.world, service, action, params)
+        error = ""
+        if status >= 400:
+            found = re.search(rb"<Code>([^<]+)</Code>", payload)
+            error = found.group(1).decode() if found else f"HTTP {status}"
+        return status, payload, error
+
+    # -- control paths ---------------------------------------------------------------------------
+
+    def _control(self, path: str, body: bytes) -> tuple[int, bytes, str]:
+        world = self.world
+        method = self.command
+        try:
+            if path == "/_rehearsal/log" and method == "GET":
+                lines = "".join(json.dumps(e) + "\n" for e in world.log.snapshot())
+                return 200, lines.encode(), "application/x-ndjson"
+            if path == "/_rehearsal/state" and method == "GET":
+                return 200, json.dumps(world.snapshot()).encode(), "application/json"
+            if path == "/_rehearsal/clock":
+                if method == "POST":
+                    world.clock.advance(float(json.loads(body or b"{}").get("advance", 0)))
+                with world.lock:
+                    world.advance()
+                return 200, json.dumps({"t": world.clock.now(), "time_scale": world.clock.time_scale,
+                                        "wall": time.time(), "started_wall": world.started_wall}).encode(), \
+                    "application/json"
+            if path == "/_rehearsal/faults" and method == "POST":
+                raw = json.loads(body or b"[]")
+                raw = raw if isinstance(raw, list) else [raw]
+                faults = _faults(raw)
+                world.add_faults(faults)
+                return 200, json.dumps({"added": len(faults)}).encode(), "application/json"
+            if path == "/_rehearsal/mutate" and method == "POST":
+                return 200, json.dumps(mutate(world, json.loads(body or b"{}"))).encode(), "application/json"
+        except (ValueError, TypeError, KeyError) as exc:
+            return 400, json.dumps({"error": str(exc)}).encode(), "application/json"
+        return 404, json.dumps({"error": f"no control path {method} {path}"}).encode(), "application/json"
+
+
+def _faults(raw: list[Any]) -> list[model.Fault]:
+    """Fault dicts (same keys as `[[faults]]`) validated by the world-file loader."""
+    if not all(isinstance(d, dict) for d in raw):
+        raise ValueError("faults must be a JSON list of objects")
+    return [model._fault(model._Reader("<faults>", f"faults[{i}]", d)) for i, d in enumerate(raw)]
+
+
+def mutate(world: WorldState, request: dict[str, Any]) -> dict[str, Any]:
+    """Change one world object at run time: {"kind", "id", "set": {field: value}}; returns it (no secrets)."""
+    kind, ident, changes = request.get("kind"), request.get("id"), request.get("set")
+    if kind not in _MUTABLE or not isinstance(changes, dict):
+        raise ValueError(f"kind must be one of {', '.join(_MUTABLE)} and set an object")
+    collection, id_field = _MUTABLE[kind]
+    with world.lock:
+        world.advance()
+        obj = next((o for o in getattr(world.world, collection) if getattr(o, id_field) == ident), None)
+        if obj is None:
+            raise KeyError(f"no {kind} {ident!r}")
+        names = {f.name for f in fields(obj)}
+        for name, value in changes.items():
+            current = getattr(obj, name) if name in names else None
+            if name not in names or name == id_field:
+                raise ValueError(f"{kind} has no mutable field {name!r}")
+            if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if current is not None and type(current) is not type(value):
+                raise ValueError(f"{kind}.{name} must be {type(current).__name__}")
+        for name, value in changes.items():
+            before = getattr(obj, name)
+            setattr(obj, name, float(value) if isinstance(before, float) else value)
+            if kind == "keystore" and name == "state":
+                world.stores[ident].pending = ""
+                world.log.add("state", "Mutate", keystore=ident, from_=before, to=value)
+        if kind != "keystore" or "state" not in changes:
+            world.log.add("state", "Mutate", keystore=ident if kind == "keystore" else None,
+                          detail=f"{kind} {ident}: {', '.join(sorted(changes))}")
+        return public_view(obj)
