@@ -1,0 +1,102 @@
+"""`run --dry-run`: the whole machine against an in-process rehearsal world, never a real account.
+
+This is the only engine-side module that imports the rehearsal wing, and only the CLI imports it.
+The world comes from `--world FILE` or is derived from the plan (the store in the other
+connectivity, everything the target needs present and healthy). The run is recorded in a separate
+rehearsal journal (gh-ost #1769: a dry run must never touch a real run's journal), with dummy AWS
+credentials and the world's endpoint, so no real credential or endpoint can be reached by accident.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from migrator.aws import ClientFactory
+from migrator.clock import Clock
+from migrator.plan import Plan
+
+DEFAULT_REHEARSAL_STATE = "sqlite:///state/rehearsal.db"
+DUMMY_CREDENTIALS = {"aws_access_key_id": "AKIAREHEARSAL0000000", "aws_secret_access_key": "rehearsal",
+                     "aws_session_token": None}
+
+
+class RehearsalError(ValueError):
+    """A world or fault file problem, or a world that does not fit the plan; one line."""
+
+
+@dataclass
+class Rehearsal:
+    endpoint_url: str
+    clients: ClientFactory
+    clock: Clock
+    extra_roots_pem: list[bytes]
+    resolve: Callable[[str], str]
+    server: Any
+    region: str
+    account_id: str
+
+
+def _world(plan: Plan, world_path: str | None, secrets: dict[str, str]) -> Any:
+    from migrator.rehearsal import model
+
+    try:
+        if world_path:
+            world = model.load_world_file(world_path)
+        else:
+            from migrator.rehearsal.derive import world_for_plan
+
+            world = world_for_plan(tomllib.loads(plan.text), secrets)
+    except model.WorldFileError as exc:
+        raise RehearsalError(str(exc)) from None
+    if world.region != plan.region:
+        raise RehearsalError(f"{world_path}: world.region: {world.region!r} but the plan's region is "
+                             f"{plan.region!r}")
+    return world
+
+
+@contextmanager
+def rehearsal(plan: Plan, *, world_path: str | None = None, faults_path: str | None = None,
+              secrets: dict[str, str] | None = None, time_scale: float | None = None,
+              log_path: str | None = None) -> Iterator[Rehearsal]:
+    """Start a world for `plan` on loopback; stop it afterwards."""
+    from migrator.rehearsal import model
+    from migrator.rehearsal.server import RehearsalServer
+
+    world = _world(plan, world_path, secrets or {})
+    if time_scale:
+        world.time_scale = time_scale
+    try:
+        faults = model.load_fault_file(faults_path) if faults_path else []
+    except model.WorldFileError as exc:
+        raise RehearsalError(str(exc)) from None
+    server = RehearsalServer(world, faults, log_path=log_path)
+    server.start()
+    try:
+        clients = ClientFactory(region=world.region, endpoint_url=server.endpoint_url,
+                                credentials=dict(DUMMY_CREDENTIALS))
+        with open(server.ca_bundle_path, "rb") as fh:
+            roots = [fh.read()]
+        yield Rehearsal(server.endpoint_url, clients, Clock(world.time_scale), roots,
+                        _resolver(server, world), server, world.region, world.account_id)
+    finally:
+        server.stop()
+
+
+def _resolver(server: Any, world: Any) -> Callable[[str], str]:
+    """How this machine reaches a proxy host in the world: public names only, like the real internet.
+
+    A private DNS name resolves only inside the VPC, so from here it is unreachable, and the
+    inspector says so plainly.
+    """
+
+    def resolve(host: str) -> str:
+        for proxy in world.proxies:
+            if host in proxy.public_hostnames:
+                return f"127.0.0.1:{server.state.proxy_servers[proxy.name].port}"
+        raise OSError(f"{host} does not resolve from this machine (private DNS or unknown host)")
+
+    return resolve

@@ -1,0 +1,373 @@
+"""Drives one key store through the machine: one step per persisted state.
+
+Every step observes the live store before it acts and is safe to run again, so `resume` simply
+runs the step of the persisted state. The journal is written before each side effect (the state
+move, then a `call` event) and after it (a `result` event with the AWS request id). A failure in
+the critical section (between the disconnect and a verified reconnect) rolls back; a failure of
+the rollback ends in `stuck` with the next commands for the operator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from migrator import machine
+from migrator.kms import AwsCallError, KmsApplier, Observation, StoreConfig
+from migrator.waits import DeadlineExceeded, poll_until, retry_step
+
+TRANSIENT_CONNECT_ERRORS = ("INTERNAL_ERROR", "NETWORK_ERRORS")  # worth one more disconnect+connect
+
+
+class StepFailed(Exception):
+    """The forward path cannot continue; the store must go back to its original configuration."""
+
+
+class Blocked(Exception):
+    """Preflight (or the operator) stopped the run before anything changed."""
+
+
+class Driver:
+    """One key store migration. `ctx` is the engine's RunContext (journal, clock, observer...)."""
+
+    def __init__(self, ctx: Any, migration: Any, keystore_plan: Any):
+        self.ctx, self.ks = ctx, keystore_plan
+        self.mid: int = migration.id
+        self.store_id: str = migration.keystore_id or ""
+        self.snapshot: dict[str, Any] | None = migration.snapshot
+        self.disconnected_at: float | None = migration.disconnected_at
+        self.attempts: dict[str, Any] = dict(migration.attempts or {})
+        self.kms: KmsApplier = ctx.kms
+        self.state: str = migration.state
+        machine.build(self, migration.state, self._persist)
+
+    # -- journal plumbing -----------------------------------------------------------------
+    def _persist(self, event: Any) -> None:
+        """Journal a state move before it happens in memory (transitions' before_state_change)."""
+        fields = dict(event.kwargs)
+        detail = fields.pop("detail", None)
+        fields["api_calls"] = self.ctx.api_calls_for(self.mid)
+        self.ctx.transition(self.mid, event.transition.source, event.transition.dest, detail=detail, **fields)
+
+    def call(self, operation: str, action: Callable[[], str | None], **detail: Any) -> str | None:
+        """Journal the intent, make the call, journal the outcome (request id or error)."""
+        self.ctx.record(self.mid, kind="call", operation=operation, outcome="started", detail=detail or None)
+        try:
+            request_id = action()
+        except AwsCallError as exc:
+            self.ctx.record(self.mid, kind="result", operation=operation, outcome="error",
+                            request_id=exc.request_id, detail={"code": exc.code, "message": exc.message})
+            raise
+        self.ctx.record(self.mid, kind="result", operation=operation, outcome="ok", request_id=request_id)
+        return request_id
+
+    def note(self, message: str, **detail: Any) -> None:
+        self.ctx.record(self.mid, kind="note", detail={"message": message, **detail})
+
+    # -- configuration views ---------------------------------------------------------------
+    @property
+    def original(self) -> StoreConfig:
+        assert self.snapshot is not None
+        return StoreConfig.from_dict(self.snapshot)
+
+    @property
+    def desired(self) -> StoreConfig:
+        t = self.ks.target
+        orig = self.original
+        public = t.connectivity == "PUBLIC_ENDPOINT"
+        return StoreConfig(
+            connectivity=t.connectivity,
+            uri_endpoint=t.uri_endpoint,
+            uri_path=t.uri_path or orig.uri_path,
+            vpc_endpoint_service_name="" if public else (t.vpc_endpoint_service_name or ""),
+            vpc_endpoint_service_owner="" if public else (t.vpc_endpoint_service_owner or ""),
+            access_key_id=t.credential.access_key_id if t.credential else orig.access_key_id,
+        )
+
+    def deadline(self) -> float | None:
+        """The real instant the downtime budget ends (None before the disconnect)."""
+        if self.disconnected_at is None:
+            return None
+        return self.disconnected_at + self.ctx.plan.max_disconnected / self.ctx.clock.scale
+
+    def rollback_deadline(self) -> float:
+        started = float(self.attempts.get("rollback_started_at") or self.ctx.clock.now())
+        return started + self.ctx.rollback_budget / self.ctx.clock.scale
+
+    def window(self, until: float | None = None) -> float | None:
+        if self.disconnected_at is None:
+            return None
+        return round(self.ctx.clock.elapsed(self.disconnected_at, until), 3)
+
+    def observe(self) -> Observation:
+        obs = self.kms.describe(self.store_id)
+        self.ctx.observed(self.mid, obs, self)
+        return obs
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self) -> str:
+        """Run steps until a terminal state; returns it. KeyboardInterrupt passes through."""
+        steps: dict[str, Callable[[], None]] = {
+            "pending": self.step_snapshot, "snapshotted": self.step_preflight, "preflighted": self.step_approval,
+            "approved": self.step_begin_disconnect, "disconnecting": self.step_disconnect,
+            "disconnected": self.step_begin_update, "updating": self.step_update, "updated": self.step_begin_connect,
+            "connecting": self.step_connect, "connected": self.step_begin_verify,
+            "verifying": self.step_verify, "rolling_back": self.step_rollback,
+        }
+        if self.state == "stuck" and self.ctx.retry_stuck:
+            self.step_retry_stuck()
+        while self.state not in machine.TERMINAL:
+            step = steps[self.state]
+            try:
+                if self.state in machine.UNCHANGED:  # nothing changed yet: transient AWS errors get retries
+                    retry_step(step, clock=self.ctx.clock, deadline=None, max_attempts=4,
+                               on_retry=self.ctx.on_retry(self.mid))
+                else:
+                    step()
+            except Blocked as exc:
+                self.stop_unchanged(str(exc))
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:
+                self.on_failure(exc)
+        return self.state
+
+    def on_failure(self, exc: Exception) -> None:
+        """Route a failure by where it happened: blocked, roll back, or stuck."""
+        reason = _describe(exc)
+        expected = isinstance(exc, AwsCallError | StepFailed | DeadlineExceeded)
+        if self.state in machine.UNCHANGED and expected:
+            self.stop_unchanged(reason)
+        elif self.state in machine.CRITICAL:
+            self.attempts["rollback_started_at"] = self.ctx.clock.now()
+            self.attempts["connect_retries_left"] = 1
+            self.move("fail", error=reason, attempts=self.attempts,
+                      detail={"reason": reason, "window_seconds": self.window()})
+        elif self.state == "rolling_back":
+            self.move("rollback_failed", outcome="stuck", error=reason,
+                      detail={"reason": reason, **self.ctx.manual_help(self)})
+        else:
+            raise exc
+
+    # -- before the disconnect -------------------------------------------------------------
+    def step_snapshot(self) -> None:
+        ref_id, ref_name = self.ks.id, self.ks.name
+        obs = self.kms.find_store(store_id=ref_id, name=None if ref_id else ref_name)
+        if obs is None:
+            raise Blocked(f"key store {self.ks.ref} does not exist in {self.ctx.plan.region}")
+        if obs.type != "EXTERNAL_KEY_STORE":
+            raise Blocked(f"key store {obs.id} is {obs.type}, not an external key store")
+        self.store_id = obs.id
+        keys = self.ctx.select_verify_keys(self, obs)
+        self.snapshot = {**obs.to_dict(), "verify_keys": keys, "region": self.ctx.plan.region,
+                         "observed_at": self.ctx.clock.now()}
+        self.move("take_snapshot", keystore_id=obs.id, snapshot=self.snapshot,
+                            detail={"snapshot": self.snapshot})
+
+    def step_preflight(self) -> None:
+        findings = self.ctx.preflight(self)
+        blocking = [f for f in findings if f.status == "block"]
+        if blocking:
+            raise Blocked("; ".join(f"{f.check}: {f.message}" for f in blocking))
+        self.move("pass_preflight", detail={"warnings": sum(f.status == "warn" for f in findings),
+                                    "checks": len(findings)})
+
+    def step_approval(self) -> None:
+        self.ctx.hook("before-approval", self)
+        if not self.ctx.approve(self):
+            raise Blocked("the operator declined the disconnect; nothing was changed")
+        self.move("approve", detail={"approved_by": self.ctx.who})
+
+    def step_begin_disconnect(self) -> None:
+        live = self.observe()
+        if not live.config.matches(self.original):
+            raise Blocked("the key store changed since the snapshot: "
+                          f"{_diff(self.original, live.config)}; start a new run")
+        self.ctx.hook("before-disconnect", self)
+        self.disconnected_at = self.ctx.clock.now()
+        self.move("start_disconnect", disconnected_at=self.disconnected_at,
+                              detail={"budget_seconds": self.ctx.plan.max_disconnected})
+
+    def stop_unchanged(self, reason: str) -> None:
+        if machine.destination(self.state, "block") is None:
+            raise RuntimeError(f"cannot block from {self.state}: {reason}")
+        self.move("block", outcome="blocked", error=reason, detail={"reason": reason})
+
+    # -- the critical section --------------------------------------------------------------
+    def ensure_disconnected(self, *, deadline: float | None = None, then: str | None = "observe_disconnected") -> None:
+        deadline = deadline if deadline is not None else self.deadline()
+
+        def step() -> Observation:
+            obs = self.observe()
+            if obs.state in ("CONNECTED", "CONNECTING", "FAILED"):
+                try:
+                    self.call("DisconnectCustomKeyStore", lambda: self.kms.disconnect(self.store_id),
+                              observed=obs.state)
+                except AwsCallError as exc:
+                    if exc.code != "CustomKeyStoreInvalidStateException":  # already on its way: observe again
+                        raise
+            return obs
+
+        retry_step(step, clock=self.ctx.clock, deadline=deadline, on_retry=self.ctx.on_retry(self.mid))
+        self.wait_for(("DISCONNECTED",), deadline, "waiting for DISCONNECTED")
+        if then:
+            self.move(then, detail={"window_seconds": self.window()})
+
+    def step_disconnect(self) -> None:
+        self.ensure_disconnected()
+
+    def step_connect(self) -> None:
+        self.ensure_connected()
+
+    def step_begin_update(self) -> None:
+        self.move("start_update", detail={"target": self.desired.to_dict()})
+
+    def step_update(self) -> None:
+        self.apply_config(self.desired, self.ctx.target_credential(self), self.deadline())
+        self.ctx.hook("after-update", self)
+        self.move("observe_updated", detail={"config": self.desired.to_dict()})
+
+    def apply_config(self, want: StoreConfig, credential: Any, deadline: float | None) -> None:
+        """Make KMS hold `want`, then prove it with DescribeCustomKeyStores (a rollback point)."""
+        from migrator.kms import update_parameters
+
+        def step() -> None:
+            obs = self.observe()
+            if obs.config.matches(want):
+                return
+            if obs.state != "DISCONNECTED":
+                raise StepFailed(f"the store is {obs.state}, not DISCONNECTED, so its connectivity cannot change")
+            params = update_parameters(self.store_id, want, obs.config, credential is not None)
+            shown = {k: v for k, v in params.items() if k != "CustomKeyStoreId"}
+            if credential is not None:
+                shown["XksProxyAuthenticationCredential"] = {"AccessKeyId": credential[0],
+                                                             "RawSecretAccessKey": credential[1].ref}
+            self.call("UpdateCustomKeyStore",
+                      lambda: self.kms.update(self.store_id, want, obs.config, credential), parameters=shown)
+            after = self.observe()
+            if not after.config.matches(want):
+                raise StepFailed("after UpdateCustomKeyStore KMS shows "
+                                 f"{_diff(want, after.config)}, not the requested configuration")
+
+        retry_step(step, clock=self.ctx.clock, deadline=deadline, on_retry=self.ctx.on_retry(self.mid))
+
+    def step_begin_connect(self) -> None:
+        self.move("start_connect")
+
+    def ensure_connected(self, *, deadline: float | None = None, then: str | None = "observe_connected") -> None:
+        deadline = deadline if deadline is not None else self.deadline()
+        retries_left = int(self.attempts.get("connect_retries_left", 1))
+        while True:
+            def step() -> Observation:
+                obs = self.observe()
+                if obs.state == "DISCONNECTED":
+                    self.call("ConnectCustomKeyStore", lambda: self.kms.connect(self.store_id))
+                elif obs.state == "DISCONNECTING":
+                    self.wait_for(("DISCONNECTED",), deadline, "waiting for DISCONNECTED before connecting")
+                    self.call("ConnectCustomKeyStore", lambda: self.kms.connect(self.store_id))
+                return obs
+
+            first = retry_step(step, clock=self.ctx.clock, deadline=deadline, on_retry=self.ctx.on_retry(self.mid))
+            obs = first if first.state in ("CONNECTED", "FAILED") else self.wait_for(
+                ("CONNECTED", "FAILED"), deadline, "waiting for CONNECTED")
+            if obs.state == "CONNECTED":
+                break
+            if obs.error_code in TRANSIENT_CONNECT_ERRORS and retries_left > 0:
+                retries_left -= 1
+                self.attempts["connect_retries_left"] = retries_left
+                self.ctx.update(self.mid, attempts=self.attempts)
+                self.note(f"connect FAILED with {obs.error_code}; disconnecting to try once more")
+                self.ensure_disconnected(deadline=deadline, then=None)
+                continue
+            raise StepFailed(f"connect FAILED with ConnectionErrorCode {obs.error_code}")
+        self.ctx.hook("after-connect", self)
+        if then:
+            self.move(then, reconnected_at=self.ctx.clock.now())
+
+    def wait_for(self, states: tuple[str, ...], deadline: float | None, what: str) -> Observation:
+        return poll_until(self.observe, lambda o: o.state in states, clock=self.ctx.clock,
+                          interval=self.ctx.plan.poll_interval, deadline=deadline, what=what,
+                          on_poll=self.ctx.on_poll(self.mid, self))
+
+    def step_begin_verify(self) -> None:
+        self.move("start_verify")
+
+    def step_verify(self) -> None:
+        self.prove_keys(self.deadline())
+        now = self.ctx.clock.now()
+        self.ctx.hook("verified", self)
+        self.move("verify_ok", outcome="completed", verified_at=now, window_seconds=self.window(now),
+                       detail={"window_seconds": self.window(now)})
+
+    def prove_keys(self, deadline: float | None) -> None:
+        """DescribeKey Enabled plus an Encrypt+Decrypt round trip per verify key, inside the budget."""
+        assert self.snapshot is not None
+        keys = self.snapshot.get("verify_keys") or []
+        if not keys:
+            raise StepFailed("no key to verify with")
+        context = {"xksmigrate-run": self.ctx.run_id}
+        for key in keys:
+            def attempt(key_id: str = key["key_id"]) -> str:
+                try:
+                    info = self.kms.describe_key(key_id)
+                    if info.state != "Enabled":
+                        return f"KeyState {info.state}"
+                    enc, dec = self.kms.round_trip(key_id, context)
+                except AwsCallError as exc:
+                    if exc.code in ("KMSInvalidStateException",) or exc.retryable:
+                        return f"{exc.code}: {exc.message}"  # changes take up to 5 minutes to be effective
+                    raise
+                self.ctx.record(self.mid, kind="result", operation="Encrypt+Decrypt", outcome="ok",
+                                request_id=dec, detail={"key_id": key_id, "encrypt_request_id": enc})
+                return "ok"
+
+            poll_until(attempt, lambda r: r == "ok", clock=self.ctx.clock, interval=self.ctx.plan.poll_interval,
+                       deadline=deadline, what=f"verifying key {key['key_id']}",
+                       on_poll=self.ctx.on_poll(self.mid, self))
+
+    # -- rollback --------------------------------------------------------------------------
+    def step_rollback(self) -> None:
+        """Back to the snapshot: disconnect if needed, restore the config, connect, verify."""
+        self.ctx.hook("rolling-back", self)
+        if "rollback_started_at" not in self.attempts:  # an operator rollback of a completed run
+            self.attempts["rollback_started_at"] = self.ctx.clock.now()
+            self.ctx.update(self.mid, attempts=self.attempts)
+        deadline = self.rollback_deadline()
+        if self.disconnected_at is None:  # an operator rollback of a completed run starts a new window
+            self.disconnected_at = self.ctx.clock.now()
+            self.ctx.update(self.mid, disconnected_at=self.disconnected_at)
+        obs = self.observe()
+        if not obs.config.matches(self.original):
+            if obs.state != "DISCONNECTED":
+                self.ensure_disconnected(deadline=deadline, then=None)
+            self.apply_config(self.original, self.ctx.original_credential(self), deadline)
+            self.note("original configuration restored", config=self.original.to_dict())
+        self.ensure_connected(deadline=deadline, then=None)
+        self.prove_keys(deadline)
+        now = self.ctx.clock.now()
+        self.ctx.hook("rolled-back", self)
+        self.move("rollback_ok", outcome="rolled_back", verified_at=now, window_seconds=self.window(now),
+                         detail={"window_seconds": self.window(now)})
+
+    def step_retry_stuck(self) -> None:
+        self.attempts.pop("rollback_started_at", None)
+        self.move("retry_rollback", detail={"reason": "operator asked to retry the rollback"})
+
+    def move(self, trigger: str, **kwargs: Any) -> None:
+        """Fire a trigger of the machine table; `_persist` journals it before the state changes."""
+        self.trigger(trigger, **kwargs)  # type: ignore[attr-defined]  # bound by transitions
+
+
+def _diff(want: StoreConfig, got: StoreConfig) -> str:
+    parts = [f"{k}={getattr(got, k)!r} (expected {getattr(want, k)!r})"
+             for k in want.__dataclass_fields__ if getattr(want, k) != getattr(got, k)]
+    return ", ".join(parts) or "no difference"
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, DeadlineExceeded):
+        return f"downtime budget exhausted while {exc.what}"
+    if isinstance(exc, AwsCallError | StepFailed):
+        return str(exc)
+    return f"internal error: {type(exc).__name__}: {exc}"
+

@@ -1,0 +1,109 @@
+"""Waiting and step retries, bounded by a deadline, in the engine's (possibly simulated) time.
+
+Two uses of tenacity, never around the same call as botocore's retries:
+- `poll_until`: call an observation repeatedly (a short first poll, then every `interval`) until
+  a predicate holds, stopping before the deadline would pass.
+- `retry_step`: re-run a whole step after a *retryable* `AwsCallError` (botocore already gave up on
+  that call), with jittered exponential backoff, also stopping before the deadline.
+Sleeps go through `Clock.sleep`, so a rehearsal at time scale 60 polls every 5 simulated seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from tenacity import RetryCallState, Retrying, retry_if_exception, retry_if_result, wait_exponential_jitter
+
+from migrator.clock import Clock
+from migrator.kms import AwsCallError
+
+T = TypeVar("T")
+
+MIN_POLL = 1.0  # never poll DescribeCustomKeyStores faster than once a second per runner (quota: 5 rps shared)
+
+
+class DeadlineExceeded(Exception):
+    """The budget ran out while waiting; `last` is the last observation (if any)."""
+
+    def __init__(self, what: str, last: object = None):
+        super().__init__(f"budget exhausted while {what}")
+        self.what, self.last = what, last
+
+
+def _stop_at(clock: Clock, deadline: float | None) -> Callable[[RetryCallState], bool]:
+    """Stop when the next sleep would end after `deadline` (a real epoch instant)."""
+
+    def stop(state: RetryCallState) -> bool:
+        if deadline is None:
+            return False
+        upcoming = (state.upcoming_sleep or 0.0) / clock.scale
+        return clock.now() + upcoming >= deadline
+
+    return stop
+
+
+def poll_schedule(interval: float) -> Callable[[RetryCallState], float]:
+    """A short first poll (state changes are often quick to start), then the plan's interval."""
+    interval = max(interval, MIN_POLL)
+    first = max(MIN_POLL, min(interval, interval / 5))
+
+    def wait(state: RetryCallState) -> float:
+        return first if state.attempt_number == 1 else interval
+
+    return wait
+
+
+def poll_until(observe: Callable[[], T], done: Callable[[T], bool], *, clock: Clock, interval: float,
+               deadline: float | None, what: str,
+               on_poll: Callable[[T, float], None] | None = None) -> T:
+    """Observe until `done(observation)`; raise DeadlineExceeded if the deadline comes first.
+
+    `on_poll(observation, next_sleep_seconds)` lets the caller show the last state and the next poll.
+    """
+    last: list[T] = []
+
+    def attempt() -> T:
+        value = observe()
+        last[:] = [value]
+        return value
+
+    def before_sleep(state: RetryCallState) -> None:
+        if on_poll and last:
+            on_poll(last[0], state.upcoming_sleep)
+
+    def give_up(state: RetryCallState) -> T:
+        raise DeadlineExceeded(what, last[0] if last else None)
+
+    retrying = Retrying(
+        retry=retry_if_result(lambda v: not done(v)),
+        wait=poll_schedule(interval),
+        stop=_stop_at(clock, deadline),
+        sleep=clock.sleep,
+        before_sleep=before_sleep,
+        retry_error_callback=give_up,
+    )
+    return retrying(attempt)
+
+
+def retry_step(step: Callable[[], T], *, clock: Clock, deadline: float | None, max_attempts: int = 6,
+               on_retry: Callable[[AwsCallError, int], None] | None = None) -> T:
+    """Run `step`; after a retryable AwsCallError run it again (it observes before acting)."""
+
+    def stop(state: RetryCallState) -> bool:
+        return state.attempt_number >= max_attempts or _stop_at(clock, deadline)(state)
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        if on_retry and isinstance(exc, AwsCallError):
+            on_retry(exc, state.attempt_number)
+
+    retrying = Retrying(
+        retry=retry_if_exception(lambda e: isinstance(e, AwsCallError) and e.retryable),
+        wait=wait_exponential_jitter(initial=2, max=30, jitter=2),
+        stop=stop,
+        sleep=clock.sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    return retrying(step)
