@@ -1,0 +1,54 @@
+"""`xksmigrate sim serve`: run the rehearsal world in the foreground until SIGTERM or SIGINT.
+
+The first stdout line is one JSON object (endpoint_url, region, account_id, time_scale, ca_bundle, log),
+flushed at once, so a parent process (tests, benchmarks, a shell script) can read where to point boto3
+or the AWS CLI. A bad world or fault file is one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+
+from migrator.rehearsal import model
+from migrator.rehearsal.default_world import load_world
+from migrator.rehearsal.server import RehearsalServer
+
+
+def run_serve(world_path: str | None, port: int, faults_path: str | None, log_path: str | None) -> int:
+    try:
+        world = load_world(world_path)
+        faults = model.load_fault_file(faults_path) if faults_path else []
+        proxies = {p.name for p in world.proxies}
+        for i, f in enumerate(faults):
+            if f.proxy and f.proxy not in proxies:
+                raise model.WorldFileError(f"{faults_path}: faults[{i}].proxy: no proxy named {f.proxy!r}")
+    except model.WorldFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    server = RehearsalServer(world, faults, port=port, log_path=log_path)
+    try:
+        server.start()
+    except OSError as exc:
+        print(f"error: cannot listen on 127.0.0.1:{port}: {exc.strerror}", file=sys.stderr)
+        server.stop()
+        return 2
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        print(json.dumps({"endpoint_url": server.endpoint_url, "region": world.region,
+                          "account_id": world.account_id, "time_scale": world.time_scale,
+                          "ca_bundle": server.ca_bundle_path, "log": log_path}), flush=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+if __name__ == "__main__":  # python -m migrator.rehearsal.serve_main [WORLD] (handy without the CLI)
+    sys.exit(run_serve(sys.argv[1] if len(sys.argv) > 1 else None, 0, None, None))
