@@ -55,13 +55,20 @@ class Locks:
             row = conn.execute(select(locks).where(locks.c.resource == resource)).first()
         return lock_view(row) if row else None
 
+    def _holder_row(self, resource: str, wait: float = 3.0) -> LockInfo | None:
+        """The holder's row; a winner of a race writes it just after its advisory lock, so wait a moment."""
+        deadline = time.monotonic() + wait
+        while (row := self._row(resource)) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return row
+
     def acquire(self, resource: str, run_id: str, owner: str | None) -> LockInfo:
         session = None
         if self._lock_engine is not None:
             session = self._lock_engine.connect()
             if not session.execute(select(func.pg_try_advisory_lock(advisory_key(resource)))).scalar():
                 session.close()
-                holder = self._row(resource) or LockInfo("", resource, "", "", "", 0, 0.0, 0.0)
+                holder = self._holder_row(resource) or LockInfo("", resource, "", "", "", 0, 0.0, 0.0)
                 raise LockHeld(holder, stale=bool(holder.id) and holder.heartbeat_age() > STALE_AFTER)
         now = time.time()
         info = LockInfo(f"lock-{secrets.token_hex(4)}", resource, run_id, owner or self.who, self.host, self.pid,
