@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, text, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
@@ -118,9 +119,9 @@ def _sqlite_engine(url: URL, display: str) -> Engine:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise JournalError(f"cannot create the journal directory {path.parent}: {exc.strerror}") from None
-        target = path if path.exists() else path.parent
-        if not os.access(target, os.W_OK):
-            raise JournalError(f"the journal {'file' if target == path else 'directory'} {target} is not writable")
+        for target, what in ((path.parent, "directory"), (path, "file")):  # WAL writes -wal/-shm beside the file
+            if target.exists() and not os.access(target, os.W_OK):
+                raise JournalError(f"the journal {what} {target} is not writable")
         engine = create_engine(url, connect_args={"timeout": 30}, json_serializer=_dumps)
     else:
         engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False},
@@ -212,7 +213,7 @@ class Journal:
         except JournalError:
             engine.dispose()
             raise
-        except (SQLAlchemyError, OSError) as exc:
+        except (SQLAlchemyError, OSError, CommandError) as exc:
             engine.dispose()
             raise JournalError(f"cannot open the journal {display}: {_first_line(exc)}") from None
         return cls(engine, lock_engine, parsed, backend)

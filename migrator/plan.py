@@ -285,7 +285,8 @@ def parse_plan(text: str | bytes, source: str) -> Plan:
     try:
         data = tomllib.loads(decoded.removeprefix("\ufeff"))
     except tomllib.TOMLDecodeError as exc:
-        raise PlanError(_one_line(f"{src}: not valid TOML: {exc}")) from None
+        reason = _SECRETISH.sub("(not shown)", str(exc))  # tomllib quotes duplicate keys
+        raise PlanError(_one_line(f"{src}: not valid TOML: {reason}")) from None
     except RecursionError:
         raise PlanError(f"{src}: not valid TOML: nested too deeply") from None
     plan = _plan_from_dict(_Table(src, "", data))

@@ -206,6 +206,7 @@ def test_broken_plans(text, key, reason):
         (EP, f'uri_endpoint = "https://{SECRET}"', "keystores[0].target.uri_endpoint"),
         ('name = "t"', f'name = "t"\n"{SECRET}" = "x"', "plan."),
         ('name = "t"', f'name = "t"\nsecret = "{SECRET}"', "plan.secret"),
+        ('name = "t"', f'name = "t"\n"{SECRET}" = 1\n"{SECRET}" = 2', "not valid TOML"),
     ],
 )
 def test_inlined_secret_is_refused_and_not_echoed(where):
