@@ -445,11 +445,45 @@ def test_down_fault_and_down_flag_reset_connections(server: XksProxyServer) -> N
     server.set_fault("down")
     _connection_fails(server)
     assert server.request_log[-1]["note"].startswith("down")
+    # Down means no TLS handshake either: the connection is reset before any certificate is shown.
+    with pytest.raises((ConnectionError, ssl.SSLError)), \
+            socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+        server.ca.client_context().wrap_socket(raw, server_hostname=HOST).close()
     server.clear_fault("down")
     assert send(server, f"{BASE}/health", HEALTH)[0] == 200
     server.proxy.down = True
     _connection_fails(server)
     server.proxy.down = False
+    assert send(server, f"{BASE}/health", HEALTH)[0] == 200
+
+
+def test_down_also_cuts_an_open_keep_alive_connection(server: XksProxyServer) -> None:
+    conn = http.client.HTTPConnection(HOST, server.port, timeout=10)
+    conn.sock = server.ca.client_context().wrap_socket(
+        socket.create_connection(("127.0.0.1", server.port)), server_hostname=HOST)
+
+    def health() -> int:
+        payload = json.dumps(HEALTH).encode()
+        conn.request("POST", f"{BASE}/health", body=payload,
+                     headers=signed_headers(f"https://{HOST}:{server.port}{BASE}/health", payload))
+        response = conn.getresponse()
+        response.read()
+        return response.status
+
+    try:
+        assert health() == 200
+        assert health() == 200  # same connection (HTTP/1.1 keep-alive)
+        server.set_fault("down")
+        with pytest.raises((ConnectionError, ssl.SSLError, http.client.RemoteDisconnected)):
+            health()
+    finally:
+        conn.close()
+
+
+def test_fault_hook_can_take_the_proxy_down_for_one_request(start: Callable[..., XksProxyServer]) -> None:
+    budget = ["down"]
+    server = start(fault_hook=lambda operation: {budget.pop(): 0.0} if budget else {})
+    _connection_fails(server)
     assert send(server, f"{BASE}/health", HEALTH)[0] == 200
 
 
