@@ -175,8 +175,9 @@ def _uniqueness(ctx: PreflightContext) -> list[Finding]:
     ]
     if t.connectivity == VPC:
         owner = target_owner(ctx)
+        # Service ids are unique; an owner only tells two services apart when both sides name one.
         same_svc = [oid for oid, c in others if c.get("VpcEndpointServiceName") == t.vpc_endpoint_service_name
-                    and (c.get("VpcEndpointServiceOwner") or None) == (owner or None)]
+                    and not (owner and c.get("VpcEndpointServiceOwner") and c["VpcEndpointServiceOwner"] != owner)]
         found.append(
             block("target.vpc_service_unique", f"{t.vpc_endpoint_service_name} is already used by "
                   f"{', '.join(same_svc)}: each store needs its own endpoint service "

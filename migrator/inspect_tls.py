@@ -98,6 +98,24 @@ def system_roots() -> tuple[bytes, ...]:
         return ()
 
 
+@lru_cache(maxsize=4)
+def _parse_lenient(ders: tuple[bytes, ...]) -> tuple:
+    """Parse store certificates, skipping any this `cryptography` refuses (some OS roots break RFC 5280)."""
+    import warnings
+
+    from cryptography import x509
+
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for der in ders:
+            try:
+                out.append(x509.load_der_x509_certificate(der))
+            except ValueError:
+                continue
+    return tuple(out)
+
+
 def pem_to_der(pems: list[bytes]) -> list[bytes]:
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
@@ -169,7 +187,7 @@ def judge_chain(host: str, chain_der: list[bytes], *, now: dt.datetime | None = 
     served = [x509.load_der_x509_certificate(d) for d in chain_der]
     extras = [x509.load_der_x509_certificate(d) for d in extra_roots_der]
     extra_fps = {hashlib.sha256(d).hexdigest() for d in extra_roots_der}
-    pool = served[1:] + extras + [x509.load_der_x509_certificate(d) for d in system_roots_der]
+    pool = served[1:] + extras + list(_parse_lenient(tuple(system_roots_der)))
 
     def fp(cert) -> str:
         return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()

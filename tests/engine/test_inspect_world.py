@@ -1,0 +1,418 @@
+"""preflight() against the running rehearsal world, over HTTP through boto3 (no mocked AWS conversation).
+
+Each blocking check has a world with one real misconfiguration (plans/worlds/public-to-vpc.toml with
+one thing changed) where preflight blocks naming that check; the example worlds give no block; the
+things the tool cannot see from here (a private DNS name, a denied simulation) are warnings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from migrator.aws import ClientFactory
+from migrator.inspect import Finding, PreflightContext, blocked, mutating_calls, preflight, rollback_calls
+from migrator.plan import PUBLIC, CredentialRef, Plan, load_plan
+from migrator.rehearsal import model
+from migrator.rehearsal.model import load_world_file
+from migrator.rehearsal.server import RehearsalServer
+from migrator.secrets import SecretError, SecretValue
+
+REPO = Path(__file__).resolve().parents[2]
+STORE = "cks-1234567890abcdef0"
+SECRET = "+IKdHjtP/QDxtGRJxkxhicMq268cVU/UBXExOTwHrQ0="  # the simulated proxy's secret (world file)
+OTHER_SECRET = "Pcf6BsY8P4L5FGTs1zX3p6ZLWQjVTItj2OeR7uJSfDw="  # the ledger proxy's (vpc-to-public world)
+SECRETS = {"env:XKS_SECRET": SECRET, "env:WRONG_SECRET": OTHER_SECRET, "env:LEDGER": OTHER_SECRET}
+MUTATING = {"DisconnectCustomKeyStore", "UpdateCustomKeyStore", "ConnectCustomKeyStore", "CreateCustomKeyStore",
+            "DeleteCustomKeyStore", "CreateKey", "Encrypt", "Decrypt", "ModifyVpcEndpointServicePermissions",
+            "ModifyVpcEndpointServiceConfiguration", "StartVpcEndpointServicePrivateDnsVerification"}
+
+
+def world(name: str = "public-to-vpc") -> model.World:
+    w = load_world_file(REPO / "plans" / "worlds" / f"{name}.toml")
+    w.time_scale = 1500.0
+    return w
+
+
+def base_plan(name: str = "public-to-vpc", *, with_secret: bool = True) -> Plan:
+    plan = load_plan(REPO / "plans" / f"{name}.toml")
+    if with_secret:
+        ks = dataclasses.replace(plan.keystores[0], original_credential=CredentialRef("", "env:XKS_SECRET"))
+        plan = dataclasses.replace(plan, keystores=(ks,))
+    return plan
+
+
+def with_keystore(plan: Plan, **changes: Any) -> Plan:
+    return dataclasses.replace(plan, keystores=(dataclasses.replace(plan.keystores[0], **changes),))
+
+
+def with_target(plan: Plan, **changes: Any) -> Plan:
+    return with_keystore(plan, target=dataclasses.replace(plan.keystores[0].target, **changes))
+
+
+def resolve_secret(ref: str) -> SecretValue:
+    if ref not in SECRETS:
+        raise SecretError(f"{ref}: environment variable is not set")
+    return SecretValue(SECRETS[ref], ref)
+
+
+def world_resolver(server: RehearsalServer, *, private: bool = True) -> Callable[[str], str | None]:
+    """host -> 127.0.0.1:<proxy port>, by the world's own naming rules (public names; private DNS via the
+    endpoint service's load balancer). private=False models a machine outside the VPC."""
+    state = server.state
+
+    def resolve(host: str) -> str | None:
+        for proxy in state.world.proxies:
+            if host in proxy.public_hostnames:
+                return f"127.0.0.1:{state.proxy_servers[proxy.name].port}"
+        if private:
+            for svc in state.world.endpoint_services:
+                if svc.private_dns_name == host:
+                    lb = next((b for b in state.world.load_balancers if b.name == svc.load_balancer), None)
+                    if lb and lb.proxy:
+                        return f"127.0.0.1:{state.proxy_servers[lb.proxy].port}"
+        return None
+
+    return resolve
+
+
+@dataclasses.dataclass
+class Result:
+    findings: list[Finding]
+    server: RehearsalServer
+    snapshot: dict | None
+
+    def by_check(self, check: str) -> list[Finding]:
+        return [f for f in self.findings if f.check == check]
+
+    def status(self, check: str) -> str:
+        found = self.by_check(check)
+        assert found, f"no finding {check}; have {sorted({f.check for f in self.findings})}"
+        order = {"block": 2, "warn": 1, "pass": 0}
+        return max((f.status for f in found), key=order.__getitem__)
+
+    def blocks(self) -> set[str]:
+        return {f.check for f in self.findings if f.status == "block"}
+
+    def mutating_calls_made(self) -> list[str]:
+        return [e["operation"] for e in self.server.state.log.snapshot() if e.get("operation") in MUTATING]
+
+
+@pytest.fixture
+def run() -> Iterator[Callable[..., Result]]:
+    servers: list[RehearsalServer] = []
+
+    def go(w: model.World | None = None, plan: Plan | None = None, *, private: bool = True,
+           include_cloudwatch: bool = False, unfinished: tuple[str, ...] = ()) -> Result:
+        w = w or world()
+        plan = plan or base_plan()
+        server = RehearsalServer(w).start()
+        servers.append(server)
+        session = boto3.session.Session(aws_access_key_id="AKIDREHEARSAL", aws_secret_access_key="x" * 40,
+                                        region_name=plan.region)
+        clients = ClientFactory(region=plan.region, endpoint_url=server.endpoint_url, max_attempts=2,
+                                _session=session)
+        ks = plan.keystores[0]
+        kms = clients.client("kms")
+        try:
+            args = {"CustomKeyStoreId": ks.id} if ks.id else {"CustomKeyStoreName": ks.name}
+            snap = kms.describe_custom_key_stores(**args)["CustomKeyStores"][0]
+        except kms.exceptions.CustomKeyStoreNotFoundException:
+            snap = None
+        ctx = PreflightContext(plan=plan, keystore=ks, snapshot=snap, clients=clients,
+                               secret_resolver=resolve_secret, extra_roots_pem=[server.state.ca.ca_pem],
+                               resolve=world_resolver(server, private=private),
+                               unfinished_runs=list(unfinished), include_cloudwatch=include_cloudwatch)
+        return Result(preflight(ctx), server, snap)
+
+    yield go
+    for server in servers:
+        server.stop()
+
+
+# -- the example worlds -------------------------------------------------------------------------------
+
+def test_public_to_vpc_example_has_no_block(run):
+    r = run()
+    assert not blocked(r.findings), [f for f in r.findings if f.status == "block"]
+    for check in ("keystore.exists", "keystore.target_differs", "target.uri_unique", "vpc.endpoint_service",
+                  "vpc.allowed_principal", "vpc.private_dns_verified", "tls.trusted_root", "tls.hostname",
+                  "tls.expiry", "proxy.auth", "proxy.health", "proxy.key_metadata", "keys.blast_radius",
+                  "permissions.iam", "rollback.tls.trusted_root", "rollback.proxy.auth", "quota.poll_interval"):
+        assert r.status(check) == "pass", (check, r.by_check(check))
+    radius = r.by_check("keys.blast_radius")[0].detail
+    assert radius["total"] == 3 and radius["by_state"]["PendingDeletion"] == 1
+    assert len(r.by_check("proxy.key_metadata")) == 2  # the two Enabled keys
+    assert r.mutating_calls_made() == []
+
+
+def test_public_to_vpc_without_a_secret_warns_that_the_proxy_was_not_probed(run):
+    r = run(plan=base_plan(with_secret=False))
+    assert not blocked(r.findings)
+    assert r.status("proxy.credential") == "warn"
+    assert "NOT probed" in r.by_check("proxy.credential")[0].message
+
+
+def test_vpc_to_public_example_has_no_block(run):
+    plan = load_plan(REPO / "plans" / "vpc-to-public.toml")
+    plan = with_keystore(plan, original_credential=CredentialRef("", "env:LEDGER"))
+    r = run(world("vpc-to-public"), plan)
+    assert not blocked(r.findings), [f for f in r.findings if f.status == "block"]
+    assert r.status("proxy.auth") == "pass" and r.status("rollback.tls.hostname") == "pass"
+    assert not r.by_check("vpc.endpoint_service")  # a public target needs no endpoint service
+
+
+def test_findings_are_json_safe_and_never_carry_the_secret(run):
+    import json
+
+    r = run()
+    text = json.dumps([dataclasses.asdict(f) for f in r.findings])
+    assert SECRET not in text
+
+
+# -- one real misconfiguration per blocking check ---------------------------------------------------------
+
+def _svc(w: model.World) -> model.EndpointService:
+    return w.endpoint_services[0]
+
+
+def _lb(w: model.World) -> model.LoadBalancer:
+    return w.load_balancers[0]
+
+
+def _other_store(w: model.World, **kw: Any) -> None:
+    base = dict(id="cks-0000000000000000a", name="other", connectivity="PUBLIC_ENDPOINT",
+                uri_endpoint="https://other.xks.example.com", uri_path="/kms/xks/v1",
+                access_key_id="XKSPROXYACCESSKEY2345", secret=SECRET, state="CONNECTED")
+    base.update(kw)
+    w.keystores.append(model.KeyStore(**base))
+
+
+def _second_key_manager(w: model.World) -> None:
+    w.key_managers.append(model.KeyManager("other-hsm", [model.KeyManagerKey("unrelated-key")]))
+    w.proxies.append(model.Proxy(name="other-proxy", key_manager="other-hsm", uri_path_prefix="/payments",
+                                 credentials=list(w.proxies[0].credentials)))
+    _lb(w).proxy = "other-proxy"
+
+
+WORLD_MISCONFIGURATIONS: list[tuple[str, Callable[[model.World], None], str]] = [
+    ("principal missing", lambda w: setattr(_svc(w), "allowed_principals", ["arn:aws:iam::111122223333:root"]),
+     "vpc.allowed_principal"),
+    ("acceptance required", lambda w: setattr(_svc(w), "acceptance_required", True), "vpc.acceptance_required"),
+    ("one AZ", lambda w: setattr(_lb(w), "availability_zones", ["us-east-1a"]), "vpc.availability_zones"),
+    ("gateway LB", lambda w: setattr(_lb(w), "type", "gateway"), "vpc.load_balancer"),
+    ("application LB", lambda w: setattr(_lb(w), "type", "application"), "vpc.load_balancer"),
+    ("gateway endpoint service", lambda w: setattr(_svc(w), "service_type", "Gateway"), "vpc.service_type"),
+    ("service pending", lambda w: setattr(_svc(w), "state", "Pending"), "vpc.service_state"),
+    ("DNS pendingVerification", lambda w: setattr(_svc(w), "private_dns_state", "pendingVerification"),
+     "vpc.private_dns_verified"),
+    ("DNS verification failed", lambda w: setattr(_svc(w), "private_dns_state", "failed"), "vpc.private_dns_verified"),
+    ("DNS name mismatch", lambda w: setattr(_svc(w), "private_dns_name", "elsewhere.xks.example.com"),
+     "vpc.private_dns_name"),
+    ("service missing", lambda w: setattr(_svc(w), "service_id", "vpce-svc-0ffffffffffffffff"), "vpc.endpoint_service"),
+    ("endpoint in use by another store", lambda w: _other_store(w, uri_endpoint="https://myproxy-private.xks.example.com"),
+     "target.endpoint_unique"),
+    ("service in use by another store", lambda w: _other_store(
+        w, connectivity="VPC_ENDPOINT_SERVICE", uri_endpoint="https://other-private.xks.example.com",
+        vpc_endpoint_service_name="com.amazonaws.vpce.us-east-1.vpce-svc-0123456789abcdef0"),
+     "target.vpc_service_unique"),
+    ("endpoint+path in use", lambda w: _other_store(
+        w, uri_endpoint="https://myproxy-private.xks.example.com", uri_path="/payments/kms/xks/v1"),
+     "target.uri_unique"),
+    ("expired certificate", lambda w: setattr(w.proxies[0], "certificate", "expired"), "tls.expiry"),
+    ("wrong-host certificate", lambda w: setattr(w.proxies[0], "certificate", "wrong_host"), "tls.hostname"),
+    ("untrusted CA", lambda w: setattr(w.proxies[0], "certificate", "untrusted_ca"), "tls.trusted_root"),
+    ("self-signed certificate", lambda w: setattr(w.proxies[0], "certificate", "self_signed"), "tls.trusted_root"),
+    ("all UNAVAILABLE", lambda w: setattr(w.proxies[0], "health", "UNAVAILABLE"), "proxy.health"),
+    ("target proxy fronts another key manager", _second_key_manager, "proxy.key_metadata"),
+    ("IAM denies UpdateCustomKeyStore", lambda w: w.iam.denied_actions.append("kms:UpdateCustomKeyStore"),
+     "permissions.iam"),
+    ("IAM denies the rollback's connect", lambda w: w.iam.denied_actions.append("kms:ConnectCustomKeyStore"),
+     "permissions.iam"),
+    ("no Enabled key", lambda w: [setattr(k, "state", "Disabled") for k in w.keys if k.state == "Enabled"],
+     "keys.verifiable"),
+]
+
+
+@pytest.mark.parametrize(("label", "mutate", "check"), WORLD_MISCONFIGURATIONS,
+                         ids=[m[0] for m in WORLD_MISCONFIGURATIONS])
+def test_misconfigured_world_blocks_naming_the_check(run, label, mutate, check):
+    w = world()
+    mutate(w)
+    r = run(w)
+    assert r.status(check) == "block", (label, r.by_check(check))
+    blocking = next(f for f in r.by_check(check) if f.status == "block")
+    assert blocking.remedy, "a block always says how to fix it"
+    assert r.mutating_calls_made() == []
+
+
+def test_pending_verification_explains_and_gives_the_verification_command(run):
+    w = world()
+    _svc(w).private_dns_state = "pendingVerification"
+    f = next(f for f in run(w).by_check("vpc.private_dns_verified") if f.status == "block")
+    assert "pendingVerification" in f.message
+    assert f.remedy.startswith("aws ec2 start-vpc-endpoint-service-private-dns-verification "
+                               "--service-id vpce-svc-0123456789abcdef0")
+
+
+def test_denied_actions_are_named(run):
+    w = world()
+    w.iam.denied_actions += ["kms:UpdateCustomKeyStore", "ec2:DescribeVpcEndpointServicePermissions"]
+    f = next(f for f in run(w).by_check("permissions.iam") if f.status == "block")
+    assert f.detail["denied"] == ["kms:UpdateCustomKeyStore", "ec2:DescribeVpcEndpointServicePermissions"]
+
+
+# -- misconfigurations in the plan ------------------------------------------------------------------------
+
+def test_store_missing_blocks(run):
+    r = run(plan=with_keystore(base_plan(), id="cks-0000000000000000f"))
+    assert r.snapshot is None
+    assert r.status("keystore.exists") == "block"
+
+
+def test_target_equal_to_current_configuration_blocks(run):
+    plan = with_target(base_plan(), connectivity=PUBLIC, uri_endpoint="https://myproxy.xks.example.com",
+                       vpc_endpoint_service_name=None)
+    assert run(plan=plan).status("keystore.target_differs") == "block"
+
+
+def test_wrong_target_credential_blocks(run):
+    plan = with_target(base_plan(), credential=CredentialRef("XKSPROXYACCESSKEY2345", "env:WRONG_SECRET"))
+    r = run(plan=plan)
+    assert r.status("proxy.auth") == "block"
+    assert "AuthenticationFailedException" in r.by_check("proxy.auth")[0].message
+    assert r.status("rollback.proxy.auth") == "pass"  # the original credential still works
+
+
+def test_wrong_uri_path_blocks(run):
+    r = run(plan=with_target(base_plan(), uri_path="/elsewhere/kms/xks/v1"))
+    assert r.status("proxy.uri_path") == "block"
+
+
+def test_unresolvable_target_secret_blocks(run):
+    plan = with_target(base_plan(), credential=CredentialRef("XKSPROXYACCESSKEY2345", "env:MISSING"))
+    assert run(plan=plan).status("proxy.credential") == "block"
+
+
+def test_credential_change_without_original_secret_blocks_rollback(run):
+    plan = with_keystore(with_target(base_plan(), credential=CredentialRef("XKSPROXYACCESSKEY2345",
+                                                                           "env:XKS_SECRET")),
+                         original_credential=None)
+    r = run(plan=plan)
+    assert r.status("rollback.original_secret") == "block"
+    accepted = run(plan=with_keystore(plan, accept_no_rollback=True))
+    assert accepted.status("rollback.original_secret") == "warn"
+    assert "rollback.original_secret" not in accepted.blocks()
+
+
+def test_verify_key_of_another_store_blocks(run):
+    w = world()
+    _other_store(w)
+    w.keys.append(model.Key("9234abcd-12ab-34cd-56ef-1234567890ab", "cks-0000000000000000a", "payments-key-1"))
+    r = run(w, with_keystore(base_plan(), verify_key_ids=("9234abcd-12ab-34cd-56ef-1234567890ab",)))
+    assert r.status("keys.verify_keys") == "block"
+
+
+def test_connectivity_region_mismatch_blocks(run):
+    plan = with_target(base_plan(), vpc_endpoint_service_name="com.amazonaws.vpce.eu-west-1.vpce-svc-0123456789abcdef0")
+    assert run(plan=plan).status("target.valid") == "block"
+
+
+# -- what cannot be seen from here is a warning, said plainly ---------------------------------------------
+
+def test_private_dns_unreachable_from_here_warns(run):
+    r = run(private=False)
+    f = r.by_check("tls.reachable")[0]
+    assert f.status == "warn" and "private DNS name" in f.message and "NOT checked" in f.message
+    assert not [x for x in r.findings if x.check in ("tls.trusted_root", "tls.hostname")]
+    assert not blocked(r.findings)
+
+
+def test_simulation_denied_warns_with_the_actions(run):
+    w = world()
+    w.iam.simulation_denied = True
+    r = run(w)
+    f = r.by_check("permissions.iam")[0]
+    assert f.status == "warn"
+    assert "kms:DisconnectCustomKeyStore" in f.message and "kms:UpdateCustomKeyStore" in f.message
+    assert not blocked(r.findings)
+
+
+def test_disconnected_store_warns_and_explains(run):
+    w = world()
+    w.keystores[0].state = "DISCONNECTED"
+    r = run(w)
+    assert r.status("keystore.state") == "warn"
+    assert "Unavailable" in r.by_check("keystore.state")[0].message
+    assert r.status("keys.verifiable") == "warn"  # keys show Unavailable: explained, not blocked
+    assert not blocked(r.findings), r.blocks()
+
+
+def test_failed_store_warns_with_its_error_code(run):
+    w = world()
+    w.keystores[0].state = "FAILED"
+    w.keystores[0].connection_error_code = "XKS_PROXY_TIMED_OUT"
+    f = run(w).by_check("keystore.state")[0]
+    assert f.status == "warn" and "XKS_PROXY_TIMED_OUT" in f.message
+
+
+def test_degraded_and_slow_proxy_warn(run):
+    w = world()
+    w.proxies[0].health = "DEGRADED"
+    w.proxies[0].latency_ms = 300.0
+    r = run(w)
+    assert r.status("proxy.health") == "warn"
+    assert r.status("proxy.latency") == "warn"
+
+
+def test_quota_warnings(run):
+    plan = dataclasses.replace(base_plan(), poll_interval=1.0)
+    r = run(plan=plan, unfinished=("run-1",))
+    assert r.status("quota.poll_interval") == "warn"
+    assert r.status("quota.concurrent_runs") == "warn"
+
+
+def test_cloudwatch_unreadable_warns(run):
+    r = run(include_cloudwatch=True)
+    assert r.status("cloudwatch.metrics") == "warn"
+    assert not blocked(r.findings)
+
+
+def test_internet_facing_nlb_and_missing_443_listener_warn(run):
+    w = world()
+    _lb(w).scheme = "internet-facing"
+    _lb(w).listeners = [{"port": 8443, "protocol": "TCP"}]
+    r = run(w)
+    assert r.status("vpc.nlb_internal") == "warn"
+    assert r.status("vpc.nlb_listener") == "warn"
+    assert not blocked(r.findings)
+
+
+# -- the call sequences ------------------------------------------------------------------------------------
+
+def test_call_sequences_show_references_not_secrets(run):
+    plan = with_target(base_plan(), credential=CredentialRef("XKSPROXYACCESSKEY2345", "env:XKS_SECRET"))
+    r = run(plan=plan)
+    ks = plan.keystores[0]
+    calls = mutating_calls(plan, ks, r.snapshot)
+    assert calls[0] == f"aws kms disconnect-custom-key-store --custom-key-store-id {STORE} --region us-east-1"
+    update = calls[2]
+    assert update.startswith(f"aws kms update-custom-key-store --custom-key-store-id {STORE} "
+                             "--xks-proxy-connectivity VPC_ENDPOINT_SERVICE "
+                             "--xks-proxy-uri-endpoint https://myproxy-private.xks.example.com")
+    assert "--xks-proxy-vpc-endpoint-service-name com.amazonaws.vpce.us-east-1.vpce-svc-0123456789abcdef0" in update
+    assert "RawSecretAccessKey=<env:XKS_SECRET>" in update and SECRET not in " ".join(calls)
+    assert any("connect-custom-key-store" in c for c in calls)
+    assert any("aws kms encrypt" in c for c in calls) and any("aws kms decrypt" in c for c in calls)
+    back = rollback_calls(plan, ks, r.snapshot)
+    update_back = next(c for c in back if "update-custom-key-store" in c)
+    assert "--xks-proxy-connectivity PUBLIC_ENDPOINT" in update_back
+    assert "--xks-proxy-uri-endpoint https://myproxy.xks.example.com" in update_back
+    assert "--xks-proxy-uri-path /payments/kms/xks/v1" in update_back
+    assert "--xks-proxy-vpc-endpoint-service-name ''" in update_back
+    assert "RawSecretAccessKey=<env:XKS_SECRET>" in update_back  # the original credential's reference
