@@ -94,7 +94,8 @@ def _build(host: str, port: int, uri_path_prefix: str, region: str, credentials:
 def run_proxy(host: str, port: int, uri_path_prefix: str, region: str, credentials: list[tuple[str, str]],
               keys: list[str], tls: bool, hostnames: list[str], ca_dir: str | None, key_manager: str) -> int:
     """Serve one proxy until SIGTERM/SIGINT. `credentials` are (access key id, secret reference);
-    `keys` are "ID" or "ID:ENCRYPT,DECRYPT". Returns the exit code (0, or 2 for bad input)."""
+    `keys` are "ID" or "ID:ENCRYPT,DECRYPT". Returns the exit code (0, or 2 for bad input). Signal
+    handlers are installed only on the main thread; elsewhere the caller must stop the process."""
     from migrator.rehearsal.ca import WorldCA
     from migrator.rehearsal.xks_proxy import XksProxyServer
 
