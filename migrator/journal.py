@@ -15,23 +15,21 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
-import json
 import os
-import re
 import secrets
 import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from alembic.util import CommandError
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, text, update
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
-from sqlalchemy.pool import NullPool, StaticPool
+from sqlalchemy import Connection, Engine, create_engine, func, insert, select, text, update
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
+from migrator.journal_db import dumps, first_line, migrate, parse_url, sqlite_engine
 from migrator.journal_locks import Locks
 from migrator.journal_models import (
     EVENT_KINDS,
@@ -58,10 +56,7 @@ __all__ = ["DEFAULT_URL", "EventView", "Journal", "JournalError", "LockHeld", "L
            "MigrationView", "RunView"]
 
 DEFAULT_URL = "sqlite:///state/xksmigrate.db"
-MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-SCHEMA_LOCK_KEY = 0x786B736D_69677231  # "xksmigr1": pg_advisory_lock key for schema upgrades
 UNFINISHED = ("running", "interrupted")
-URL_FORMS = "sqlite:///PATH or postgresql://USER@HOST[:PORT]/DB"
 
 
 def _refuse_secrets(value: Any, where: str) -> None:
@@ -76,108 +71,6 @@ def _refuse_secrets(value: Any, where: str) -> None:
         for i, v in enumerate(value):
             _refuse_secrets(v, f"{where}[{i}]")
 
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, dt.datetime | dt.date):
-        return value.isoformat()  # boto3 returns CreationDate as a datetime
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, default=_json_default, sort_keys=True)
-
-
-def _first_line(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None) or exc
-    lines = str(orig).strip().splitlines()
-    return lines[0] if lines else type(orig).__name__
-
-
-def _mask(url: str) -> str:
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
-
-
-def _parse_url(url: str) -> tuple[URL, str]:
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError):
-        hint = f"; did you mean sqlite:///{url}?" if "://" not in url else ""
-        raise JournalError(f"bad journal URL {_mask(url)!r}: expected {URL_FORMS}{hint}") from None
-    name = parsed.drivername
-    if name in ("sqlite", "sqlite+pysqlite"):
-        return parsed, "sqlite"
-    if name in ("postgresql", "postgres", "postgresql+psycopg"):
-        return parsed.set(drivername="postgresql+psycopg"), "postgresql"
-    raise JournalError(f"unsupported journal driver {name!r} in {_mask(url)!r}: use {URL_FORMS} (psycopg 3)")
-
-
-def _sqlite_engine(url: URL, display: str) -> Engine:
-    database = url.database
-    if database and database != ":memory:" and not database.startswith("file:"):
-        path = Path(database).expanduser()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise JournalError(f"cannot create the journal directory {path.parent}: {exc.strerror}") from None
-        for target, what in ((path.parent, "directory"), (path, "file")):  # WAL writes -wal/-shm beside the file
-            if target.exists() and not os.access(target, os.W_OK):
-                raise JournalError(f"the journal {what} {target} is not writable")
-        engine = create_engine(url, connect_args={"timeout": 30}, json_serializer=_dumps)
-    else:
-        engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False},
-                               json_serializer=_dumps)
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi: Any, _record: Any) -> None:
-        dbapi.isolation_level = None  # we issue BEGIN ourselves (below)
-        cursor = dbapi.cursor()
-        for pragma in ("busy_timeout = 30000", "journal_mode = WAL", "foreign_keys = ON"):
-            cursor.execute(f"PRAGMA {pragma}")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Connection) -> None:
-        read = conn.get_execution_options().get("journal_read")
-        conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
-
-    return engine
-
-
-def _migrate(engine: Engine, backend: str) -> None:
-    """Bring the schema to head; a no-op (one SELECT) when it is already there."""
-    from alembic import command
-    from alembic.config import Config
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-
-    script = ScriptDirectory(str(MIGRATIONS_DIR))
-    head = script.get_current_head()
-
-    def current(conn: Connection) -> str | None:
-        rev = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
-        if rev is not None and rev not in {s.revision for s in script.walk_revisions()}:
-            raise JournalError(f"the journal schema ({rev}) is newer than this xksmigrate knows (up to {head}); "
-                               "upgrade xksmigrate")
-        return rev
-
-    with engine.connect().execution_options(journal_read=True) as conn:
-        if current(conn) == head:
-            return
-    with engine.connect() as conn:
-        if backend == "postgresql":
-            conn.execute(select(func.pg_advisory_lock(SCHEMA_LOCK_KEY)))
-            conn.commit()
-        try:
-            with conn.begin():  # SQLite: BEGIN IMMEDIATE is the lock
-                if current(conn) != head:
-                    config = Config()
-                    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-                    config.attributes["connection"] = conn
-                    command.upgrade(config, "head")
-        finally:
-            if backend == "postgresql":
-                conn.execute(select(func.pg_advisory_unlock(SCHEMA_LOCK_KEY)))
-                conn.commit()
 
 
 def _who() -> str:
@@ -199,23 +92,23 @@ class Journal:
     @classmethod
     def open(cls, url: str = DEFAULT_URL) -> Journal:
         """Open (creating or upgrading the schema) or raise JournalError with a one-line reason."""
-        parsed, backend = _parse_url(url)
+        parsed, backend = parse_url(url)
         display = parsed.render_as_string(hide_password=True)
         lock_engine = None
         if backend == "sqlite":
-            engine = _sqlite_engine(parsed, display)
+            engine = sqlite_engine(parsed)
         else:
             args = {"connect_timeout": 10}
-            engine = create_engine(parsed, pool_pre_ping=True, connect_args=args, json_serializer=_dumps)
+            engine = create_engine(parsed, pool_pre_ping=True, connect_args=args, json_serializer=dumps)
             lock_engine = create_engine(parsed, poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args=args)
         try:
-            _migrate(engine, backend)
+            migrate(engine, backend)
         except JournalError:
             engine.dispose()
             raise
         except (SQLAlchemyError, OSError, CommandError) as exc:
             engine.dispose()
-            raise JournalError(f"cannot open the journal {display}: {_first_line(exc)}") from None
+            raise JournalError(f"cannot open the journal {display}: {first_line(exc)}") from None
         return cls(engine, lock_engine, parsed, backend)
 
     @contextmanager
