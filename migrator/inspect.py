@@ -124,7 +124,7 @@ def mutating_calls(plan: Plan, keystore: KeystorePlan, snapshot: dict | None) ->
     config = t.as_config()
     update = _update(plan, sid, config, credential)
     state = (snapshot or {}).get("ConnectionState")
-    return _window(plan, sid, update, keystore, skip_disconnect=state == "DISCONNECTED")
+    return _window(plan, sid, update, keystore, skip_disconnect=state in ("DISCONNECTED", "DISCONNECTING"))
 
 
 def rollback_calls(plan: Plan, keystore: KeystorePlan, snapshot: dict | None) -> list[str]:

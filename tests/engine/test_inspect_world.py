@@ -323,6 +323,31 @@ def test_connectivity_region_mismatch_blocks(run):
     assert run(plan=plan).status("target.valid") == "block"
 
 
+def test_public_endpoint_equal_to_a_vpc_stores_endpoint_blocks(run):
+    w = world("vpc-to-public")
+    _other_store(w, id="cks-0000000000000000b", connectivity="VPC_ENDPOINT_SERVICE",
+                 uri_endpoint="https://ledger-xks.example.org", access_key_id="LEDGERXKSACCESSKEY234",
+                 secret=OTHER_SECRET,
+                 vpc_endpoint_service_name="com.amazonaws.vpce.eu-west-1.vpce-svc-0aaaaaaaaaaaaaaaa")
+    plan = with_keystore(load_plan(REPO / "plans" / "vpc-to-public.toml"),
+                         original_credential=CredentialRef("", "env:LEDGER"))
+    assert run(w, plan).status("target.endpoint_unique") == "block"
+
+
+def test_cross_account_service_is_read_through_the_consumer_view(run):
+    w = world()
+    _svc(w).owner = "444455556666"
+    plan = with_target(base_plan(), vpc_endpoint_service_owner="444455556666")
+    r = run(w, plan)
+    assert r.status("vpc.endpoint_service") == "pass"
+    assert r.status("vpc.private_dns_verified") == "pass"
+    allowed = r.by_check("vpc.allowed_principal")[0]
+    assert allowed.status == "warn" and "444455556666" in allowed.message  # not readable from here: said so
+    assert not blocked(r.findings), r.blocks()
+    _svc(w).private_dns_state = "pendingVerification"
+    assert run(w, plan).status("vpc.private_dns_verified") == "block"
+
+
 # -- what cannot be seen from here is a warning, said plainly ---------------------------------------------
 
 def test_private_dns_unreachable_from_here_warns(run):
