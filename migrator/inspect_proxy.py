@@ -182,7 +182,11 @@ def check_proxy(ctx: PreflightContext) -> list[Finding]:
     found = [ok("proxy.credential", f"secret {ref} resolved for access key id {access_key_id}")]
     tls = [f for f in ctx.cache.get("tls_findings", []) if f.check.startswith("tls.")]
     if tls and not tls_ok(tls):
-        found.append(warn("proxy.reachable", "the target proxy was NOT probed: TLS to it did not pass (see tls.*)"))
+        unreachable = any(f.check == "tls.reachable" and f.status != "pass" for f in tls)
+        why = ("it cannot be reached from here (see tls.reachable)" if unreachable
+               else "its TLS did not pass (see tls.*)")
+        found.append(warn("proxy.reachable", f"the target proxy was NOT probed: {why}",
+                          "probe it from where it is reachable, or set probe = \"ip:port\" in the plan"))
         return found
     found += probe_proxy(ctx, uri_endpoint=t.uri_endpoint, uri_path=target_path(ctx), access_key_id=access_key_id,
                          secret=secret, key_ids=external_ids_to_verify(ctx), use_probe=True, prefix="proxy")

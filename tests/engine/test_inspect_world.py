@@ -355,6 +355,7 @@ def test_private_dns_unreachable_from_here_warns(run):
     f = r.by_check("tls.reachable")[0]
     assert f.status == "warn" and "private DNS name" in f.message and "NOT checked" in f.message
     assert not [x for x in r.findings if x.check in ("tls.trusted_root", "tls.hostname")]
+    assert r.status("proxy.reachable") == "warn" and "cannot be reached" in r.by_check("proxy.reachable")[0].message
     assert not blocked(r.findings)
 
 
