@@ -138,3 +138,25 @@ def test_mutate_endpoint_service_changes_what_connect_sees(start_world, kms_clie
     assert state["keystores"][0]["state"] == "FAILED" and "secret" not in state["keystores"][0]
     with pytest.raises(urllib.error.HTTPError):
         _post(server, "/_rehearsal/mutate", {"kind": "proxy", "id": "payments-proxy", "set": {"down": "yes"}})
+
+
+def test_query_protocol_mutations_are_seen_by_kms(start_world, kms_client):
+    """EC2 calls go through the same endpoint and change the very objects KMS checks at connect."""
+    from world_helpers import aws_client
+
+    def vpc_disconnected(data):
+        data["keystores"][0].update(state="DISCONNECTED", connectivity="VPC_ENDPOINT_SERVICE",
+                                    uri_endpoint=VPC_ENDPOINT, vpc_endpoint_service_name=VPC_SERVICE)
+    server = start_world(make_world(vpc_disconnected))
+    ec2, kms = aws_client(server, "ec2"), kms_client(server)
+    service = ec2.describe_vpc_endpoint_service_configurations(
+        ServiceIds=["vpce-svc-0123456789abcdef0"])["ServiceConfigurations"][0]
+    assert service["PrivateDnsNameConfiguration"]["State"] == "verified"
+    ec2.modify_vpc_endpoint_service_permissions(ServiceId="vpce-svc-0123456789abcdef0",
+                                                RemoveAllowedPrincipals=["cks.kms.us-east-1.amazonaws.com"])
+    kms.connect_custom_key_store(CustomKeyStoreId=STORE_ID)
+    entry = wait_for_state(kms, STORE_ID, ("CONNECTED", "FAILED"))
+    assert entry["ConnectionErrorCode"] == "XKS_VPC_ENDPOINT_SERVICE_NOT_FOUND"
+    calls = [e for e in _log(server) if e["kind"] == "call" and e.get("detail") == "ec2"]
+    assert [c["operation"] for c in calls] == ["DescribeVpcEndpointServiceConfigurations",
+                                               "ModifyVpcEndpointServicePermissions"]
