@@ -77,7 +77,12 @@ def find_service(world: model.World, name: str, owner: str) -> model.EndpointSer
 
 
 def check_service(world: model.World, target: Target) -> Outcome:
-    """The VPC endpoint service requirements of facts §4.1, mapped to NOT_FOUND / INVALID_CONFIGURATION."""
+    """The VPC endpoint service requirements of facts §4.1, mapped to NOT_FOUND / INVALID_CONFIGURATION.
+
+    Acceptance required is an invalid configuration here (troubleshooting page); the vpc-connectivity page
+    names XksProxyInvalidConfigurationException for it at create and the DG's NOT_FOUND example mentions it
+    too (UNCONFIRMED which one real KMS raises).
+    """
     svc = find_service(world, target.service_name, target.service_owner)
     if svc is None or svc.state in ("Deleting", "Deleted"):
         return _out(_NOT_FOUND, f"KMS cannot find the VPC endpoint service {target.service_name}.")

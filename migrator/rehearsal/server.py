@@ -105,6 +105,7 @@ def public_view(obj: Any) -> dict[str, Any]:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate sends: without this, 40 ms delayed ACKs
     server_version = "xksmigrate-rehearsal/1.0"
     sys_version = ""
 
