@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
@@ -141,6 +142,44 @@ def _is_loopback(url: str | None) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
+@contextlib.contextmanager
+def _environment(plan: Any, *, dry_run: bool, json_output: bool, command: str, yes: bool, state: str | None,
+                 world: str | None, faults: str | None, profile: str | None, region: str | None,
+                 endpoint_url: str | None, time_scale: float | None) -> Iterator[Any]:
+    """The Environment for a real account, or for an in-process rehearsal world (--dry-run)."""
+    from migrator import report
+
+    if (world or faults) and not dry_run:
+        raise fail("--world and --faults belong to --dry-run")
+    if not dry_run:
+        journal = _open_journal(state)
+        renderer = report.make_renderer(json_output, command)
+        yield _real_env(plan, journal=journal, renderer=renderer, yes=yes, profile=profile, region=region,
+                        endpoint_url=endpoint_url, time_scale=time_scale)
+        return
+    from migrator import dryrun
+    from migrator.engine import Environment
+    from migrator.secrets import SecretError, resolve_secret
+
+    journal = _open_journal(state or os.environ.get("XKSMIGRATE_REHEARSAL_STATE") or dryrun.DEFAULT_REHEARSAL_STATE)
+    known: dict[str, str] = {}
+    for ks in plan.keystores:
+        for cred in (ks.target.credential, ks.original_credential):
+            if cred and not cred.secret_ref.startswith("secretsmanager:"):
+                with contextlib.suppress(SecretError):  # the preflight gate reports it
+                    known[cred.secret_ref] = resolve_secret(cred.secret_ref).reveal()
+    try:
+        with dryrun.rehearsal(plan, world_path=world, faults_path=faults, secrets=known,
+                              time_scale=time_scale) as rh:
+            renderer = report.make_renderer(json_output, command)
+            yield Environment(journal=journal, clients=rh.clients, clock=rh.clock, observer=renderer,
+                              secret_resolver=lambda ref: resolve_secret(ref, client_factory=rh.clients),
+                              approve=_approver(yes, renderer), who=_who(), dry_run=True,
+                              extra_roots_pem=rh.extra_roots_pem + _extra_roots(plan), resolve=rh.resolve)
+    except dryrun.RehearsalError as exc:
+        raise fail(str(exc)) from None
+
+
 def _finish(renderer: Any, result: Any) -> int:
     summary = result.summary()
     renderer.finish(summary)
@@ -157,47 +196,35 @@ def run(plan_file: Annotated[str, typer.Argument(metavar="PLAN", help="plan.toml
         profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None,
         time_scale: ScaleOpt = None) -> None:
     """Migrate the key stores of PLAN: snapshot, preflight, disconnect, update, connect, verify."""
-    from migrator import engine, report
+    from migrator import engine
 
     plan = _load_plan(plan_file)
-    if (world or faults) and not dry_run:
-        raise fail("--world and --faults belong to --dry-run")
     _require_consent(yes)
     _interruptible()
-    if dry_run:
-        raise typer.Exit(_dry_run(plan, yes=yes, json_output=json_output, state=state, world=world,
-                                  faults=faults, time_scale=time_scale))
-    journal = _open_journal(state)
-    renderer = report.make_renderer(json_output, "run")
-    env = _real_env(plan, journal=journal, renderer=renderer, yes=yes, profile=profile, region=region,
-                    endpoint_url=endpoint_url, time_scale=time_scale)
-    raise typer.Exit(_finish(renderer, engine.start(plan, env)))
+    with _environment(plan, dry_run=dry_run, json_output=json_output, command="run", yes=yes, state=state,
+                      world=world, faults=faults, profile=profile, region=region, endpoint_url=endpoint_url,
+                      time_scale=time_scale) as env:
+        code = _finish(env.observer, engine.start(plan, env))
+    raise typer.Exit(code)
 
 
-def _dry_run(plan: Any, *, yes: bool, json_output: bool, state: str | None, world: str | None,
-             faults: str | None, time_scale: float | None) -> int:
-    from migrator import dryrun, engine, report
-    from migrator.engine import Environment
-    from migrator.secrets import SecretError, resolve_secret
+@app.command("plan")
+def plan_command(plan_file: Annotated[str, typer.Argument(metavar="PLAN", help="plan.toml")],
+                 dry_run: Annotated[bool, typer.Option("--dry-run", help="Against an in-process world")] = False,
+                 json_output: JsonOpt = False, state: StateOpt = None,
+                 world: Annotated[str | None, typer.Option("--world", help="World file for --dry-run")] = None,
+                 faults: Annotated[str | None, typer.Option("--faults", help="Fault file for --dry-run")] = None,
+                 profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None) -> None:
+    """Read-only: snapshot, every preflight check, the exact call sequence and the rollback sequence."""
+    from migrator import planner
 
-    journal = _open_journal(state or os.environ.get("XKSMIGRATE_REHEARSAL_STATE") or dryrun.DEFAULT_REHEARSAL_STATE)
-    known: dict[str, str] = {}
-    for ks in plan.keystores:
-        for cred in (ks.target.credential, ks.original_credential):
-            if cred and not cred.secret_ref.startswith("secretsmanager:"):
-                with contextlib.suppress(SecretError):  # the preflight gate reports it
-                    known[cred.secret_ref] = resolve_secret(cred.secret_ref).reveal()
-    try:
-        with dryrun.rehearsal(plan, world_path=world, faults_path=faults, secrets=known,
-                              time_scale=time_scale) as rh:
-            renderer = report.make_renderer(json_output, "run --dry-run")
-            env = Environment(journal=journal, clients=rh.clients, clock=rh.clock, observer=renderer,
-                              secret_resolver=lambda ref: resolve_secret(ref, client_factory=rh.clients),
-                              approve=_approver(yes, renderer), who=_who(), dry_run=True,
-                              extra_roots_pem=rh.extra_roots_pem, resolve=rh.resolve)
-            return _finish(renderer, engine.start(plan, env))
-    except dryrun.RehearsalError as exc:
-        raise fail(str(exc)) from None
+    plan = _load_plan(plan_file)
+    with _environment(plan, dry_run=dry_run, json_output=json_output, command="plan", yes=False, state=state,
+                      world=world, faults=faults, profile=profile, region=region, endpoint_url=endpoint_url,
+                      time_scale=None) as env:
+        report = planner.make_report(plan, env)
+        planner.render(report, json_output)
+    raise typer.Exit(report.exit_code)
 
 
 @app.command()

@@ -68,12 +68,16 @@ class StoreResult:
     disconnected_seconds: float | None
     api_calls: dict[str, int]
     error: str | None
+    manual: dict[str, Any] | None = None  # for a stuck store: its state and the commands to run by hand
 
     def to_dict(self, simulated: bool) -> dict[str, Any]:
-        return {"id": self.id, "ref": self.ref, "state": self.state, "outcome": self.outcome,
+        data = {"id": self.id, "ref": self.ref, "state": self.state, "outcome": self.outcome,
                 "original": self.original, "final": self.final,
                 "disconnected_seconds": self.disconnected_seconds, "simulated": simulated,
                 "api_calls": self.api_calls, "error": self.error}
+        if self.manual:
+            data["manual"] = self.manual
+        return data
 
 
 @dataclass
@@ -111,22 +115,29 @@ class RunContext:
         self.last_seen: dict[int, Observation] = {}
         self.kms = KmsApplier(env.clients.client("kms"))
         self.lock_message = ""
+        self.lock_lost = False
+        self._emit_lock = threading.Lock()
+        # AWS: connecting or disconnecting "takes approximately five minutes"; refined by each wait.
+        self.expected_change_seconds: float = 300.0
 
     # -- journal and output -----------------------------------------------------------------
     def _emit(self, mid: int | None, seq: int, kind: str, **data: Any) -> None:
-        self.env.observer.event({"type": "event", "run_id": self.run_id, "migration": mid, "seq": seq,
-                                 "kind": kind, "at": self.clock.now(), **data})
+        with self._emit_lock:  # verification threads report concurrently
+            self.env.observer.event({"type": "event", "run_id": self.run_id, "migration": mid, "seq": seq,
+                                     "kind": kind, "at": self.clock.now(), **data})
 
     def record(self, mid: int | None, *, kind: str, operation: str | None = None, outcome: str | None = None,
                request_id: str | None = None, detail: dict[str, Any] | None = None) -> int:
         seq = self.journal.record(self.run_id, kind=kind, migration_id=mid, operation=operation, outcome=outcome,
                                   request_id=request_id, detail=detail)
+        _crash_point(seq)
         self._emit(mid, seq, kind, operation=operation, outcome=outcome, request_id=request_id, detail=detail)
         return seq
 
     def transition(self, mid: int, from_state: str, to_state: str, *, detail: dict[str, Any] | None = None,
                    **fields: Any) -> int:
         seq = self.journal.transition(mid, to_state, detail=detail, **fields)
+        _crash_point(seq)
         self._emit(mid, seq, "transition", from_state=from_state, to_state=to_state, detail=detail)
         return seq
 
@@ -233,6 +244,23 @@ class RunContext:
         return runbook.stuck_help(self.plan.region, driver.store_id, driver.snapshot, self.last_seen.get(driver.mid))
 
 
+def _crash_point(seq: int) -> None:
+    """Test seam for the crash matrix: die by SIGKILL right after journal event `seq` is committed.
+
+    Only active when XKSMIGRATE_TEST_KILL_AFTER_SEQ is set; it proves that every journal point is
+    a safe place to die (resume must end in completed or rolled_back with nothing lost).
+    """
+    target = os.environ.get("XKSMIGRATE_TEST_KILL_AFTER_SEQ")
+    if target and target.isdigit() and int(target) == seq:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class LockLostStop(BaseException):
+    """Our lock was removed (xksmigrate unlock) or its session died: stop before the next side effect."""
+
+
 # ---------------------------------------------------------------------------------------------
 def start(plan: Plan, env: Environment) -> RunResult:
     """Record a new run of `plan`, then drive it."""
@@ -265,7 +293,7 @@ def _drive(plan: Plan, env: Environment, run_id: str, resumed: bool = False) -> 
     by_ref = {ks.ref: ks for ks in plan.keystores}
     locks: list[Any] = []
     stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(env, locks, stop), daemon=True)
+    beat = threading.Thread(target=_heartbeat, args=(env, ctx, locks, stop), daemon=True)
     outcome, message = "completed", ""
     try:
         if resumed:
@@ -291,6 +319,11 @@ def _drive(plan: Plan, env: Environment, run_id: str, resumed: bool = False) -> 
     except KeyboardInterrupt:
         outcome, message = "interrupted", "interrupted; the run can be resumed with: xksmigrate resume " + run_id
         ctx.record(None, kind="note", outcome="interrupted", detail={"message": message})
+    except LockLostStop:
+        outcome = "interrupted"
+        message = ("this runner's lock was removed (xksmigrate unlock?) so it stopped before its next AWS call; "
+                   f"check `xksmigrate status {run_id}` before resuming")
+        ctx.record(None, kind="note", outcome="lock_lost", detail={"message": message})
     finally:
         stop.set()
         for lock in locks:
@@ -322,16 +355,28 @@ def _lock(env: Environment, ctx: RunContext, run_id: str, store_id: str, mid: in
     return lock
 
 
-def _heartbeat(env: Environment, locks: list[Any], stop: threading.Event) -> None:
+def _heartbeat(env: Environment, ctx: RunContext, locks: list[Any], stop: threading.Event) -> None:
+    from migrator.journal import LockLost
+
     while not stop.wait(env.heartbeat_seconds):
         for lock in list(locks):
-            with contextlib.suppress(Exception):
+            try:
                 env.journal.heartbeat(lock)
+            except LockLost:
+                ctx.lock_lost = True
+            except Exception:  # a passing database hiccup: the next beat tries again
+                pass
 
 
 def _worse(a: str, b: str) -> str:
     rank = {o: i for i, o in enumerate(SEVERITY)}
     return a if rank.get(a, len(SEVERITY)) >= rank.get(b, len(SEVERITY)) else b
+
+
+def _stuck_help(ctx: RunContext, m: Any) -> dict[str, Any]:
+    from migrator import runbook
+
+    return runbook.stuck_help(ctx.plan.region, m.keystore_id or m.keystore_ref, m.snapshot, ctx.last_seen.get(m.id))
 
 
 def _result(ctx: RunContext, run_id: str, outcome: str, exit_code: int, message: str) -> RunResult:
@@ -342,9 +387,13 @@ def _result(ctx: RunContext, run_id: str, outcome: str, exit_code: int, message:
         original = {k: (m.snapshot or {}).get(k) for k in CONFIG_KEYS} if m.snapshot else None
         final = {k: getattr(last.config, k) for k in CONFIG_KEYS} if last else None
         store_outcome = m.outcome or (m.state if m.state in machine.TERMINAL else "unfinished")
+        window = m.window_seconds
+        if window is None and m.disconnected_at is not None:  # still disconnected (stuck, interrupted)
+            window = round(ctx.clock.elapsed(m.disconnected_at), 3)
         stores.append(StoreResult(ref=m.keystore_ref, id=m.keystore_id or "", state=m.state, outcome=store_outcome,
-                                  original=original, final=final, disconnected_seconds=m.window_seconds,
-                                  api_calls=dict(m.api_calls or {}), error=m.error))
+                                  original=original, final=final, disconnected_seconds=window,
+                                  api_calls=dict(m.api_calls or {}), error=m.error,
+                                  manual=_stuck_help(ctx, m) if m.state == "stuck" else None))
     if not message:
         message = next((s.error for s in stores if s.error), "") or outcome
     return RunResult(run_id, outcome, exit_code, stores, message, simulated=ctx.clock.simulated)

@@ -49,7 +49,7 @@ def inspector_checks(ctx: Any, driver: Any) -> list[Finding]:
     from migrator import inspect
 
     pctx = PreflightContext(
-        plan=ctx.plan, keystore=driver.ks, snapshot=_entry(driver.snapshot), clients=ctx.env.clients,
+        plan=ctx.plan, keystore=driver.ks, snapshot=describe_entry(driver.snapshot), clients=ctx.env.clients,
         secret_resolver=ctx.secret, extra_roots_pem=list(ctx.env.extra_roots_pem), resolve=ctx.env.resolve,
         unfinished_runs=_other_unfinished(ctx), include_cloudwatch=ctx.env.include_cloudwatch)
     return list(inspect.preflight(pctx))
@@ -59,7 +59,7 @@ def blocked(findings: list[Finding]) -> bool:
     return any(f.status == BLOCK for f in findings)
 
 
-def _entry(snapshot: dict[str, Any] | None) -> dict[str, Any] | None:
+def describe_entry(snapshot: dict[str, Any] | None) -> dict[str, Any] | None:
     """The snapshot back in DescribeCustomKeyStores shape, as the inspector expects it."""
     if snapshot is None:
         return None

@@ -22,6 +22,7 @@ from migrator.inspect_proxy import check_proxy, check_rollback
 from migrator.inspect_store import check_keystore, check_quota, check_target
 from migrator.inspect_tls import check_tls
 from migrator.inspect_vpc import check_vpc
+from migrator.kms import StoreConfig, update_parameters
 from migrator.plan import VPC, KeystorePlan, Plan
 
 __all__ = ["CHECKS", "Finding", "PreflightContext", "blocked", "mutating_calls", "preflight", "rollback_calls"]
@@ -73,19 +74,36 @@ def _store_arg(keystore: KeystorePlan, snapshot: dict | None) -> str:
     return sid or f"<id of {keystore.name}>"
 
 
-def _update(plan: Plan, sid: str, config: dict[str, str | None], credential: tuple[str, str] | None) -> str:
-    """`aws kms update-custom-key-store` for one configuration; credential = (access key id, secret ref)."""
-    args = ["aws", "kms", "update-custom-key-store", "--custom-key-store-id", sid,
-            "--xks-proxy-connectivity", config["connectivity"] or "", "--xks-proxy-uri-endpoint",
-            config["uri_endpoint"] or ""]
-    if config.get("uri_path"):
-        args += ["--xks-proxy-uri-path", config["uri_path"]]
-    if config["connectivity"] == VPC:
-        args += ["--xks-proxy-vpc-endpoint-service-name", config.get("vpc_endpoint_service_name") or ""]
-        if config.get("vpc_endpoint_service_owner"):
-            args += ["--xks-proxy-vpc-endpoint-service-owner", config["vpc_endpoint_service_owner"]]
-    else:
-        args += ["--xks-proxy-vpc-endpoint-service-name", ""]  # PUBLIC: "null or empty string" (facts §1.1)
+_CLI_FLAGS = {"XksProxyConnectivity": "--xks-proxy-connectivity", "XksProxyUriEndpoint": "--xks-proxy-uri-endpoint",
+              "XksProxyUriPath": "--xks-proxy-uri-path",
+              "XksProxyVpcEndpointServiceName": "--xks-proxy-vpc-endpoint-service-name",
+              "XksProxyVpcEndpointServiceOwner": "--xks-proxy-vpc-endpoint-service-owner"}
+
+
+def _config(cfg: dict) -> StoreConfig:
+    """A DescribeCustomKeyStores XksProxyConfiguration as the engine's StoreConfig."""
+    return StoreConfig(cfg.get("Connectivity") or "", cfg.get("UriEndpoint") or "", cfg.get("UriPath") or "",
+                       cfg.get("VpcEndpointServiceName") or "", cfg.get("VpcEndpointServiceOwner") or "",
+                       cfg.get("AccessKeyId") or "")
+
+
+def _desired(keystore: KeystorePlan, current: StoreConfig) -> StoreConfig:
+    t = keystore.target
+    public = t.connectivity != VPC
+    return StoreConfig(t.connectivity, t.uri_endpoint, t.uri_path or current.uri_path,
+                       "" if public else (t.vpc_endpoint_service_name or ""),
+                       "" if public else (t.vpc_endpoint_service_owner or ""),
+                       t.credential.access_key_id if t.credential else current.access_key_id)
+
+
+def _update(plan: Plan, sid: str, desired: StoreConfig, current: StoreConfig,
+            credential: tuple[str, str] | None) -> str:
+    """`aws kms update-custom-key-store` with exactly the parameters the engine sends (kms.update_parameters)."""
+    params = update_parameters(sid, desired, current, credential is not None)
+    args = ["aws", "kms", "update-custom-key-store", "--custom-key-store-id", sid]
+    for name, flag in _CLI_FLAGS.items():
+        if name in params:
+            args += [flag, params[name]]
     text = shlex.join([*args, "--region", plan.region])
     if credential:
         # The secret is never written out: the reference stands in for RawSecretAccessKey.
@@ -108,9 +126,9 @@ def _window(plan: Plan, sid: str, update: str, keystore: KeystorePlan, skip_disc
     keys = list(keystore.verify_key_ids) or ["<each of up to 3 Enabled keys of the store>"]
     for key in keys:
         calls.append(shlex.join(["aws", "kms", "encrypt", "--key-id", key, "--plaintext", "fileb://<random 32 bytes>",
-                                 "--encryption-context", "xksmigrate=verify", *r]))
+                                 "--encryption-context", "xksmigrate-run=<run id>", *r]))
         calls.append(shlex.join(["aws", "kms", "decrypt", "--key-id", key, "--ciphertext-blob",
-                                 "fileb://<ciphertext>", "--encryption-context", "xksmigrate=verify", *r])
+                                 "fileb://<ciphertext>", "--encryption-context", "xksmigrate-run=<run id>", *r])
                      + "  # plaintext must match")
     return calls
 
@@ -121,8 +139,8 @@ def mutating_calls(plan: Plan, keystore: KeystorePlan, snapshot: dict | None) ->
     t = keystore.target
     credential = (t.credential.access_key_id or (snapshot or {}).get("XksProxyConfiguration", {}).get("AccessKeyId",
                   "<current access key id>"), t.credential.secret_ref) if t.credential else None
-    config = t.as_config()
-    update = _update(plan, sid, config, credential)
+    current = _config((snapshot or {}).get("XksProxyConfiguration") or {})
+    update = _update(plan, sid, _desired(keystore, current), current, credential)
     state = (snapshot or {}).get("ConnectionState")
     return _window(plan, sid, update, keystore, skip_disconnect=state in ("DISCONNECTED", "DISCONNECTING"))
 
@@ -133,16 +151,14 @@ def rollback_calls(plan: Plan, keystore: KeystorePlan, snapshot: dict | None) ->
     sid = _store_arg(keystore, snapshot)
     if not cfg:
         return [f"# no snapshot of {keystore.ref}: nothing recorded to roll back to"]
-    config = {"connectivity": cfg.get("Connectivity"), "uri_endpoint": cfg.get("UriEndpoint"),
-              "uri_path": cfg.get("UriPath"), "vpc_endpoint_service_name": cfg.get("VpcEndpointServiceName"),
-              "vpc_endpoint_service_owner": cfg.get("VpcEndpointServiceOwner")}
+    original = _config(cfg)
     credential = None
     if keystore.target.credential:
-        original = keystore.original_credential
-        ref = original.secret_ref if original else "<original secret: not given>"
+        old = keystore.original_credential
+        ref = old.secret_ref if old else "<original secret: not given>"
         credential = ((keystore.original_credential.access_key_id if keystore.original_credential else "")
                       or cfg.get("AccessKeyId", ""), ref)
-    update = _update(plan, sid, config, credential)
+    update = _update(plan, sid, original, _desired(keystore, original), credential)
     calls = _window(plan, sid, update, keystore, skip_disconnect=False)
     calls[0] += "  # only if the store is not already DISCONNECTED"
     return calls

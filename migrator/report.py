@@ -78,6 +78,12 @@ def describe_summary(summary: dict[str, Any]) -> list[str]:
                          + (f" via {f['vpc_endpoint_service_name']}" if f.get("vpc_endpoint_service_name") else ""))
         if ks.get("error") and ks["outcome"] != "completed":
             lines.append(f"    reason: {ks['error']}")
+        if ks.get("manual"):
+            manual = ks["manual"]
+            lines.append(f"    OPERATOR ACTION NEEDED: the key store is {manual.get('connection_state')}"
+                         + (f" ({manual['connection_error_code']})" if manual.get("connection_error_code") else "")
+                         + f"; see {manual.get('runbook')}. Next commands:")
+            lines.extend(f"      {cmd}" for cmd in manual.get("commands", []))
         calls = ks.get("api_calls") or {}
         if calls:
             lines.append("    AWS requests: " + ", ".join(f"{k.split(':')[-1]} {v}" for k, v in calls.items()))

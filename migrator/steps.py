@@ -9,6 +9,7 @@ the rollback ends in `stuck` with the next commands for the operator.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -100,6 +101,10 @@ class Driver:
         return round(self.ctx.clock.elapsed(self.disconnected_at, until), 3)
 
     def observe(self) -> Observation:
+        if self.ctx.lock_lost:
+            from migrator.engine import LockLostStop
+
+            raise LockLostStop
         obs = self.kms.describe(self.store_id)
         self.ctx.observed(self.mid, obs, self)
         return obs
@@ -126,9 +131,7 @@ class Driver:
                     step()
             except Blocked as exc:
                 self.stop_unchanged(str(exc))
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:
+            except Exception as exc:  # KeyboardInterrupt and LockLostStop are BaseExceptions: they pass
                 self.on_failure(exc)
         return self.state
 
@@ -285,9 +288,15 @@ class Driver:
             self.move(then, reconnected_at=self.ctx.clock.now())
 
     def wait_for(self, states: tuple[str, ...], deadline: float | None, what: str) -> Observation:
-        return poll_until(self.observe, lambda o: o.state in states, clock=self.ctx.clock,
-                          interval=self.ctx.plan.poll_interval, deadline=deadline, what=what,
-                          on_poll=self.ctx.on_poll(self.mid, self))
+        """Poll until the store reaches one of `states`; learns how long such a change takes."""
+        started = self.ctx.clock.now()
+        obs = poll_until(self.observe, lambda o: o.state in states, clock=self.ctx.clock,
+                         interval=self.ctx.plan.poll_interval, deadline=deadline, what=what,
+                         expected=self.ctx.expected_change_seconds, on_poll=self.ctx.on_poll(self.mid, self))
+        took = self.ctx.clock.elapsed(started)
+        if took > 2 * self.ctx.plan.poll_interval:  # a real transition, not an already-finished one
+            self.ctx.expected_change_seconds = took
+        return obs
 
     def step_begin_verify(self) -> None:
         self.move("start_verify")
@@ -300,30 +309,52 @@ class Driver:
                        detail={"window_seconds": self.window(now)})
 
     def prove_keys(self, deadline: float | None) -> None:
-        """DescribeKey Enabled plus an Encrypt+Decrypt round trip per verify key, inside the budget."""
+        """DescribeKey Enabled plus an Encrypt+Decrypt round trip per verify key, inside the budget.
+
+        Keys are proven in parallel (each in a daemon thread, so Ctrl-C is never held up): the
+        window ends when the slowest key works, not when the sum of all round trips has passed.
+        """
         assert self.snapshot is not None
-        keys = self.snapshot.get("verify_keys") or []
+        keys = [k["key_id"] for k in self.snapshot.get("verify_keys") or []]
         if not keys:
             raise StepFailed("no key to verify with")
-        context = {"xksmigrate-run": self.ctx.run_id}
-        for key in keys:
-            def attempt(key_id: str = key["key_id"]) -> str:
-                try:
-                    info = self.kms.describe_key(key_id)
-                    if info.state != "Enabled":
-                        return f"KeyState {info.state}"
-                    enc, dec = self.kms.round_trip(key_id, context)
-                except AwsCallError as exc:
-                    if exc.code in ("KMSInvalidStateException",) or exc.retryable:
-                        return f"{exc.code}: {exc.message}"  # changes take up to 5 minutes to be effective
-                    raise
-                self.ctx.record(self.mid, kind="result", operation="Encrypt+Decrypt", outcome="ok",
-                                request_id=dec, detail={"key_id": key_id, "encrypt_request_id": enc})
-                return "ok"
+        errors: dict[str, BaseException] = {}
+        threads = [threading.Thread(target=self._prove_key_into, args=(key_id, deadline, errors), daemon=True,
+                                    name=f"verify-{key_id}") for key_id in keys]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)
+        if errors:
+            key_id, exc = next(iter(errors.items()))
+            raise exc if isinstance(exc, Exception) else StepFailed(f"verifying {key_id}: {exc}")
 
-            poll_until(attempt, lambda r: r == "ok", clock=self.ctx.clock, interval=self.ctx.plan.poll_interval,
-                       deadline=deadline, what=f"verifying key {key['key_id']}",
-                       on_poll=self.ctx.on_poll(self.mid, self))
+    def _prove_key_into(self, key_id: str, deadline: float | None, errors: dict[str, BaseException]) -> None:
+        try:
+            self.prove_key(key_id, deadline)
+        except BaseException as exc:  # reported by the caller's thread
+            errors[key_id] = exc
+
+    def prove_key(self, key_id: str, deadline: float | None) -> None:
+        context = {"xksmigrate-run": self.ctx.run_id}
+
+        def attempt() -> str:
+            try:
+                info = self.kms.describe_key(key_id)
+                if info.state != "Enabled":
+                    return f"KeyState {info.state}"
+                enc, dec = self.kms.round_trip(key_id, context)
+            except AwsCallError as exc:
+                if exc.code == "KMSInvalidStateException" or exc.retryable:
+                    return f"{exc.code}: {exc.message}"  # changes take up to 5 minutes to be fully effective
+                raise
+            self.ctx.record(self.mid, kind="result", operation="Encrypt+Decrypt", outcome="ok",
+                            request_id=dec, detail={"key_id": key_id, "encrypt_request_id": enc})
+            return "ok"
+
+        poll_until(attempt, lambda r: r == "ok", clock=self.ctx.clock, interval=self.ctx.plan.poll_interval,
+                   deadline=deadline, what=f"verifying key {key_id}", on_poll=self.ctx.on_poll(self.mid, self))
 
     # -- rollback --------------------------------------------------------------------------
     def step_rollback(self) -> None:

@@ -43,25 +43,45 @@ def _stop_at(clock: Clock, deadline: float | None) -> Callable[[RetryCallState],
     return stop
 
 
-def poll_schedule(interval: float) -> Callable[[RetryCallState], float]:
-    """A short first poll (state changes are often quick to start), then the plan's interval."""
+def poll_schedule(interval: float, expected: float | None = None,
+                  elapsed: Callable[[], float] | None = None) -> Callable[[RetryCallState], float]:
+    """When to look next: a short first poll, then the plan's interval, then, around the moment the
+    change is expected to finish, once a second (the floor) so the window is not stretched by up to a
+    whole interval; past that moment plus two intervals, back to the interval.
+
+    `expected` is the likely duration in seconds (AWS documents about five minutes for connect and
+    disconnect; the engine passes what it measured for the previous wait), `elapsed()` the seconds
+    since the change started.
+    """
     interval = max(interval, MIN_POLL)
     first = max(MIN_POLL, min(interval, interval / 5))
 
     def wait(state: RetryCallState) -> float:
-        return first if state.attempt_number == 1 else interval
+        if state.attempt_number == 1:
+            return first
+        if expected is None or elapsed is None:
+            return interval
+        now = elapsed()
+        if now + interval < expected - MIN_POLL:
+            return interval
+        if now < expected - MIN_POLL:
+            return max(MIN_POLL, expected - MIN_POLL - now)  # land one floor-poll before the expected end
+        if now < expected + 2 * interval:
+            return MIN_POLL
+        return interval
 
     return wait
 
 
 def poll_until(observe: Callable[[], T], done: Callable[[T], bool], *, clock: Clock, interval: float,
-               deadline: float | None, what: str,
+               deadline: float | None, what: str, expected: float | None = None,
                on_poll: Callable[[T, float], None] | None = None) -> T:
     """Observe until `done(observation)`; raise DeadlineExceeded if the deadline comes first.
 
     `on_poll(observation, next_sleep_seconds)` lets the caller show the last state and the next poll.
     """
     last: list[T] = []
+    started = clock.now()
 
     def attempt() -> T:
         value = observe()
@@ -77,7 +97,7 @@ def poll_until(observe: Callable[[], T], done: Callable[[T], bool], *, clock: Cl
 
     retrying = Retrying(
         retry=retry_if_result(lambda v: not done(v)),
-        wait=poll_schedule(interval),
+        wait=poll_schedule(interval, expected, lambda: clock.elapsed(started)),
         stop=_stop_at(clock, deadline),
         sleep=clock.sleep,
         before_sleep=before_sleep,
