@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from tenacity import RetryCallState, Retrying, retry_if_exception, retry_if_result, wait_exponential_jitter
+from tenacity import RetryCallState, Retrying, retry_if_exception, retry_if_result, wait_random_exponential
 
 from migrator.clock import Clock
 from migrator.kms import AwsCallError
@@ -120,7 +120,7 @@ def retry_step(step: Callable[[], T], *, clock: Clock, deadline: float | None, m
 
     retrying = Retrying(
         retry=retry_if_exception(lambda e: isinstance(e, AwsCallError) and e.retryable),
-        wait=wait_exponential_jitter(initial=2, max=30, jitter=2),
+        wait=wait_random_exponential(multiplier=2, max=30),  # full jitter, as botocore does
         stop=stop,
         sleep=clock.sleep,
         before_sleep=before_sleep,

@@ -1,0 +1,63 @@
+"""Plain helpers for engine tests (fixtures in conftest.py use them; tests import them by this unique name)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+PG_URL = os.environ.get("XKSMIGRATE_TEST_PG_URL")
+MUTATING = frozenset({"DisconnectCustomKeyStore", "UpdateCustomKeyStore", "ConnectCustomKeyStore", "CreateKey",
+                      "CreateCustomKeyStore", "DeleteCustomKeyStore", "ModifyVpcEndpointServicePermissions",
+                      "ModifyVpcEndpointServiceConfiguration", "StartVpcEndpointServicePrivateDnsVerification"})
+
+
+def load_world(name: str = "public-to-vpc", **overrides: Any) -> Any:
+    """A world from plans/worlds/<name>.toml; keyword overrides go to [world] or [latencies]."""
+    import tomllib
+
+    from migrator.rehearsal import model
+
+    data = tomllib.loads((REPO / "plans" / "worlds" / f"{name}.toml").read_text())
+    for key, value in overrides.items():
+        section = "world" if key in ("time_scale", "seed", "account_id", "region") else "latencies"
+        data.setdefault(section, {})[key] = value
+    return model.world_from_dict(data, f"{name}.toml")
+
+
+def make_env(server: Any, journal: Any, *, approve: bool = True, observer: Any = None, **kwargs: Any) -> Any:
+    """An Environment for `server`, as `run --dry-run` builds it, but with a journal of the test's choice."""
+    from migrator.aws import ClientFactory
+    from migrator.clock import Clock
+    from migrator.dryrun import DUMMY_CREDENTIALS
+    from migrator.engine import Environment, Observer
+    from migrator.secrets import resolve_secret
+
+    clients = ClientFactory(region=server.world.region, endpoint_url=server.endpoint_url,
+                            credentials=dict(DUMMY_CREDENTIALS))
+    roots = [Path(server.ca_bundle_path).read_bytes()]
+    return Environment(journal=journal, clients=clients, clock=Clock(server.world.time_scale),
+                       observer=observer or Observer(), approve=lambda question: approve,
+                       secret_resolver=lambda ref: resolve_secret(ref, client_factory=clients),
+                       who="pytest", dry_run=True, extra_roots_pem=roots, **kwargs)
+
+
+def example_plan(name: str = "public-to-vpc", **overrides: Any) -> Any:
+    """plans/<name>.toml, with [plan] fields replaced (e.g. max_disconnected=300.0, poll_interval=2.0)."""
+    from migrator.plan import load_plan
+
+    plan = load_plan(REPO / "plans" / f"{name}.toml")
+    return dataclasses.replace(plan, **overrides) if overrides else plan
+
+
+def read_world_log(server: Any) -> list[dict[str, Any]]:
+    with urllib.request.urlopen(f"{server.endpoint_url}/_rehearsal/log", timeout=10) as response:
+        return [json.loads(line) for line in response.read().decode().splitlines() if line.strip()]
+
+
+def mutating_calls(log: list[dict[str, Any]]) -> list[str]:
+    return [e["operation"] for e in log if e.get("kind") == "call" and e.get("operation") in MUTATING]
