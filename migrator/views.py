@@ -24,8 +24,19 @@ def _run_dict(run: Any) -> dict[str, Any]:
             "finished_at": run.finished_at, "who": run.who, "host": run.host,
             "keystores": [{"ref": m.keystore_ref, "id": m.keystore_id, "state": m.state, "outcome": m.outcome,
                            "disconnected_seconds": m.window_seconds, "error": m.error,
-                           "disconnected_at": m.disconnected_at, "verified_at": m.verified_at}
+                           "disconnected_at": m.disconnected_at, "verified_at": m.verified_at,
+                           "original": _original(m.snapshot)}
                           for m in run.migrations]}
+
+
+def _original(snapshot: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The configuration recorded before the disconnect: what a rollback by hand restores (RUNBOOK.md)."""
+    if not snapshot:
+        return None
+    keys = ("connectivity", "uri_endpoint", "uri_path", "vpc_endpoint_service_name", "vpc_endpoint_service_owner",
+            "access_key_id")
+    return {k: snapshot.get(k) for k in keys} | {"verify_key_ids": [k.get("key_id") for k in
+                                                                      snapshot.get("verify_keys") or []]}
 
 
 def _event_dict(e: Any) -> dict[str, Any]:
