@@ -34,6 +34,7 @@ ProfileOpt = Annotated[str | None, typer.Option("--profile", envvar="AWS_PROFILE
 RegionOpt = Annotated[str | None, typer.Option("--region", help="AWS Region (default: the plan's)")]
 EndpointOpt = Annotated[str | None, typer.Option("--endpoint-url", envvar="AWS_ENDPOINT_URL",
                                                  help="AWS endpoint (a rehearsal world started by `sim serve`)")]
+HooksOpt = Annotated[str | None, typer.Option("--hooks", help="Directory of hook executables (see RUNBOOK.md)")]
 ScaleOpt = Annotated[float | None, typer.Option("--time-scale", envvar="XKSMIGRATE_TIME_SCALE",
                                                 help="Simulated seconds per real second (rehearsal endpoints only)")]
 
@@ -194,18 +195,61 @@ def run(plan_file: Annotated[str, typer.Argument(metavar="PLAN", help="plan.toml
         world: Annotated[str | None, typer.Option("--world", help="World file for --dry-run")] = None,
         faults: Annotated[str | None, typer.Option("--faults", help="Fault file for --dry-run")] = None,
         profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None,
-        time_scale: ScaleOpt = None) -> None:
+        time_scale: ScaleOpt = None, hooks: HooksOpt = None,
+        postpone_cutover: Annotated[bool, typer.Option(
+            "--postpone-cutover", help="After preflight, wait before the disconnect until `xksmigrate proceed`")]
+        = False,
+        postpone_flag_file: Annotated[str | None, typer.Option(
+            "--postpone-flag-file", help="Postpone while this file exists (created if missing)")] = None,
+        cutover_at: Annotated[str | None, typer.Option(
+            "--cutover-at", help="Wait before the disconnect until this local time (HH:MM or ISO 8601)")] = None
+        ) -> None:
     """Migrate the key stores of PLAN: snapshot, preflight, disconnect, update, connect, verify."""
     from migrator import engine
 
     plan = _load_plan(plan_file)
+    when = _parse_cutover_at(cutover_at) if cutover_at else None
     _require_consent(yes)
     _interruptible()
     with _environment(plan, dry_run=dry_run, json_output=json_output, command="run", yes=yes, state=state,
                       world=world, faults=faults, profile=profile, region=region, endpoint_url=endpoint_url,
                       time_scale=time_scale) as env:
+        env.hooks = _hooks(hooks)
+        env.postpone, env.postpone_flag_file, env.cutover_at = postpone_cutover, postpone_flag_file, when
         code = _finish(env.observer, engine.start(plan, env))
     raise typer.Exit(code)
+
+
+def _hooks(directory: str | None) -> Any:
+    if directory is None:
+        return None
+    from migrator.hooks import Hooks
+
+    if not os.path.isdir(directory):
+        raise fail(f"--hooks: {directory} is not a directory")
+    return Hooks(directory)
+
+
+def _parse_cutover_at(value: str) -> float:
+    """HH:MM (the next time the clock shows it) or an ISO 8601 date-time, local time unless it says otherwise."""
+    import datetime as dt
+
+    now = dt.datetime.now().astimezone()
+    try:
+        if len(value) <= 5 and ":" in value:
+            hour, minute = (int(x) for x in value.split(":"))
+            when = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+            if when <= now:
+                when += dt.timedelta(days=1)
+        else:
+            when = dt.datetime.fromisoformat(value)
+            if when.tzinfo is None:
+                when = when.astimezone()
+    except ValueError:
+        raise fail(f"--cutover-at: {value!r} is not HH:MM or an ISO 8601 date-time") from None
+    if when <= now:
+        raise fail(f"--cutover-at: {value} is in the past")
+    return when.timestamp()
 
 
 @app.command("plan")
@@ -233,7 +277,7 @@ def resume(run_id: Annotated[str | None, typer.Argument(help="Run id (default: t
            retry_stuck: Annotated[bool, typer.Option("--retry-stuck",
                                                      help="Try the rollback of a stuck run again")] = False,
            profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None,
-           time_scale: ScaleOpt = None) -> None:
+           time_scale: ScaleOpt = None, hooks: HooksOpt = None) -> None:
     """Continue an interrupted run exactly where it stood (it re-observes the key store first)."""
     from migrator import engine, report
     from migrator.plan import PlanError, parse_plan
@@ -253,7 +297,49 @@ def resume(run_id: Annotated[str | None, typer.Argument(help="Run id (default: t
     renderer = report.make_renderer(json_output, "resume")
     env = _real_env(plan, journal=journal, renderer=renderer, yes=yes, profile=profile, region=region,
                     endpoint_url=endpoint_url, time_scale=scale, retry_stuck=retry_stuck)
+    env.hooks = _hooks(hooks)
     raise typer.Exit(_finish(renderer, engine.resume(plan, env, run_view.id)))
+
+
+@app.command()
+def proceed(run_id: Annotated[str, typer.Argument(help="The postponed run")], state: StateOpt = None) -> None:
+    """Release a postponed cut-over: the waiting run re-checks preflight and disconnects."""
+    journal = _open_journal(state)
+    run_view = _find_run(journal, run_id)
+    if run_view.outcome not in ("running", "interrupted"):
+        raise fail(f"{run_id} already ended: {run_view.outcome}")
+    journal.record(run_id, kind="note", outcome="proceed", detail={"message": f"released by {_who()}"})
+    typer.echo(f"{run_id}: cut-over released; the runner re-runs preflight, then disconnects")
+
+
+@app.command()
+def rollback(run_id: Annotated[str, typer.Argument(help="A completed run")], yes: YesOpt = False,
+             json_output: JsonOpt = False, state: StateOpt = None, profile: ProfileOpt = None,
+             region: RegionOpt = None, endpoint_url: EndpointOpt = None, time_scale: ScaleOpt = None,
+             hooks: HooksOpt = None) -> None:
+    """Return a completed run's key stores to their recorded original configuration, verified."""
+    from migrator import engine, report
+    from migrator.plan import PlanError, parse_plan
+
+    journal = _open_journal(state)
+    run_view = _find_run(journal, run_id)
+    if run_view.outcome != "completed":
+        raise fail(f"{run_id} is {run_view.outcome}; only a completed run can be rolled back "
+                   "(an unfinished one: xksmigrate resume)")
+    if run_view.dry_run and not endpoint_url:
+        raise fail(f"{run_id} was an in-process --dry-run rehearsal; its world is gone")
+    try:
+        plan = parse_plan(run_view.plan_text, run_view.plan_path or run_view.id)
+    except PlanError as exc:
+        raise fail(f"the plan recorded for {run_view.id} no longer parses: {exc}") from None
+    _require_consent(yes)
+    _interruptible()
+    scale = time_scale or float((run_view.options or {}).get("time_scale") or 1.0)
+    renderer = report.make_renderer(json_output, "rollback")
+    env = _real_env(plan, journal=journal, renderer=renderer, yes=yes, profile=profile, region=region,
+                    endpoint_url=endpoint_url, time_scale=scale)
+    env.hooks = _hooks(hooks)
+    raise typer.Exit(_finish(renderer, engine.rollback(plan, env, run_view.id)))
 
 
 def _find_run(journal: Any, run_id: str | None, *, unfinished: bool = False, allow_stuck: bool = False) -> Any:

@@ -102,7 +102,7 @@ class Driver:
 
     def observe(self) -> Observation:
         if self.ctx.lock_lost:
-            from migrator.engine import LockLostStop
+            from migrator.context import LockLostStop
 
             raise LockLostStop
         obs = self.kms.describe(self.store_id)
@@ -149,6 +149,7 @@ class Driver:
         elif self.state == "rolling_back":
             self.move("rollback_failed", outcome="stuck", error=reason,
                       detail={"reason": reason, **self.ctx.manual_help(self)})
+            self.ctx.hook("stuck", self)
         else:
             raise exc
 
@@ -164,8 +165,7 @@ class Driver:
         keys = self.ctx.select_verify_keys(self, obs)
         self.snapshot = {**obs.to_dict(), "verify_keys": keys, "region": self.ctx.plan.region,
                          "observed_at": self.ctx.clock.now()}
-        self.move("take_snapshot", keystore_id=obs.id, snapshot=self.snapshot,
-                            detail={"snapshot": self.snapshot})
+        self.move("take_snapshot", keystore_id=obs.id, snapshot=self.snapshot, detail={"snapshot": self.snapshot})
 
     def step_preflight(self) -> None:
         findings = self.ctx.preflight(self)
@@ -173,10 +173,15 @@ class Driver:
         if blocking:
             raise Blocked("; ".join(f"{f.check}: {f.message}" for f in blocking))
         self.move("pass_preflight", detail={"warnings": sum(f.status == "warn" for f in findings),
-                                    "checks": len(findings)})
+                                            "checks": len(findings)})
 
     def step_approval(self) -> None:
-        self.ctx.hook("before-approval", self)
+        if self.ctx.wait_for_cutover(self):  # postponed: the world may have changed while we waited
+            findings = self.ctx.preflight(self)
+            blocking = [f for f in findings if f.status == "block"]
+            if blocking:
+                raise Blocked("preflight again before the disconnect: "
+                              + "; ".join(f"{f.check}: {f.message}" for f in blocking))
         if not self.ctx.approve(self):
             raise Blocked("the operator declined the disconnect; nothing was changed")
         self.move("approve", detail={"approved_by": self.ctx.who})
@@ -186,10 +191,15 @@ class Driver:
         if not live.config.matches(self.original):
             raise Blocked("the key store changed since the snapshot: "
                           f"{_diff(self.original, live.config)}; start a new run")
-        self.ctx.hook("before-disconnect", self)
+        from migrator.hooks import HookFailed
+
+        try:
+            self.ctx.hook("before-disconnect", self)
+        except HookFailed as exc:
+            raise Blocked(str(exc)) from None
         self.disconnected_at = self.ctx.clock.now()
         self.move("start_disconnect", disconnected_at=self.disconnected_at,
-                              detail={"budget_seconds": self.ctx.plan.max_disconnected})
+                  detail={"budget_seconds": self.ctx.plan.max_disconnected})
 
     def stop_unchanged(self, reason: str) -> None:
         if machine.destination(self.state, "block") is None:
@@ -215,6 +225,7 @@ class Driver:
         self.wait_for(("DISCONNECTED",), deadline, "waiting for DISCONNECTED")
         if then:
             self.move(then, detail={"window_seconds": self.window()})
+            self.ctx.hook("after-disconnect", self)
 
     def step_disconnect(self) -> None:
         self.ensure_disconnected()
@@ -227,7 +238,6 @@ class Driver:
 
     def step_update(self) -> None:
         self.apply_config(self.desired, self.ctx.target_credential(self), self.deadline())
-        self.ctx.hook("after-update", self)
         self.move("observe_updated", detail={"config": self.desired.to_dict()})
 
     def apply_config(self, want: StoreConfig, credential: Any, deadline: float | None) -> None:
@@ -283,9 +293,9 @@ class Driver:
                 self.ensure_disconnected(deadline=deadline, then=None)
                 continue
             raise StepFailed(f"connect FAILED with ConnectionErrorCode {obs.error_code}")
-        self.ctx.hook("after-connect", self)
         if then:
             self.move(then, reconnected_at=self.ctx.clock.now())
+        self.ctx.hook("after-connect", self)
 
     def wait_for(self, states: tuple[str, ...], deadline: float | None, what: str) -> Observation:
         """Poll until the store reaches one of `states`; learns how long such a change takes."""
@@ -306,7 +316,8 @@ class Driver:
         now = self.ctx.clock.now()
         self.ctx.hook("verified", self)
         self.move("verify_ok", outcome="completed", verified_at=now, window_seconds=self.window(now),
-                       detail={"window_seconds": self.window(now)})
+                  detail={"window_seconds": self.window(now)})
+        self.ctx.hook("completed", self)
 
     def prove_keys(self, deadline: float | None) -> None:
         """DescribeKey Enabled plus an Encrypt+Decrypt round trip per verify key, inside the budget.
@@ -378,7 +389,18 @@ class Driver:
         now = self.ctx.clock.now()
         self.ctx.hook("rolled-back", self)
         self.move("rollback_ok", outcome="rolled_back", verified_at=now, window_seconds=self.window(now),
-                         detail={"window_seconds": self.window(now)})
+                  detail={"window_seconds": self.window(now)})
+
+    def begin_operator_rollback(self) -> None:
+        """An operator asked to return a completed store to its recorded original configuration."""
+        if not self.ctx.approve(self, rollback=True):
+            raise Blocked("the operator declined the rollback; nothing was changed")
+        now = self.ctx.clock.now()
+        self.attempts = {"rollback_started_at": now, "connect_retries_left": 1, "operator_rollback": True}
+        self.disconnected_at = now  # a new window: the rollback disconnects the store right away
+        self.move("operator_rollback", attempts=self.attempts, disconnected_at=now, verified_at=None,
+                  window_seconds=None, outcome=None, error=None,
+                  detail={"reason": "operator-initiated rollback", "by": self.ctx.who})
 
     def step_retry_stuck(self) -> None:
         self.attempts.pop("rollback_started_at", None)
