@@ -103,6 +103,7 @@ locks = Table(
 )
 
 Index("ix_runs_outcome_started", runs.c.outcome, runs.c.started_at)
+Index("ix_runs_started", runs.c.started_at, runs.c.id)  # revision 0002: history, status
 
 MIGRATION_FIELDS = frozenset(c.name for c in migrations.c) - {"id", "run_id"}
 

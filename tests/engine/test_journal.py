@@ -259,7 +259,7 @@ def test_concurrent_first_open_migrates_once(url):
         p.join(60)
         assert p.exitcode == 0
     with Journal.open(url) as j:
-        assert j.schema_revision() == "0001"
+        assert j.schema_revision() == "0002"
 
 
 # --- schema -------------------------------------------------------------------------------------
@@ -267,7 +267,7 @@ def test_concurrent_first_open_migrates_once(url):
 
 def test_schema_applied_once_and_reopen_is_a_no_op(url, monkeypatch):
     with Journal.open(url) as j:
-        assert j.schema_revision() == "0001"
+        assert j.schema_revision() == "0002"
         new_run(j)
     import alembic.command
 
