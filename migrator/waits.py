@@ -96,7 +96,9 @@ def poll_until(observe: Callable[[], T], done: Callable[[T], bool], *, clock: Cl
         raise DeadlineExceeded(what, last[0] if last else None)
 
     retrying = Retrying(
-        retry=retry_if_result(lambda v: not done(v)),
+        # A throttled or failed observation (botocore's own retries exhausted) is one missed poll, not a failure.
+        retry=retry_if_result(lambda v: not done(v)) | retry_if_exception(
+            lambda e: isinstance(e, AwsCallError) and e.retryable),
         wait=poll_schedule(interval, expected, lambda: clock.elapsed(started)),
         stop=_stop_at(clock, deadline),
         sleep=clock.sleep,
