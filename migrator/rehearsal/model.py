@@ -10,6 +10,7 @@ Errors name the file, the key and the reason in one line (`WorldFileError`).
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -234,6 +235,7 @@ class _Reader:
         self.used: set[str] = set()
 
     def fail(self, key: str, reason: str) -> WorldFileError:
+        key = key if key.isprintable() else ascii(key)[1:-1]  # a quoted TOML key may hold a newline
         where = f"{self.path}.{key}" if self.path else key
         return WorldFileError(f"{self.source}: {where}: {reason}")
 
@@ -251,6 +253,8 @@ class _Reader:
             raise self.fail(key, f"must be {_kind_name(kind)}, not a boolean")
         if not isinstance(value, kind):
             raise self.fail(key, f"must be {_kind_name(kind)}, got {type(value).__name__}")
+        if isinstance(value, float) and not (math.isfinite(value) and value >= 0):  # nan/inf/-1 hang or crash
+            raise self.fail(key, f"must be a finite, non-negative number; got {value!r}")
         if choices is not None and value not in choices:
             raise self.fail(key, f"must be one of {', '.join(map(str, choices))}; got {value!r}")
         if pattern is not None and isinstance(value, str) and not pattern.match(value):
@@ -308,6 +312,8 @@ def parse_toml_text(text: str | bytes, source: str) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise WorldFileError(f"{source}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise WorldFileError(f"{source}: not valid TOML: nested too deeply") from None
 
 
 def load_world_file(path: str | Path) -> World:
