@@ -73,6 +73,10 @@ def rehearsal(plan: Plan, *, world_path: str | None = None, faults_path: str | N
         faults = model.load_fault_file(faults_path) if faults_path else []
     except model.WorldFileError as exc:
         raise RehearsalError(str(exc)) from None
+    proxies = {p.name for p in world.proxies}
+    for i, f in enumerate(faults):  # else the server raises it unnamed, as an internal error
+        if f.proxy and f.proxy not in proxies:
+            raise RehearsalError(f"{faults_path}: faults[{i}].proxy: no proxy named {f.proxy!r}")
     server = RehearsalServer(world, faults, log_path=log_path)
     server.start()
     try:

@@ -26,13 +26,13 @@ def run_serve(world_path: str | None, port: int, faults_path: str | None, log_pa
             if f.proxy and f.proxy not in proxies:
                 raise model.WorldFileError(f"{faults_path}: faults[{i}].proxy: no proxy named {f.proxy!r}")
     except model.WorldFileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"xksmigrate: error: {exc}", file=sys.stderr)
         return 2
     server = RehearsalServer(world, faults, port=port, log_path=log_path)
     try:
         server.start()
     except OSError as exc:
-        print(f"error: cannot listen on 127.0.0.1:{port}: {exc.strerror}", file=sys.stderr)
+        print(f"xksmigrate: error: cannot listen on 127.0.0.1:{port}: {exc.strerror}", file=sys.stderr)
         server.stop()
         return 2
     stop = threading.Event()
