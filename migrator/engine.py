@@ -201,7 +201,8 @@ def _drive(plan: Plan, env: Environment, run_id: str, resumed: bool = False,
             with contextlib.suppress(Exception):
                 env.journal.release_lock(lock)
     exit_code = EXIT_CODES.get(outcome, 1)
-    env.journal.finish_run(run_id, outcome, exit_code)
+    if not (resumed and outcome == "locked"):  # the lock holder drives this run: its outcome is not ours to end
+        env.journal.finish_run(run_id, outcome, exit_code)
     return _result(ctx, run_id, outcome, exit_code, message)
 
 
