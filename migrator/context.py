@@ -205,14 +205,15 @@ class RunContext:
             for key_id in driver.ks.verify_key_ids:
                 info = self.kms.describe_key(key_id)
                 if info.custom_key_store_id != obs.id:
-                    raise Blocked(f"verify key {key_id} belongs to {info.custom_key_store_id or 'no custom key store'}"
-                                  f", not to {obs.id}")
+                    owner = info.custom_key_store_id or "no custom key store"
+                    raise Blocked(f"keys.verify_keys: verify key {key_id} belongs to {owner}, not to {obs.id}")
                 chosen.append({"key_id": info.key_id, "arn": info.arn, "state": info.state})
             return chosen
         keys = self.kms.keys_of_store(obs.id, want_enabled=3,
                                       states=("Enabled",) if connected else ("Enabled", "Unavailable"))
         if not keys:
-            raise Blocked(f"key store {obs.id} has no Enabled KMS key to verify with; name one in verify.key_ids")
+            raise Blocked(f"keys.verifiable: key store {obs.id} has no Enabled KMS key to verify with; "
+                          "name one in verify.key_ids")
         return [{"key_id": k.key_id, "arn": k.arn, "state": k.state} for k in keys]
 
     def preflight(self, driver: Driver) -> list[Any]:

@@ -18,6 +18,8 @@ from migrator.kms import AwsCallError, KmsApplier, Observation, StoreConfig
 from migrator.waits import DeadlineExceeded, poll_until, retry_step
 
 TRANSIENT_CONNECT_ERRORS = ("INTERNAL_ERROR", "NETWORK_ERRORS")  # worth one more disconnect+connect
+# Past the budget, no forward Disconnect/Update/Connect: from these states the store goes straight back.
+BEFORE_CONNECT = ("disconnecting", "disconnected", "updating", "updated")
 
 
 class StepFailed(Exception):
@@ -127,6 +129,8 @@ class Driver:
                 if self.state in machine.UNCHANGED:  # nothing changed yet: transient AWS errors get retries
                     retry_step(step, clock=self.ctx.clock, deadline=None, max_attempts=4,
                                on_retry=self.ctx.on_retry(self.mid))
+                elif self.state in BEFORE_CONNECT and (d := self.deadline()) is not None and self.ctx.clock.now() >= d:
+                    raise DeadlineExceeded(f"{self.state}, before the next forward call (a resume after the budget?)")
                 else:
                     step()
             except Blocked as exc:
@@ -158,9 +162,9 @@ class Driver:
         ref_id, ref_name = self.ks.id, self.ks.name
         obs = self.kms.find_store(store_id=ref_id, name=None if ref_id else ref_name)
         if obs is None:
-            raise Blocked(f"key store {self.ks.ref} does not exist in {self.ctx.plan.region}")
+            raise Blocked(f"keystore.exists: key store {self.ks.ref} does not exist in {self.ctx.plan.region}")
         if obs.type != "EXTERNAL_KEY_STORE":
-            raise Blocked(f"key store {obs.id} is {obs.type}, not an external key store")
+            raise Blocked(f"keystore.type: key store {obs.id} is {obs.type}, not an external key store")
         self.store_id = obs.id
         keys = self.ctx.select_verify_keys(self, obs)
         self.snapshot = {**obs.to_dict(), "verify_keys": keys, "region": self.ctx.plan.region,
@@ -189,7 +193,7 @@ class Driver:
     def step_begin_disconnect(self) -> None:
         live = self.observe()
         if not live.config.matches(self.original):
-            raise Blocked("the key store changed since the snapshot: "
+            raise Blocked("keystore.unchanged: the key store changed since the snapshot: "
                           f"{_diff(self.original, live.config)}; start a new run")
         from migrator.hooks import HookFailed
 

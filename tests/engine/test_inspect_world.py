@@ -14,6 +14,7 @@ from typing import Any
 
 import boto3
 import pytest
+from misconfigured_worlds import SECRET, WORLD_MISCONFIGURATIONS, add_other_store, load_balancer_of, service_of
 
 from migrator.aws import ClientFactory
 from migrator.inspect import Finding, PreflightContext, blocked, mutating_calls, preflight, rollback_calls
@@ -25,7 +26,6 @@ from migrator.secrets import SecretError, SecretValue
 
 REPO = Path(__file__).resolve().parents[2]
 STORE = "cks-1234567890abcdef0"
-SECRET = "+IKdHjtP/QDxtGRJxkxhicMq268cVU/UBXExOTwHrQ0="  # the simulated proxy's secret (world file)
 OTHER_SECRET = "Pcf6BsY8P4L5FGTs1zX3p6ZLWQjVTItj2OeR7uJSfDw="  # the ledger proxy's (vpc-to-public world)
 SECRETS = {"env:XKS_SECRET": SECRET, "env:WRONG_SECRET": OTHER_SECRET, "env:LEDGER": OTHER_SECRET}
 MUTATING = {"DisconnectCustomKeyStore", "UpdateCustomKeyStore", "ConnectCustomKeyStore", "CreateCustomKeyStore",
@@ -177,68 +177,6 @@ def test_findings_are_json_safe_and_never_carry_the_secret(run):
 
 # -- one real misconfiguration per blocking check ---------------------------------------------------------
 
-def _svc(w: model.World) -> model.EndpointService:
-    return w.endpoint_services[0]
-
-
-def _lb(w: model.World) -> model.LoadBalancer:
-    return w.load_balancers[0]
-
-
-def _other_store(w: model.World, **kw: Any) -> None:
-    base = dict(id="cks-0000000000000000a", name="other", connectivity="PUBLIC_ENDPOINT",
-                uri_endpoint="https://other.xks.example.com", uri_path="/kms/xks/v1",
-                access_key_id="XKSPROXYACCESSKEY2345", secret=SECRET, state="CONNECTED")
-    base.update(kw)
-    w.keystores.append(model.KeyStore(**base))
-
-
-def _second_key_manager(w: model.World) -> None:
-    w.key_managers.append(model.KeyManager("other-hsm", [model.KeyManagerKey("unrelated-key")]))
-    w.proxies.append(model.Proxy(name="other-proxy", key_manager="other-hsm", uri_path_prefix="/payments",
-                                 credentials=list(w.proxies[0].credentials)))
-    _lb(w).proxy = "other-proxy"
-
-
-WORLD_MISCONFIGURATIONS: list[tuple[str, Callable[[model.World], None], str]] = [
-    ("principal missing", lambda w: setattr(_svc(w), "allowed_principals", ["arn:aws:iam::111122223333:root"]),
-     "vpc.allowed_principal"),
-    ("acceptance required", lambda w: setattr(_svc(w), "acceptance_required", True), "vpc.acceptance_required"),
-    ("one AZ", lambda w: setattr(_lb(w), "availability_zones", ["us-east-1a"]), "vpc.availability_zones"),
-    ("gateway LB", lambda w: setattr(_lb(w), "type", "gateway"), "vpc.load_balancer"),
-    ("application LB", lambda w: setattr(_lb(w), "type", "application"), "vpc.load_balancer"),
-    ("gateway endpoint service", lambda w: setattr(_svc(w), "service_type", "Gateway"), "vpc.service_type"),
-    ("service pending", lambda w: setattr(_svc(w), "state", "Pending"), "vpc.service_state"),
-    ("DNS pendingVerification", lambda w: setattr(_svc(w), "private_dns_state", "pendingVerification"),
-     "vpc.private_dns_verified"),
-    ("DNS verification failed", lambda w: setattr(_svc(w), "private_dns_state", "failed"), "vpc.private_dns_verified"),
-    ("DNS name mismatch", lambda w: setattr(_svc(w), "private_dns_name", "elsewhere.xks.example.com"),
-     "vpc.private_dns_name"),
-    ("service missing", lambda w: setattr(_svc(w), "service_id", "vpce-svc-0ffffffffffffffff"), "vpc.endpoint_service"),
-    ("endpoint in use by another store", lambda w: _other_store(w, uri_endpoint="https://myproxy-private.xks.example.com"),
-     "target.endpoint_unique"),
-    ("service in use by another store", lambda w: _other_store(
-        w, connectivity="VPC_ENDPOINT_SERVICE", uri_endpoint="https://other-private.xks.example.com",
-        vpc_endpoint_service_name="com.amazonaws.vpce.us-east-1.vpce-svc-0123456789abcdef0"),
-     "target.vpc_service_unique"),
-    ("endpoint+path in use", lambda w: _other_store(
-        w, uri_endpoint="https://myproxy-private.xks.example.com", uri_path="/payments/kms/xks/v1"),
-     "target.uri_unique"),
-    ("expired certificate", lambda w: setattr(w.proxies[0], "certificate", "expired"), "tls.expiry"),
-    ("wrong-host certificate", lambda w: setattr(w.proxies[0], "certificate", "wrong_host"), "tls.hostname"),
-    ("untrusted CA", lambda w: setattr(w.proxies[0], "certificate", "untrusted_ca"), "tls.trusted_root"),
-    ("self-signed certificate", lambda w: setattr(w.proxies[0], "certificate", "self_signed"), "tls.trusted_root"),
-    ("all UNAVAILABLE", lambda w: setattr(w.proxies[0], "health", "UNAVAILABLE"), "proxy.health"),
-    ("target proxy fronts another key manager", _second_key_manager, "proxy.key_metadata"),
-    ("IAM denies UpdateCustomKeyStore", lambda w: w.iam.denied_actions.append("kms:UpdateCustomKeyStore"),
-     "permissions.iam"),
-    ("IAM denies the rollback's connect", lambda w: w.iam.denied_actions.append("kms:ConnectCustomKeyStore"),
-     "permissions.iam"),
-    ("no Enabled key", lambda w: [setattr(k, "state", "Disabled") for k in w.keys if k.state == "Enabled"],
-     "keys.verifiable"),
-]
-
-
 @pytest.mark.parametrize(("label", "mutate", "check"), WORLD_MISCONFIGURATIONS,
                          ids=[m[0] for m in WORLD_MISCONFIGURATIONS])
 def test_misconfigured_world_blocks_naming_the_check(run, label, mutate, check):
@@ -253,7 +191,7 @@ def test_misconfigured_world_blocks_naming_the_check(run, label, mutate, check):
 
 def test_pending_verification_explains_and_gives_the_verification_command(run):
     w = world()
-    _svc(w).private_dns_state = "pendingVerification"
+    service_of(w).private_dns_state = "pendingVerification"
     f = next(f for f in run(w).by_check("vpc.private_dns_verified") if f.status == "block")
     assert "pendingVerification" in f.message
     assert f.remedy.startswith("aws ec2 start-vpc-endpoint-service-private-dns-verification "
@@ -312,7 +250,7 @@ def test_credential_change_without_original_secret_blocks_rollback(run):
 
 def test_verify_key_of_another_store_blocks(run):
     w = world()
-    _other_store(w)
+    add_other_store(w)
     w.keys.append(model.Key("9234abcd-12ab-34cd-56ef-1234567890ab", "cks-0000000000000000a", "payments-key-1"))
     r = run(w, with_keystore(base_plan(), verify_key_ids=("9234abcd-12ab-34cd-56ef-1234567890ab",)))
     assert r.status("keys.verify_keys") == "block"
@@ -325,7 +263,7 @@ def test_connectivity_region_mismatch_blocks(run):
 
 def test_public_endpoint_equal_to_a_vpc_stores_endpoint_blocks(run):
     w = world("vpc-to-public")
-    _other_store(w, id="cks-0000000000000000b", connectivity="VPC_ENDPOINT_SERVICE",
+    add_other_store(w, id="cks-0000000000000000b", connectivity="VPC_ENDPOINT_SERVICE",
                  uri_endpoint="https://ledger-xks.example.org", access_key_id="LEDGERXKSACCESSKEY234",
                  secret=OTHER_SECRET,
                  vpc_endpoint_service_name="com.amazonaws.vpce.eu-west-1.vpce-svc-0aaaaaaaaaaaaaaaa")
@@ -336,7 +274,7 @@ def test_public_endpoint_equal_to_a_vpc_stores_endpoint_blocks(run):
 
 def test_cross_account_service_is_read_through_the_consumer_view(run):
     w = world()
-    _svc(w).owner = "444455556666"
+    service_of(w).owner = "444455556666"
     plan = with_target(base_plan(), vpc_endpoint_service_owner="444455556666")
     r = run(w, plan)
     assert r.status("vpc.endpoint_service") == "pass"
@@ -344,7 +282,7 @@ def test_cross_account_service_is_read_through_the_consumer_view(run):
     allowed = r.by_check("vpc.allowed_principal")[0]
     assert allowed.status == "warn" and "444455556666" in allowed.message  # not readable from here: said so
     assert not blocked(r.findings), r.blocks()
-    _svc(w).private_dns_state = "pendingVerification"
+    service_of(w).private_dns_state = "pendingVerification"
     assert run(w, plan).status("vpc.private_dns_verified") == "block"
 
 
@@ -411,8 +349,8 @@ def test_cloudwatch_unreadable_warns(run):
 
 def test_internet_facing_nlb_and_missing_443_listener_warn(run):
     w = world()
-    _lb(w).scheme = "internet-facing"
-    _lb(w).listeners = [{"port": 8443, "protocol": "TCP"}]
+    load_balancer_of(w).scheme = "internet-facing"
+    load_balancer_of(w).listeners = [{"port": 8443, "protocol": "TCP"}]
     r = run(w)
     assert r.status("vpc.nlb_internal") == "warn"
     assert r.status("vpc.nlb_listener") == "warn"
@@ -439,6 +377,7 @@ def test_call_sequences_show_references_not_secrets(run):
     update_back = next(c for c in back if "update-custom-key-store" in c)
     assert "--xks-proxy-connectivity PUBLIC_ENDPOINT" in update_back
     assert "--xks-proxy-uri-endpoint https://myproxy.xks.example.com" in update_back
-    assert "--xks-proxy-uri-path /payments/kms/xks/v1" in update_back
-    assert "--xks-proxy-vpc-endpoint-service-name ''" in update_back
+    # The path does not change in this plan, so (exactly as the engine sends it) the rollback leaves it alone.
+    assert "--xks-proxy-uri-path" not in update_back
+    assert "--xks-proxy-vpc-endpoint-service-name" not in update_back  # omitted: KMS clears it for PUBLIC
     assert "RawSecretAccessKey=<env:XKS_SECRET>" in update_back  # the original credential's reference
