@@ -393,6 +393,8 @@ def world_from_dict(data: dict[str, Any], source: str = "<world>") -> World:
             latency_ms=r.get("latency_ms", float, 2.0),
             down=r.get("down", bool, False),
         ))
+        if not 1 <= world.proxies[-1].certificate_days_valid <= 36500:  # else the proxy's TLS setup fails
+            raise r.fail("certificate_days_valid", "must be 1-36500 (for an expired one: certificate = \"expired\")")
         r.done()
 
     for r in top.tables("load_balancers"):
@@ -499,6 +501,10 @@ def _fault(r: _Reader) -> Fault:
         raise r.fail("probability", "must be between 0 and 1")
     if f.count is not None and f.count < 0:
         raise r.fail("count", "must not be negative")
+    if f.after < 0:
+        raise r.fail("after", "must not be negative")
+    if not 400 <= f.http_status <= 599:  # anything else broke the connection instead of answering an error
+        raise r.fail("http_status", f"must be an HTTP error status 400-599; got {f.http_status}")
     r.done()
     return f
 
