@@ -50,13 +50,17 @@ def fail(message: str, code: int = 2) -> CliError:
 
 
 # -- shared plumbing ---------------------------------------------------------------------------
-def _open_journal(url: str | None) -> Any:
+def _open_journal(url: str | None, *, rehearsal: bool = False) -> Any:
     from migrator.journal import Journal, JournalError
 
     try:
-        return Journal.open(url or DEFAULT_STATE)
+        journal = Journal.open(url or DEFAULT_STATE)
     except JournalError as exc:
         raise fail(f"--state: {exc}") from None
+    if not rehearsal and journal.backend == "sqlite" and (journal.url.database or ":memory:") == ":memory:":
+        journal.close()  # a run journaled in memory could never be resumed
+        raise fail("--state: an in-memory SQLite journal is gone when xksmigrate exits; give a file: sqlite:///PATH")
+    return journal
 
 
 def _load_plan(path: str) -> Any:
@@ -162,7 +166,8 @@ def _environment(plan: Any, *, dry_run: bool, json_output: bool, command: str, y
     from migrator.engine import Environment
     from migrator.secrets import SecretError, resolve_secret
 
-    journal = _open_journal(state or os.environ.get("XKSMIGRATE_REHEARSAL_STATE") or dryrun.DEFAULT_REHEARSAL_STATE)
+    journal = _open_journal(state or os.environ.get("XKSMIGRATE_REHEARSAL_STATE") or dryrun.DEFAULT_REHEARSAL_STATE,
+                            rehearsal=True)
     known: dict[str, str] = {}
     for ks in plan.keystores:
         for cred in (ks.target.credential, ks.original_credential):
