@@ -1,0 +1,272 @@
+"""Every outcome of a run, in-process against the rehearsal world over HTTP, on both journals.
+
+Each test checks three witnesses that must agree: what the engine returned (outcome, exit code,
+summary), what the journal recorded (state, configuration, events), and what the world itself saw
+(its call log, and the live store read back through boto3).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from engine_helpers import example_plan, load_world, make_env, mutating_calls, read_world_log
+
+from migrator import engine
+from migrator.kms import KmsApplier, Observation
+from migrator.rehearsal import model
+
+DATA = Path(__file__).parent / "data"
+FAST = {"time_scale": 300.0, "connect": 120, "disconnect": 120}  # outcomes do not depend on the magnitudes
+TLS_FAIL = "XKS_PROXY_INVALID_TLS_CONFIGURATION"
+
+
+def data_world(name: str, **overrides: Any) -> model.World:
+    """tests/engine/data/<name>.toml; keyword overrides go to [world] (time_scale) or [latencies]."""
+    data = tomllib.loads((DATA / f"{name}.toml").read_text())
+    for key, value in overrides.items():
+        data.setdefault("world" if key == "time_scale" else "latencies", {})[key] = value
+    return model.world_from_dict(data, f"{name}.toml")
+
+
+def connect_fails(count: int) -> list[model.Fault]:
+    return [model.Fault(operation="ConnectCustomKeyStore", connection_error_code=TLS_FAIL, count=count)]
+
+
+def live_store(env: Any, store_id: str) -> Observation:
+    """What AWS (the world) says now, through boto3: never what the engine remembers."""
+    return KmsApplier(env.clients.client("kms")).describe(store_id)
+
+
+def config(obs: Observation) -> dict[str, str]:
+    return {k: getattr(obs.config, k) for k in engine.CONFIG_KEYS}
+
+
+def transitions(journal: Any, run_id: str) -> list[str]:
+    return [e.to_state for e in journal.events(run_id) if e.kind == "transition"]
+
+
+def last_observed(journal: Any, run_id: str) -> dict[str, Any]:
+    notes = [e.detail for e in journal.events(run_id)
+             if e.kind == "note" and e.operation == "DescribeCustomKeyStores"]
+    return notes[-1]
+
+
+def assert_journal_matches_live(journal: Any, result: Any, live: Observation, expected: dict[str, str]) -> None:
+    """The journal's state, last observation and configuration agree with the live store."""
+    run = journal.get_run(result.run_id)
+    m = run.migrations[0]
+    assert (run.outcome, run.exit_code) == (result.outcome, result.exit_code)
+    assert m.state == result.stores[0].state
+    seen = last_observed(journal, result.run_id)
+    assert (seen["connection_state"], seen["connection_error_code"] or "") == (live.state, live.error_code)
+    assert config(live) == expected
+    assert result.stores[0].final == expected
+    seqs = [e.seq for e in journal.events(result.run_id)]
+    assert seqs == list(range(1, len(seqs) + 1))  # no journal event lost
+
+
+def original_of(journal: Any, run_id: str) -> dict[str, str]:
+    snap = journal.get_run(run_id).migrations[0].snapshot
+    return {k: snap[k] for k in engine.CONFIG_KEYS}
+
+
+def crypto_after(journal: Any, run_id: str, state: str) -> set[str]:
+    """Key ids whose Encrypt+Decrypt round trip the journal recorded after the transition into `state`."""
+    events = journal.events(run_id)
+    start = next(i for i, e in enumerate(events) if e.kind == "transition" and e.to_state == state)
+    return {e.detail["key_id"] for e in events[start:]
+            if e.kind == "result" and e.operation == "Encrypt+Decrypt" and e.outcome == "ok"}
+
+
+def world_crypto_after_last_connect(log: list[dict[str, Any]]) -> list[str]:
+    """Encrypt/Decrypt calls the world answered without error after the last ConnectCustomKeyStore."""
+    last = max(i for i, e in enumerate(log) if e["kind"] == "call" and e["operation"] == "ConnectCustomKeyStore")
+    return [e["operation"] for e in log[last:] if e["kind"] == "call" and e["operation"] in ("Encrypt", "Decrypt")
+            and not e["error"]]
+
+
+# -- 1. the forward path: completed, and the window within one poll of the world's floor ------------------
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "latencies"), [("public-to-vpc", {}),  # the example world as it is: 300 + 300
+                                                 ("vpc-to-public", {"disconnect": 180, "connect": 90})])
+def test_example_plans_complete_within_one_poll_of_the_worlds_floor(name, latencies, tmp_path, start_world):
+    """Simulated time is real time x scale, so scale 20 (not 600) keeps real overhead from being amplified."""
+    from migrator.journal import Journal
+
+    world = load_world(name, time_scale=20.0, **latencies)
+    server = start_world(world)
+    plan = example_plan(name)
+    with Journal.open(f"sqlite:///{tmp_path}/journal.db") as journal:
+        env = make_env(server, journal)
+        result = engine.start(plan, env)
+
+        assert (result.outcome, result.exit_code) == ("completed", 0), result.message
+        summary = result.summary()
+        store = summary["keystores"][0]
+        live = live_store(env, store["id"])
+        target = plan.keystores[0].target
+        assert live.state == "CONNECTED"
+        assert (live.config.connectivity, live.config.uri_endpoint, live.config.vpc_endpoint_service_name) == (
+            target.connectivity, target.uri_endpoint, target.vpc_endpoint_service_name or "")
+        assert_journal_matches_live(journal, result, live, store["final"])
+        floor = world.latencies.disconnect + world.latencies.connect
+        assert summary["simulated"] is True and store["simulated"] is True
+        assert floor <= store["disconnected_seconds"] <= floor + plan.poll_interval, store["disconnected_seconds"]
+        assert journal.get_run(result.run_id).migrations[0].window_seconds == store["disconnected_seconds"]
+        assert mutating_calls(read_world_log(server)) == ["DisconnectCustomKeyStore", "UpdateCustomKeyStore",
+                                                          "ConnectCustomKeyStore"]
+
+
+# -- 2. faults after the disconnect: rolled back, or stuck -------------------------------------------------
+def test_connect_failed_rolls_back_to_the_verified_original(journal, start_world):
+    server = start_world(load_world("public-to-vpc", **FAST), connect_fails(1))
+    env = make_env(server, journal)
+
+    result = engine.start(example_plan("public-to-vpc"), env)
+
+    assert (result.outcome, result.exit_code) == ("rolled_back", 4), result.message
+    assert TLS_FAIL in result.stores[0].error
+    live = live_store(env, result.stores[0].id)
+    original = original_of(journal, result.run_id)
+    assert live.state == "CONNECTED" and original["connectivity"] == "PUBLIC_ENDPOINT"
+    assert_journal_matches_live(journal, result, live, original)
+    assert result.stores[0].original == original
+    assert transitions(journal, result.run_id)[-3:] == ["connecting", "rolling_back", "rolled_back"]
+    verify_keys = {k["key_id"] for k in journal.get_run(result.run_id).migrations[0].snapshot["verify_keys"]}
+    assert verify_keys and crypto_after(journal, result.run_id, "rolling_back") == verify_keys
+    log = read_world_log(server)
+    assert mutating_calls(log) == ["DisconnectCustomKeyStore", "UpdateCustomKeyStore", "ConnectCustomKeyStore",
+                                   "DisconnectCustomKeyStore", "UpdateCustomKeyStore", "ConnectCustomKeyStore"]
+    failed = [e for e in log if e["kind"] == "state" and e["to"] == "FAILED"]
+    assert len(failed) == 1
+    assert sorted(world_crypto_after_last_connect(log)) == ["Decrypt"] * len(verify_keys) + ["Encrypt"] * len(
+        verify_keys)
+
+
+def test_update_rejected_by_kms_for_a_certificate_preflight_cannot_see_rolls_back(journal, start_world):
+    """The certificate lacks the private DNS name; that name does not resolve from the tool, so preflight
+    only warns, and KMS rejects the update when it reaches the proxy through PrivateLink."""
+    server = start_world(data_world("cert-misses-private-name", **FAST))
+    env = make_env(server, journal)
+
+    result = engine.start(example_plan("public-to-vpc"), env)
+
+    assert (result.outcome, result.exit_code) == ("rolled_back", 4), result.message
+    assert "XksProxyUriUnreachableException" in result.stores[0].error
+    findings = [e for e in journal.events(result.run_id) if e.kind == "finding"]
+    assert not [f for f in findings if f.outcome == "block"]
+    assert any(f.outcome == "warn" and f.detail["check"] == "tls.reachable" for f in findings)
+    live = live_store(env, result.stores[0].id)
+    original = original_of(journal, result.run_id)
+    assert live.state == "CONNECTED"
+    assert_journal_matches_live(journal, result, live, original)
+    assert transitions(journal, result.run_id)[-3:] == ["updating", "rolling_back", "rolled_back"]
+    assert crypto_after(journal, result.run_id, "rolling_back")
+    log = read_world_log(server)
+    updates = [e for e in log if e["kind"] == "call" and e["operation"] == "UpdateCustomKeyStore"]
+    assert [u["error"] for u in updates] == ["XksProxyUriUnreachableException"]  # the config never changed
+    assert mutating_calls(log) == ["DisconnectCustomKeyStore", "UpdateCustomKeyStore", "ConnectCustomKeyStore"]
+
+
+def test_budget_exhausted_while_connecting_rolls_back_within_the_rollback_budget(journal, start_world):
+    """Connect (500 s) cannot finish inside a 400 s budget; the rollback disconnects the CONNECTING store and
+    reconnects the original within max(max_disconnected, 900 s)."""
+    server = start_world(load_world("public-to-vpc", time_scale=300.0, disconnect=100, connect=500))
+    plan = example_plan("public-to-vpc", max_disconnected=400.0)
+    env = make_env(server, journal)
+
+    result = engine.start(plan, env)
+
+    assert (result.outcome, result.exit_code) == ("rolled_back", 4), result.message
+    events = journal.events(result.run_id)
+    failing = next(e for e in events if e.kind == "transition" and e.to_state == "rolling_back")
+    assert failing.from_state == "connecting"
+    assert "budget exhausted" in failing.detail["reason"] and "CONNECTED" in failing.detail["reason"]
+    assert "budget exhausted" in journal.get_run(result.run_id).migrations[0].error
+    live = live_store(env, result.stores[0].id)
+    assert live.state == "CONNECTED"
+    assert_journal_matches_live(journal, result, live, original_of(journal, result.run_id))
+    assert crypto_after(journal, result.run_id, "rolling_back")
+    log = read_world_log(server)
+    # The world saw the rollback disconnect a store that was still CONNECTING.
+    rollback_disconnect = [e for e in log if e["kind"] == "state" and e["operation"] == "DisconnectCustomKeyStore"]
+    assert [e["from"] for e in rollback_disconnect] == ["CONNECTED", "CONNECTING"]
+    assert mutating_calls(log) == ["DisconnectCustomKeyStore", "UpdateCustomKeyStore", "ConnectCustomKeyStore",
+                                   "DisconnectCustomKeyStore", "UpdateCustomKeyStore", "ConnectCustomKeyStore"]
+    assert failing.detail["window_seconds"] <= plan.max_disconnected
+    assert result.stores[0].disconnected_seconds <= failing.detail["window_seconds"] + max(plan.max_disconnected,
+                                                                                            900.0)
+
+
+def test_a_rollback_that_fails_too_ends_stuck_with_the_manual_commands(journal, start_world):
+    server = start_world(load_world("public-to-vpc", **FAST), connect_fails(2))
+    env = make_env(server, journal)
+
+    result = engine.start(example_plan("public-to-vpc"), env)
+
+    assert (result.outcome, result.exit_code) == ("stuck", 5), result.message
+    live = live_store(env, result.stores[0].id)
+    original = original_of(journal, result.run_id)
+    # Stuck, but honestly so: the original configuration is back, and KMS says the connect FAILED.
+    assert (live.state, live.error_code) == ("FAILED", TLS_FAIL)
+    assert_journal_matches_live(journal, result, live, original)
+    assert transitions(journal, result.run_id)[-2:] == ["rolling_back", "stuck"]
+    store = result.summary()["keystores"][0]
+    manual = store["manual"]
+    commands = "\n".join(manual["commands"])
+    assert "connect-custom-key-store" in commands and result.stores[0].id in commands
+    assert "describe-custom-key-stores" in commands
+    assert store["disconnected_seconds"] is not None
+    assert mutating_calls(read_world_log(server)).count("ConnectCustomKeyStore") == 2
+
+
+def test_throttling_on_half_the_describe_calls_still_completes(journal, start_world, mocker):
+    """50% ThrottlingException on DescribeCustomKeyStores: botocore retries each call, and a poll whose
+    retries all failed is just a missed poll.
+
+    Narrow clock seam: botocore sleeps its backoff in real seconds, which a time-scaled rehearsal would
+    amplify into simulated minutes; scale it like every other sleep of the rehearsal.
+    """
+    from botocore.retries.standard import ExponentialBackoff
+
+    world = load_world("public-to-vpc", seed=1, **FAST)
+    real_delay = ExponentialBackoff.delay_amount
+    mocker.patch.object(ExponentialBackoff, "delay_amount",
+                        lambda self, context: real_delay(self, context) / world.time_scale)
+    throttle = model.Fault(operation="DescribeCustomKeyStores", error_code="ThrottlingException", probability=0.5)
+    server = start_world(world, [throttle])
+    env = make_env(server, journal)
+
+    result = engine.start(example_plan("public-to-vpc"), env)
+
+    assert (result.outcome, result.exit_code) == ("completed", 0), result.message
+    log = read_world_log(server)
+    throttled = [e for e in log if e["kind"] == "call" and e["error"] == "ThrottlingException"]
+    assert len(throttled) >= 5  # the fault really fired
+    live = live_store(env, result.stores[0].id)
+    assert live.state == "CONNECTED" and live.config.connectivity == "VPC_ENDPOINT_SERVICE"
+    assert_journal_matches_live(journal, result, live, result.stores[0].final)
+    assert mutating_calls(log) == ["DisconnectCustomKeyStore", "UpdateCustomKeyStore", "ConnectCustomKeyStore"]
+
+
+# -- 3. preflight blocks: nothing changed ------------------------------------------------------------------
+def test_preflight_block_makes_no_mutating_call(journal, start_world):
+    server = start_world(data_world("service-without-kms-principal", time_scale=600.0))
+    env = make_env(server, journal)
+    before = live_store(env, "cks-1234567890abcdef0")
+
+    result = engine.start(example_plan("public-to-vpc"), env)
+
+    assert (result.outcome, result.exit_code) == ("blocked", 3), result.message
+    assert "vpc.allowed_principal" in result.message
+    assert mutating_calls(read_world_log(server)) == []
+    after = live_store(env, before.id)
+    assert after == before  # untouched: still CONNECTED on the public endpoint
+    m = journal.get_run(result.run_id).migrations[0]
+    assert (m.state, m.disconnected_at, m.window_seconds) == ("blocked", None, None)
+    assert transitions(journal, result.run_id) == ["snapshotted", "blocked"]
+    blocks = [e.detail["check"] for e in journal.events(result.run_id) if e.kind == "finding" and e.outcome == "block"]
+    assert blocks == ["vpc.allowed_principal"]
