@@ -289,17 +289,26 @@ class Driver:
                 ("CONNECTED", "FAILED"), deadline, "waiting for CONNECTED")
             if obs.state == "CONNECTED":
                 break
-            if obs.error_code in TRANSIENT_CONNECT_ERRORS and retries_left > 0:
+            if obs.error_code in TRANSIENT_CONNECT_ERRORS and retries_left > 0 and self.retry_fits(deadline):
                 retries_left -= 1
                 self.attempts["connect_retries_left"] = retries_left
                 self.ctx.update(self.mid, attempts=self.attempts)
                 self.note(f"connect FAILED with {obs.error_code}; disconnecting to try once more")
                 self.ensure_disconnected(deadline=deadline, then=None)
                 continue
-            raise StepFailed(f"connect FAILED with ConnectionErrorCode {obs.error_code}")
+            raise StepFailed(f"connect FAILED with ConnectionErrorCode {obs.error_code}"
+                             + ("; no budget left for another disconnect+connect"
+                                if obs.error_code in TRANSIENT_CONNECT_ERRORS and retries_left > 0 else ""))
         if then:
             self.move(then, reconnected_at=self.ctx.clock.now())
         self.ctx.hook("after-connect", self)
+
+    def retry_fits(self, deadline: float | None) -> bool:
+        """Is there budget for another disconnect+connect? If not, going back now returns the keys sooner."""
+        if deadline is None:
+            return True
+        left = (deadline - self.ctx.clock.now()) * self.ctx.clock.scale
+        return left > 2 * self.ctx.expected_change_seconds + 2 * self.ctx.plan.poll_interval
 
     def wait_for(self, states: tuple[str, ...], deadline: float | None, what: str) -> Observation:
         """Poll until the store reaches one of `states`; learns how long such a change takes."""
