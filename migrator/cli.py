@@ -9,14 +9,14 @@ with XKSMIGRATE_DEBUG=1 and never show local variables.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import sys
-from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
+
+from migrator import cli_support as support
+from migrator.cli_support import DEFAULT_STATE, CliError
 
 app = typer.Typer(name="xksmigrate", add_completion=False, no_args_is_help=True,
                   pretty_exceptions_show_locals=False,
@@ -24,7 +24,6 @@ app = typer.Typer(name="xksmigrate", add_completion=False, no_args_is_help=True,
 sim_app = typer.Typer(help="The rehearsal world: a local AWS endpoint and XKS proxies.", no_args_is_help=True)
 app.add_typer(sim_app, name="sim")
 
-DEFAULT_STATE = "sqlite:///state/xksmigrate.db"
 
 StateOpt = Annotated[str | None, typer.Option("--state", envvar="XKSMIGRATE_STATE", show_envvar=True,
                                               help=f"Journal database URL [default: {DEFAULT_STATE}]")]
@@ -37,159 +36,6 @@ EndpointOpt = Annotated[str | None, typer.Option("--endpoint-url", envvar="AWS_E
 HooksOpt = Annotated[str | None, typer.Option("--hooks", help="Directory of hook executables (see RUNBOOK.md)")]
 ScaleOpt = Annotated[float | None, typer.Option("--time-scale", envvar="XKSMIGRATE_TIME_SCALE",
                                                 help="Simulated seconds per real second (rehearsal endpoints only)")]
-
-
-class CliError(Exception):
-    def __init__(self, message: str, code: int = 2):
-        super().__init__(message)
-        self.code = code
-
-
-def fail(message: str, code: int = 2) -> CliError:
-    return CliError(message, code)
-
-
-# -- shared plumbing ---------------------------------------------------------------------------
-def _open_journal(url: str | None, *, rehearsal: bool = False) -> Any:
-    from migrator.journal import Journal, JournalError
-
-    try:
-        journal = Journal.open(url or DEFAULT_STATE)
-    except JournalError as exc:
-        raise fail(f"--state: {exc}") from None
-    if not rehearsal and journal.backend == "sqlite" and (journal.url.database or ":memory:") == ":memory:":
-        journal.close()  # a run journaled in memory could never be resumed
-        raise fail("--state: an in-memory SQLite journal is gone when xksmigrate exits; give a file: sqlite:///PATH")
-    return journal
-
-
-def _load_plan(path: str) -> Any:
-    from migrator.plan import PlanError, load_plan
-
-    try:
-        return load_plan(path)
-    except PlanError as exc:
-        raise fail(str(exc)) from None
-
-
-def _approver(yes: bool, renderer: Any) -> Any:
-    def approve(question: str) -> bool:
-        if yes:
-            return True
-        pause, unpause = getattr(renderer, "pause", None), getattr(renderer, "unpause", None)
-        if pause:
-            pause()
-        try:
-            return typer.confirm(question, default=False, err=True)
-        finally:
-            if unpause:
-                unpause()
-    return approve
-
-
-def _require_consent(yes: bool) -> None:
-    if not yes and not sys.stdin.isatty():
-        raise fail("no terminal to ask for confirmation before the disconnect; pass --yes to proceed unattended")
-
-
-def _interruptible() -> None:
-    """SIGTERM behaves like Ctrl-C: the engine journals the interruption and exits 130."""
-
-    def raise_interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, raise_interrupt)
-
-
-def _who() -> str:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except Exception:
-        return "unknown"
-
-
-def _real_env(plan: Any, *, journal: Any, renderer: Any, yes: bool, profile: str | None, region: str | None,
-              endpoint_url: str | None, time_scale: float | None, retry_stuck: bool = False) -> Any:
-    from migrator.aws import ClientFactory
-    from migrator.clock import Clock
-    from migrator.engine import Environment
-    from migrator.secrets import resolve_secret
-
-    scale = time_scale or 1.0
-    if scale != 1.0 and not _is_loopback(endpoint_url):
-        raise fail("--time-scale: only a rehearsal endpoint on loopback may run on simulated time")
-    if region and region != plan.region:
-        raise fail(f"--region {region} differs from the plan's region {plan.region}")
-    clients = ClientFactory(region=plan.region, profile=profile, endpoint_url=endpoint_url)
-    return Environment(journal=journal, clients=clients, clock=Clock(scale), observer=renderer,
-                       secret_resolver=lambda ref: resolve_secret(ref, client_factory=clients),
-                       approve=_approver(yes, renderer), who=_who(), retry_stuck=retry_stuck,
-                       extra_roots_pem=_extra_roots(plan))
-
-
-def _extra_roots(plan: Any) -> list[bytes]:
-    roots = []
-    for path in plan.extra_trusted_roots:
-        try:
-            with open(path, "rb") as fh:
-                roots.append(fh.read())
-        except OSError as exc:
-            raise fail(f"{plan.path}: plan.extra_trusted_roots: cannot read {path}: {exc.strerror}") from None
-    return roots
-
-
-def _is_loopback(url: str | None) -> bool:
-    from urllib.parse import urlsplit
-
-    host = urlsplit(url or "").hostname or ""
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
-@contextlib.contextmanager
-def _environment(plan: Any, *, dry_run: bool, json_output: bool, command: str, yes: bool, state: str | None,
-                 world: str | None, faults: str | None, profile: str | None, region: str | None,
-                 endpoint_url: str | None, time_scale: float | None) -> Iterator[Any]:
-    """The Environment for a real account, or for an in-process rehearsal world (--dry-run)."""
-    from migrator import report
-
-    if (world or faults) and not dry_run:
-        raise fail("--world and --faults belong to --dry-run")
-    if not dry_run:
-        journal = _open_journal(state)
-        renderer = report.make_renderer(json_output, command)
-        yield _real_env(plan, journal=journal, renderer=renderer, yes=yes, profile=profile, region=region,
-                        endpoint_url=endpoint_url, time_scale=time_scale)
-        return
-    from migrator import dryrun
-    from migrator.engine import Environment
-    from migrator.secrets import SecretError, resolve_secret
-
-    journal = _open_journal(state or os.environ.get("XKSMIGRATE_REHEARSAL_STATE") or dryrun.DEFAULT_REHEARSAL_STATE,
-                            rehearsal=True)
-    known: dict[str, str] = {}
-    for ks in plan.keystores:
-        for cred in (ks.target.credential, ks.original_credential):
-            if cred and not cred.secret_ref.startswith("secretsmanager:"):
-                with contextlib.suppress(SecretError):  # the preflight gate reports it
-                    known[cred.secret_ref] = resolve_secret(cred.secret_ref).reveal()
-    try:
-        with dryrun.rehearsal(plan, world_path=world, faults_path=faults, secrets=known,
-                              time_scale=time_scale) as rh:
-            renderer = report.make_renderer(json_output, command)
-            yield Environment(journal=journal, clients=rh.clients, clock=rh.clock, observer=renderer,
-                              secret_resolver=lambda ref: resolve_secret(ref, client_factory=rh.clients),
-                              approve=_approver(yes, renderer), who=_who(), dry_run=True,
-                              extra_roots_pem=rh.extra_roots_pem + _extra_roots(plan), resolve=rh.resolve)
-    except dryrun.RehearsalError as exc:
-        raise fail(str(exc)) from None
-
-
-def _finish(renderer: Any, result: Any) -> int:
-    summary = result.summary()
-    renderer.finish(summary)
-    return int(result.exit_code)
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -212,49 +58,17 @@ def run(plan_file: Annotated[str, typer.Argument(metavar="PLAN", help="plan.toml
     """Migrate the key stores of PLAN: snapshot, preflight, disconnect, update, connect, verify."""
     from migrator import engine
 
-    plan = _load_plan(plan_file)
-    when = _parse_cutover_at(cutover_at) if cutover_at else None
-    _require_consent(yes)
-    _interruptible()
-    with _environment(plan, dry_run=dry_run, json_output=json_output, command="run", yes=yes, state=state,
+    plan = support.load_plan(plan_file)
+    when = support.parse_cutover_at(cutover_at) if cutover_at else None
+    support.require_consent(yes)
+    support.interruptible()
+    with support.environment(plan, dry_run=dry_run, json_output=json_output, command="run", yes=yes, state=state,
                       world=world, faults=faults, profile=profile, region=region, endpoint_url=endpoint_url,
                       time_scale=time_scale) as env:
-        env.hooks = _hooks(hooks)
+        env.hooks = support.make_hooks(hooks)
         env.postpone, env.postpone_flag_file, env.cutover_at = postpone_cutover, postpone_flag_file, when
-        code = _finish(env.observer, engine.start(plan, env))
+        code = support.finish(env.observer, engine.start(plan, env))
     raise typer.Exit(code)
-
-
-def _hooks(directory: str | None) -> Any:
-    if directory is None:
-        return None
-    from migrator.hooks import Hooks
-
-    if not os.path.isdir(directory):
-        raise fail(f"--hooks: {directory} is not a directory")
-    return Hooks(directory)
-
-
-def _parse_cutover_at(value: str) -> float:
-    """HH:MM (the next time the clock shows it) or an ISO 8601 date-time, local time unless it says otherwise."""
-    import datetime as dt
-
-    now = dt.datetime.now().astimezone()
-    try:
-        if len(value) <= 5 and ":" in value:
-            hour, minute = (int(x) for x in value.split(":"))
-            when = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
-            if when <= now:
-                when += dt.timedelta(days=1)
-        else:
-            when = dt.datetime.fromisoformat(value)
-            if when.tzinfo is None:
-                when = when.astimezone()
-    except ValueError:
-        raise fail(f"--cutover-at: {value!r} is not HH:MM or an ISO 8601 date-time") from None
-    if when <= now:
-        raise fail(f"--cutover-at: {value} is in the past")
-    return when.timestamp()
 
 
 @app.command("plan")
@@ -267,8 +81,8 @@ def plan_command(plan_file: Annotated[str, typer.Argument(metavar="PLAN", help="
     """Read-only: snapshot, every preflight check, the exact call sequence and the rollback sequence."""
     from migrator import planner
 
-    plan = _load_plan(plan_file)
-    with _environment(plan, dry_run=dry_run, json_output=json_output, command="plan", yes=False, state=state,
+    plan = support.load_plan(plan_file)
+    with support.environment(plan, dry_run=dry_run, json_output=json_output, command="plan", yes=False, state=state,
                       world=world, faults=faults, profile=profile, region=region, endpoint_url=endpoint_url,
                       time_scale=None) as env:
         report = planner.make_report(plan, env)
@@ -284,36 +98,24 @@ def resume(run_id: Annotated[str | None, typer.Argument(help="Run id (default: t
            profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None,
            time_scale: ScaleOpt = None, hooks: HooksOpt = None) -> None:
     """Continue an interrupted run exactly where it stood (it re-observes the key store first)."""
-    from migrator import engine, report
-    from migrator.plan import PlanError, parse_plan
+    from migrator import engine
 
-    journal = _open_journal(state)
-    run_view = _find_run(journal, run_id, unfinished=True, allow_stuck=retry_stuck)
-    if run_view.dry_run and not endpoint_url:
-        raise fail(f"{run_view.id} was an in-process --dry-run rehearsal; its world is gone, so it cannot be "
-                   "resumed: rehearse again")
-    try:
-        plan = parse_plan(run_view.plan_text, run_view.plan_path or run_view.id)
-    except PlanError as exc:
-        raise fail(f"the plan recorded for {run_view.id} no longer parses: {exc}") from None
-    _require_consent(yes)
-    _interruptible()
-    scale = time_scale or float((run_view.options or {}).get("time_scale") or 1.0)
-    renderer = report.make_renderer(json_output, "resume")
-    env = _real_env(plan, journal=journal, renderer=renderer, yes=yes, profile=profile, region=region,
-                    endpoint_url=endpoint_url, time_scale=scale, retry_stuck=retry_stuck)
-    env.hooks = _hooks(hooks)
-    raise typer.Exit(_finish(renderer, engine.resume(plan, env, run_view.id)))
+    journal = support.open_journal(state)
+    run_view = support.find_run(journal, run_id, unfinished=True, allow_stuck=retry_stuck)
+    plan, env = support.recorded_run_env(journal, run_view, command="resume", json_output=json_output, yes=yes,
+                                         profile=profile, region=region, endpoint_url=endpoint_url,
+                                         time_scale=time_scale, hooks=hooks, retry_stuck=retry_stuck)
+    raise typer.Exit(support.finish(env.observer, engine.resume(plan, env, run_view.id)))
 
 
 @app.command()
 def proceed(run_id: Annotated[str, typer.Argument(help="The postponed run")], state: StateOpt = None) -> None:
     """Release a postponed cut-over: the waiting run re-checks preflight and disconnects."""
-    journal = _open_journal(state)
-    run_view = _find_run(journal, run_id)
+    journal = support.open_journal(state)
+    run_view = support.find_run(journal, run_id)
     if run_view.outcome not in ("running", "interrupted"):
-        raise fail(f"{run_id} already ended: {run_view.outcome}")
-    journal.record(run_id, kind="note", outcome="proceed", detail={"message": f"released by {_who()}"})
+        raise support.fail(f"{run_id} already ended: {run_view.outcome}")
+    journal.record(run_id, kind="note", outcome="proceed", detail={"message": f"released by {support.who()}"})
     typer.echo(f"{run_id}: cut-over released; the runner re-runs preflight, then disconnects")
 
 
@@ -323,46 +125,17 @@ def rollback(run_id: Annotated[str, typer.Argument(help="A completed run")], yes
              region: RegionOpt = None, endpoint_url: EndpointOpt = None, time_scale: ScaleOpt = None,
              hooks: HooksOpt = None) -> None:
     """Return a completed run's key stores to their recorded original configuration, verified."""
-    from migrator import engine, report
-    from migrator.plan import PlanError, parse_plan
+    from migrator import engine
 
-    journal = _open_journal(state)
-    run_view = _find_run(journal, run_id)
+    journal = support.open_journal(state)
+    run_view = support.find_run(journal, run_id)
     if run_view.outcome != "completed":
-        raise fail(f"{run_id} is {run_view.outcome}; only a completed run can be rolled back "
-                   "(an unfinished one: xksmigrate resume)")
-    if run_view.dry_run and not endpoint_url:
-        raise fail(f"{run_id} was an in-process --dry-run rehearsal; its world is gone")
-    try:
-        plan = parse_plan(run_view.plan_text, run_view.plan_path or run_view.id)
-    except PlanError as exc:
-        raise fail(f"the plan recorded for {run_view.id} no longer parses: {exc}") from None
-    _require_consent(yes)
-    _interruptible()
-    scale = time_scale or float((run_view.options or {}).get("time_scale") or 1.0)
-    renderer = report.make_renderer(json_output, "rollback")
-    env = _real_env(plan, journal=journal, renderer=renderer, yes=yes, profile=profile, region=region,
-                    endpoint_url=endpoint_url, time_scale=scale)
-    env.hooks = _hooks(hooks)
-    raise typer.Exit(_finish(renderer, engine.rollback(plan, env, run_view.id)))
-
-
-def _find_run(journal: Any, run_id: str | None, *, unfinished: bool = False, allow_stuck: bool = False) -> Any:
-    from migrator.journal import JournalError
-
-    if run_id:
-        try:
-            run_view = journal.get_run(run_id)
-        except JournalError as exc:
-            raise fail(str(exc)) from None
-        if unfinished and run_view.outcome not in ("running", "interrupted", "failed") and not (
-                allow_stuck and run_view.outcome == "stuck"):
-            raise fail(f"{run_id} already ended: {run_view.outcome}", 2)
-        return run_view
-    run_view = journal.latest_unfinished_run()
-    if run_view is None:
-        raise fail(f"no unfinished run in {journal.url_for_display}")
-    return run_view
+        raise support.fail(f"{run_id} is {run_view.outcome}; only a completed run can be rolled back "
+                           "(an unfinished one: xksmigrate resume)")
+    plan, env = support.recorded_run_env(journal, run_view, command="rollback", json_output=json_output, yes=yes,
+                                         profile=profile, region=region, endpoint_url=endpoint_url,
+                                         time_scale=time_scale, hooks=hooks)
+    raise typer.Exit(support.finish(env.observer, engine.rollback(plan, env, run_view.id)))
 
 
 @app.command()
@@ -373,13 +146,13 @@ def status(run_id: Annotated[str | None, typer.Argument(help="Run id (default: t
     """Where a run stands, from the journal (works while another process runs it)."""
     from migrator import views
 
-    journal = _open_journal(state)
+    journal = support.open_journal(state)
     if run_id is None:
         runs = journal.list_runs(limit=1)
         if not runs:
-            raise fail(f"no runs in {journal.url_for_display}")
+            raise support.fail(f"no runs in {journal.url_for_display}")
         run_id = runs[0].id
-    _find_run(journal, run_id)
+    support.find_run(journal, run_id)
     raise typer.Exit(views.status(journal, run_id, watch=watch, timeout=timeout, json_output=json_output))
 
 
@@ -389,17 +162,17 @@ def history(limit: Annotated[int, typer.Option("--limit", help="How many runs")]
     """Past runs with their outcome and disconnected window."""
     from migrator import views
 
-    views.history(_open_journal(state), limit=limit, json_output=json_output)
+    views.history(support.open_journal(state), limit=limit, json_output=json_output)
 
 
 @app.command()
 def unlock(lock_id: Annotated[str, typer.Argument(help="The lock id printed by the runner that holds it")],
            state: StateOpt = None) -> None:
     """Remove a lock left by a runner that is gone (check first that it really is)."""
-    journal = _open_journal(state)
+    journal = support.open_journal(state)
     removed = journal.force_unlock(lock_id)
     if removed is None:
-        raise fail(f"no lock {lock_id} in {journal.url_for_display}")
+        raise support.fail(f"no lock {lock_id} in {journal.url_for_display}")
     typer.echo(f"removed {lock_id} ({removed.resource}, held by {removed.owner}@{removed.host} pid {removed.pid})")
 
 
@@ -440,7 +213,7 @@ def sim_proxy(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
 
     ids, secrets = access_key_id or [], secret or []
     if len(ids) != len(secrets):
-        raise fail("--access-key-id and --secret come in pairs")
+        raise support.fail("--access-key-id and --secret come in pairs")
     raise typer.Exit(run_proxy(host=host, port=port, uri_path_prefix=uri_path_prefix, region=region,
                                credentials=list(zip(ids, secrets, strict=True)), keys=key or [], tls=not no_tls,
                                hostnames=hostname or [], ca_dir=ca_dir, key_manager=key_manager))
