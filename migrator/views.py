@@ -13,6 +13,7 @@ import sys
 import time
 from typing import Any
 
+from migrator.machine import TERMINAL
 from migrator.report import describe_event, fmt_seconds
 
 STALE_AFTER = 60.0  # seconds without a heartbeat before a running run is called probably dead
@@ -22,7 +23,8 @@ def _run_dict(run: Any) -> dict[str, Any]:
     return {"run_id": run.id, "plan": run.plan_name, "outcome": run.outcome, "exit_code": run.exit_code,
             "dry_run": run.dry_run, "region": run.region, "started_at": run.started_at,
             "finished_at": run.finished_at, "who": run.who, "host": run.host,
-            "keystores": [{"ref": m.keystore_ref, "id": m.keystore_id, "state": m.state, "outcome": m.outcome,
+            "keystores": [{"ref": m.keystore_ref, "id": m.keystore_id, "state": m.state,
+                           "outcome": m.outcome or (m.state if m.state in TERMINAL else None),
                            "disconnected_seconds": m.window_seconds, "error": m.error,
                            "disconnected_at": m.disconnected_at, "verified_at": m.verified_at,
                            "original": _original(m.snapshot)}
