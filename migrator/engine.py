@@ -258,6 +258,8 @@ def _result(ctx: RunContext, run_id: str, outcome: str, exit_code: int, message:
         last = ctx.last_seen.get(m.id)
         original = {k: (m.snapshot or {}).get(k) for k in CONFIG_KEYS} if m.snapshot else None
         final = {k: getattr(last.config, k) for k in CONFIG_KEYS} if last else None
+        if final is None and m.state == "blocked":  # nothing changed: the snapshot is the last look
+            final = original
         store_outcome = m.outcome or (m.state if m.state in machine.TERMINAL else "unfinished")
         window = m.window_seconds
         if window is None and m.disconnected_at is not None:  # still disconnected (stuck, interrupted)
