@@ -83,7 +83,7 @@ def render(rows: list[dict[str, Any]]) -> str:
                   "summed over disconnect and connect (world log, world clock): the part the poll interval governs",
                   "work = overhead - poll lag: the update, the connect call, the Encrypt/Decrypt round trips and "
                   "journal writes. It is real processing, and simulated time = real time x scale, so it is "
-                  "multiplied by the scale (the same real cost is 4x larger at scale 60 than at 15)",
+                  "multiplied by the scale (the same real cost shows up 3x larger at scale 60 than at 20)",
                   "overhead/poll at scale 1 = (poll lag + work real s) / poll: the projection for a real account, "
                   "where a second is a second"])
 
