@@ -256,6 +256,9 @@ def _result(ctx: RunContext, run_id: str, outcome: str, exit_code: int, message:
     stores = []
     for m in run.migrations:
         last = ctx.last_seen.get(m.id)
+        if last is None and m.keystore_id and m.state in ("completed", "rolled_back"):  # resumed after the last look
+            with contextlib.suppress(Exception):
+                last = ctx.kms.describe(m.keystore_id)
         original = {k: (m.snapshot or {}).get(k) for k in CONFIG_KEYS} if m.snapshot else None
         final = {k: getattr(last.config, k) for k in CONFIG_KEYS} if last else None
         if final is None and m.state == "blocked":  # nothing changed: the snapshot is the last look
