@@ -47,7 +47,7 @@ class Hooks:
             "XKSMIGRATE_PLAN": ctx.plan.name,
             "XKSMIGRATE_REGION": ctx.plan.region,
             "XKSMIGRATE_KEYSTORE_ID": driver.store_id,
-            "XKSMIGRATE_STATE": driver.state,
+            "XKSMIGRATE_KEYSTORE_STATE": driver.state,  # XKSMIGRATE_STATE stays the journal URL
             "XKSMIGRATE_WINDOW_SECONDS": "" if window is None else f"{window:.3f}",
             "XKSMIGRATE_BUDGET_SECONDS": f"{ctx.plan.max_disconnected:g}",
             "XKSMIGRATE_DRY_RUN": "1" if ctx.env.dry_run else "0",
