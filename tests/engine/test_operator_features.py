@@ -26,7 +26,8 @@ def _hook_dir(tmp_path: Path, events: list[str], failing: str | None = None) -> 
         script = hooks / event
         body = ("#!/bin/sh\n"
                 "printf '{\"event\":\"%s\",\"state\":\"%s\",\"store\":\"%s\",\"run\":\"%s\",\"window\":\"%s\","
-                "\"secret\":\"%s\"}\\n' \"$XKSMIGRATE_EVENT\" \"$XKSMIGRATE_KEYSTORE_STATE\" \"$XKSMIGRATE_KEYSTORE_ID\" "
+                "\"secret\":\"%s\"}\\n' \"$XKSMIGRATE_EVENT\" \"$XKSMIGRATE_KEYSTORE_STATE\" "
+                "\"$XKSMIGRATE_KEYSTORE_ID\" "
                 f"\"$XKSMIGRATE_RUN_ID\" \"$XKSMIGRATE_WINDOW_SECONDS\" \"$XKS_HOOK_CANARY\" >> {log}\n"
                 "echo hook-said-hello\n")
         if event == failing:
