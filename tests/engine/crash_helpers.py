@@ -53,6 +53,7 @@ CONFIG_KEYS = ("connectivity", "uri_endpoint", "uri_path", "vpc_endpoint_service
 LIVE_KEYS = {"Connectivity": "connectivity", "UriEndpoint": "uri_endpoint", "UriPath": "uri_path",
              "VpcEndpointServiceName": "vpc_endpoint_service_name", "AccessKeyId": "access_key_id"}
 MUTATING = ("DisconnectCustomKeyStore", "UpdateCustomKeyStore", "ConnectCustomKeyStore")
+SPAWNED: list[subprocess.Popen[bytes]] = []  # every tool process, so a failed test can kill what it left running
 
 
 def tool_env(**extra: Any) -> dict[str, str]:
@@ -169,7 +170,17 @@ def spawn(args: list[str], workdir: Path, name: str, *, kill_after: int | None =
     with open(out, "wb") as fo, open(err, "wb") as fe:
         popen = subprocess.Popen([*CLI, *args], stdout=fo, stderr=fe, stdin=subprocess.DEVNULL, cwd=workdir,
                                  env=tool_env(**extra), preexec_fn=preexec_fn)
+    SPAWNED.append(popen)
     return Proc(popen, out, err, time.monotonic())
+
+
+def kill_leftovers() -> None:
+    """SIGKILL the tool processes a failed test left running (each by its own pid), and forget them all."""
+    while SPAWNED:
+        popen = SPAWNED.pop()
+        if popen.poll() is None:
+            popen.kill()
+            popen.wait()
 
 
 def start_run(sim: Sim, state_url: str, workdir: Path, name: str = "run", plan: Path = PLAN,
@@ -301,12 +312,14 @@ class CaseReport:
     last_event: str = ""
     outcome: str = ""
     resume_exit: int | None = None
+    inflight: str | None = None  # the AWS call journaled as started but not finished when the tool died
     problems: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         where = f"seq {self.point}" if self.point is not None else f"after {self.delay:.3f}s"
         return (f"{self.label:<9} {where:<14} died after {self.killed_after:>3} events "
-                f"[{self.last_event}] -> resume exit {self.resume_exit} {self.outcome}")
+                f"[{self.last_event}]" + (f" in flight: {self.inflight}" if self.inflight else "")
+                + f" -> resume exit {self.resume_exit} {self.outcome}")
 
 
 @dataclass(frozen=True)
@@ -374,8 +387,9 @@ def crash_case(label: str, workdir: Path, state_url: str, base: Baseline, *, exp
             if before.run.outcome not in EXIT:  # a random kill can come after the run ended
                 resumed = start_resume(sim, state_url, before.run.id, workdir)
                 report.resume_exit = resumed.wait()
+            report.inflight = inflight_call(before.events)
             problems += check_resumed(sim, journal, before, resumed, expect=expect, effects=base.effects,
-                                      inflight=inflight_call(before.events), exact=delay is None)
+                                      inflight=report.inflight, exact=delay is None)
             report.outcome = journal.get_run(before.run.id).outcome
     return report
 

@@ -25,7 +25,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from crash_helpers import (
     crash_case,
     default_sigint,
     event_label,
+    kill_leftovers,
     pg_database,
     read_journal,
     start_resume,
@@ -59,6 +60,12 @@ WORKERS = max(1, int(os.environ.get("XKSMIGRATE_CRASH_WORKERS", "3")))
 RANDOM_CASES = int(os.environ.get("XKSMIGRATE_CRASH_RANDOM_CASES", "16"))
 RANDOM_SAMPLE = min(4, RANDOM_CASES)
 PG_EVERY = 3
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_processes() -> Iterator[None]:
+    yield
+    kill_leftovers()
 
 
 def sqlite_url(workdir: Path) -> str:
@@ -299,7 +306,8 @@ def test_a_budget_that_runs_out_while_the_tool_is_dead_rolls_back_at_once(forwar
         proc = start_run(sim, url, tmp_path, plan=plan, kill_after=point)
         assert proc.wait() == -signal.SIGKILL, proc.err.read_text()
         before = read_journal(url)
-        assert before is not None and before.migration.disconnected_at is not None
+        assert before is not None and before.migration.state == "disconnected", before
+        assert before.migration.disconnected_at is not None
         budget_ends = before.migration.disconnected_at + 300 / sim.time_scale
         while time.time() < budget_ends + 0.2:  # stay dead until the budget is surely spent
             time.sleep(0.05)
