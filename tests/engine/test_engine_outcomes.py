@@ -93,23 +93,26 @@ def world_crypto_after_last_connect(log: list[dict[str, Any]]) -> list[str]:
 def test_example_plans_complete_within_one_poll_of_the_worlds_floor(tmp_path, start_world):
     """The example worlds as they are (disconnect 300 s + connect 300 s, AWS's typical figures).
 
-    Simulated time is real time x scale, so real work is amplified by the scale: at 20 (not 600) the
-    engine's own steps cost about a simulated second. The verification round trips through the
-    world's KMS and proxy (HTTPS, a few tens of real ms per call) cost a few more on a busy machine,
-    which no real account would see; so the bound of one poll interval is asserted on the window up
-    to verification, and the verification is held to one single round of round trips. Both plans run
-    at once (they mostly wait), so the pair takes the real time of one.
+    Simulated time is real time x scale, so real work is amplified by the scale: at 20 (not 600) a real
+    100 ms costs 2 simulated seconds. The biggest real cost inside the window is the journal's fsync
+    per commit (a dozen commits; tens of ms each on a busy disk), so the journal lives on a RAM disk
+    when there is one: still SQLite, same code, without a disk's latency multiplied by 20. The bound of
+    one poll interval is asserted on the window up to verification; see below for the verification.
+    Both plans run at once (they mostly wait), so the pair takes the real time of one.
     """
+    import shutil
+    import tempfile
     from concurrent.futures import ThreadPoolExecutor
 
     from migrator.journal import Journal
 
     scale = 20.0
+    ram = Path(tempfile.mkdtemp(dir="/dev/shm")) if Path("/dev/shm").is_dir() else tmp_path
     runs = []
     for name in ("public-to-vpc", "vpc-to-public"):  # set up in this thread (Alembic's context is global)
         world = load_world(name, time_scale=scale)
         server = start_world(world)
-        journal = Journal.open(f"sqlite:///{tmp_path}/{name}.db")
+        journal = Journal.open(f"sqlite:///{ram}/{name}.db")
         runs.append((name, example_plan(name), world, server, journal, make_env(server, journal)))
     try:
         with ThreadPoolExecutor(len(runs)) as pool:
@@ -119,6 +122,8 @@ def test_example_plans_complete_within_one_poll_of_the_worlds_floor(tmp_path, st
     finally:
         for run in runs:
             run[4].close()
+        if ram != tmp_path:
+            shutil.rmtree(ram, ignore_errors=True)
 
 
 def _check_example(name, plan, world, server, journal, env, result, scale) -> None:
@@ -139,10 +144,15 @@ def _check_example(name, plan, world, server, journal, env, result, scale) -> No
     completed_at = next(e.at for e in events if e.kind == "transition" and e.to_state == "completed")
     until_verify = (verifying_at - m.disconnected_at) * scale
     assert summary["simulated"] is True and store["simulated"] is True
-    assert floor <= until_verify <= floor + plan.poll_interval, (name, until_verify)
-    assert store["disconnected_seconds"] == m.window_seconds
-    assert store["disconnected_seconds"] == pytest.approx((completed_at - m.disconnected_at) * scale, abs=0.5)
-    # One round of round trips: no verification poll stretched the window.
+    window = store["disconnected_seconds"]
+    # Polling, update and connect: within one poll interval of the world's floor.
+    assert floor <= until_verify <= floor + plan.poll_interval, (name, until_verify, window)
+    # The reported window adds only the verification: one round of round trips through the world's KMS
+    # and proxy, which at scale 20 on a loaded machine is itself a few simulated seconds (tens of real ms
+    # per HTTPS call, times 20); a verification poll instead would show up as extra Encrypt calls below.
+    assert window == m.window_seconds
+    assert window == pytest.approx((completed_at - m.disconnected_at) * scale, abs=0.5)
+    assert until_verify <= window <= until_verify + plan.poll_interval, (name, until_verify, window)
     log = read_world_log(server)
     keys = len(m.snapshot["verify_keys"])
     crypto = [e["operation"] for e in log if e["kind"] == "call" and e["operation"] in ("Encrypt", "Decrypt")]
