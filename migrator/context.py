@@ -77,7 +77,12 @@ class RunContext:
 
     def transition(self, mid: int, from_state: str, to_state: str, *, detail: dict[str, Any] | None = None,
                    **fields: Any) -> int:
-        seq = self.journal.transition(mid, to_state, detail=detail, **fields)
+        if "outcome" in fields:  # the store's outcome: on the row and on the event, in one transaction
+            outcome = fields.pop("outcome")
+            seq = self.journal.transition(mid, to_state, detail=detail, outcome=outcome, migration_outcome=outcome,
+                                          **fields)
+        else:
+            seq = self.journal.transition(mid, to_state, detail=detail, **fields)
         _crash_point(seq)
         self._emit(mid, seq, "transition", from_state=from_state, to_state=to_state, detail=detail)
         return seq

@@ -256,9 +256,14 @@ class Journal:
 
     def transition(self, migration_id: int, to_state: str, *, operation: str | None = None,
                    request_id: str | None = None, outcome: str | None = None, detail: dict[str, Any] | None = None,
-                   **fields: Any) -> int:
-        """Set the state (and fields) and append the transition event in one transaction; returns its seq."""
+                   migration_outcome: Any = ..., **fields: Any) -> int:
+        """Set the state (and fields) and append the transition event in one transaction; returns its seq.
+
+        `outcome` belongs to the event; `migration_outcome` (when given, None included) sets the row's.
+        """
         values = self._check_fields({**fields, "state": to_state})
+        if migration_outcome is not ...:
+            values["outcome"] = migration_outcome
         event_values = dict(kind="transition", migration_id=migration_id, to_state=to_state, operation=operation,
                             request_id=request_id, outcome=outcome, detail=detail)
         _refuse_secrets(event_values, "event")

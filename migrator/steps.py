@@ -417,7 +417,7 @@ class Driver:
 
     def step_retry_stuck(self) -> None:
         self.attempts.pop("rollback_started_at", None)
-        self.move("retry_rollback", detail={"reason": "operator asked to retry the rollback"})
+        self.move("retry_rollback", outcome=None, detail={"reason": "operator asked to retry the rollback"})
 
     def move(self, trigger: str, **kwargs: Any) -> None:
         """Fire a trigger of the machine table; `_persist` journals it before the state changes."""

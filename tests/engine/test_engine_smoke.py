@@ -28,6 +28,7 @@ def test_example_plan_completes_with_the_target_live(name, journal, start_world)
     # The journal agrees with AWS and saw every step in order.
     run = journal.get_run(result.run_id)
     assert run.outcome == "completed" and run.migrations[0].state == "completed"
+    assert run.migrations[0].outcome == "completed"  # on the row too, written with the final transition
     states = [e.to_state for e in journal.events(result.run_id) if e.kind == "transition"]
     assert states == ["snapshotted", "preflighted", "approved", "disconnecting", "disconnected", "updating",
                       "updated", "connecting", "connected", "verifying", "completed"]
