@@ -8,9 +8,23 @@ engine only drives waits and step retries, never around the same call.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+
+# One boto3 session per profile and process: a session parses each service model once (EC2's is
+# megabytes), and boto3 sessions are not thread-safe, so clients are created under a lock.
+_SESSIONS: dict[str | None, Any] = {}
+_SESSION_LOCK = threading.Lock()
+
+
+def _shared_session(profile: str | None) -> Any:
+    import boto3
+
+    if profile not in _SESSIONS:
+        _SESSIONS[profile] = boto3.session.Session(profile_name=profile)
+    return _SESSIONS[profile]
 
 
 @dataclass
@@ -23,18 +37,14 @@ class ClientFactory:
     read_timeout: float = 30.0
     credentials: dict[str, str] | None = field(default=None, repr=False)  # explicit keys (rehearsals only)
     request_counter: Counter[str] = field(default_factory=Counter, repr=False)  # HTTP requests by operation
-    _session: Any = field(default=None, repr=False)
+    _session: Any = field(default=None, repr=False)  # a boto3 Session of the caller's (tests); else shared
     _clients: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    def session(self) -> Any:
-        if self._session is None:
-            import boto3
-
-            self._session = boto3.session.Session(profile_name=self.profile, region_name=self.region,
-                                                  **(self.credentials or {}))
-        return self._session
-
     def client(self, service: str) -> Any:
+        with _SESSION_LOCK:
+            return self._client(service)
+
+    def _client(self, service: str) -> Any:
         if service not in self._clients:
             from botocore.config import Config
 
@@ -44,10 +54,10 @@ class ClientFactory:
                 read_timeout=self.read_timeout,
                 user_agent_extra="xksmigrate",
             )
-            kwargs: dict[str, Any] = {"config": config, "region_name": self.region}
+            kwargs: dict[str, Any] = {"config": config, "region_name": self.region, **(self.credentials or {})}
             if self.endpoint_url:
                 kwargs["endpoint_url"] = self.endpoint_url
-            client = self.session().client(service, **kwargs)
+            client = (self._session or _shared_session(self.profile)).client(service, **kwargs)
             client.meta.events.register("before-send", self._count)
             self._clients[service] = client
         return self._clients[service]

@@ -23,7 +23,7 @@ from migrator.inspect_store import check_keystore, check_quota, check_target
 from migrator.inspect_tls import check_tls
 from migrator.inspect_vpc import check_vpc
 from migrator.kms import StoreConfig, update_parameters
-from migrator.plan import VPC, KeystorePlan, Plan
+from migrator.plan import KeystorePlan, Plan
 
 __all__ = ["CHECKS", "Finding", "PreflightContext", "blocked", "mutating_calls", "preflight", "rollback_calls"]
 
@@ -87,15 +87,6 @@ def _config(cfg: dict) -> StoreConfig:
                        cfg.get("AccessKeyId") or "")
 
 
-def _desired(keystore: KeystorePlan, current: StoreConfig) -> StoreConfig:
-    t = keystore.target
-    public = t.connectivity != VPC
-    return StoreConfig(t.connectivity, t.uri_endpoint, t.uri_path or current.uri_path,
-                       "" if public else (t.vpc_endpoint_service_name or ""),
-                       "" if public else (t.vpc_endpoint_service_owner or ""),
-                       t.credential.access_key_id if t.credential else current.access_key_id)
-
-
 def _update(plan: Plan, sid: str, desired: StoreConfig, current: StoreConfig,
             credential: tuple[str, str] | None) -> str:
     """`aws kms update-custom-key-store` with exactly the parameters the engine sends (kms.update_parameters)."""
@@ -140,7 +131,7 @@ def mutating_calls(plan: Plan, keystore: KeystorePlan, snapshot: dict | None) ->
     credential = (t.credential.access_key_id or (snapshot or {}).get("XksProxyConfiguration", {}).get("AccessKeyId",
                   "<current access key id>"), t.credential.secret_ref) if t.credential else None
     current = _config((snapshot or {}).get("XksProxyConfiguration") or {})
-    update = _update(plan, sid, _desired(keystore, current), current, credential)
+    update = _update(plan, sid, StoreConfig.for_target(keystore.target, current), current, credential)
     state = (snapshot or {}).get("ConnectionState")
     return _window(plan, sid, update, keystore, skip_disconnect=state in ("DISCONNECTED", "DISCONNECTING"))
 
@@ -158,7 +149,7 @@ def rollback_calls(plan: Plan, keystore: KeystorePlan, snapshot: dict | None) ->
         ref = old.secret_ref if old else "<original secret: not given>"
         credential = ((keystore.original_credential.access_key_id if keystore.original_credential else "")
                       or cfg.get("AccessKeyId", ""), ref)
-    update = _update(plan, sid, original, _desired(keystore, original), credential)
+    update = _update(plan, sid, original, StoreConfig.for_target(keystore.target, original), credential)
     calls = _window(plan, sid, update, keystore, skip_disconnect=False)
     calls[0] += "  # only if the store is not already DISCONNECTED"
     return calls

@@ -63,6 +63,23 @@ class StoreConfig:
         return asdict(self)
 
     @classmethod
+    def for_target(cls, target: Any, current: StoreConfig) -> StoreConfig:
+        """What the store should hold after the run: the plan's target, the rest kept from `current`.
+
+        A PUBLIC target clears the VPC endpoint service name and owner; an absent path or credential
+        keeps the current one (`target` is a plan.Target).
+        """
+        public = target.connectivity == "PUBLIC_ENDPOINT"
+        return cls(
+            connectivity=target.connectivity,
+            uri_endpoint=target.uri_endpoint,
+            uri_path=target.uri_path or current.uri_path,
+            vpc_endpoint_service_name="" if public else (target.vpc_endpoint_service_name or ""),
+            vpc_endpoint_service_owner="" if public else (target.vpc_endpoint_service_owner or ""),
+            access_key_id=target.credential.access_key_id if target.credential else current.access_key_id,
+        )
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StoreConfig:
         return cls(**{k: str(data.get(k) or "") for k in cls.__dataclass_fields__})
 

@@ -57,12 +57,7 @@ class _View:
 
     @property
     def desired(self) -> StoreConfig:
-        t, orig = self.ks.target, self.original
-        public = t.connectivity == "PUBLIC_ENDPOINT"
-        return StoreConfig(t.connectivity, t.uri_endpoint, t.uri_path or orig.uri_path,
-                           "" if public else (t.vpc_endpoint_service_name or ""),
-                           "" if public else (t.vpc_endpoint_service_owner or ""),
-                           t.credential.access_key_id if t.credential else orig.access_key_id)
+        return StoreConfig.for_target(self.ks.target, self.original)
 
 
 class _Context:

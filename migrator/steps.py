@@ -75,17 +75,7 @@ class Driver:
 
     @property
     def desired(self) -> StoreConfig:
-        t = self.ks.target
-        orig = self.original
-        public = t.connectivity == "PUBLIC_ENDPOINT"
-        return StoreConfig(
-            connectivity=t.connectivity,
-            uri_endpoint=t.uri_endpoint,
-            uri_path=t.uri_path or orig.uri_path,
-            vpc_endpoint_service_name="" if public else (t.vpc_endpoint_service_name or ""),
-            vpc_endpoint_service_owner="" if public else (t.vpc_endpoint_service_owner or ""),
-            access_key_id=t.credential.access_key_id if t.credential else orig.access_key_id,
-        )
+        return StoreConfig.for_target(self.ks.target, self.original)
 
     def deadline(self) -> float | None:
         """The real instant the downtime budget ends (None before the disconnect)."""

@@ -301,7 +301,8 @@ REQUIRED = {("plan",): "plan: is required", ("keystores",): "keystores: at least
 HOST = st.from_regex(r"[a-z0-9]{1,12}(\.[a-z0-9]{1,8}){0,3}", fullmatch=True)
 RAW_SECRET = st.from_regex(r"[A-Za-z0-9/+=]{43,64}", fullmatch=True)
 WRONG_TYPED = (st.integers(-10**6, 10**6) | st.booleans() | st.floats(allow_nan=False)
-               | st.lists(st.integers(0, 9), max_size=3) | st.fixed_dictionaries({"x": st.integers(0, 9)}))
+               | st.lists(st.integers(0, 9), min_size=1, max_size=3)  # [] is a valid key_ids
+               | st.fixed_dictionaries({"x": st.integers(0, 9)}))
 NOT_A_DURATION = st.booleans() | st.lists(st.integers(0, 9), max_size=2) | st.text("xyz !?", min_size=1, max_size=8)
 
 
@@ -354,7 +355,9 @@ def broken_plan(draw: Any) -> tuple[str, bytes, str, str | None]:
         table = draw(st.sampled_from(sorted(TABLES, key=len)))
         key = draw(st.text(string.ascii_lowercase + "_", min_size=1, max_size=12).filter(
             lambda k, t=table: k not in TABLES[t]))
-        _at(data, table)[key] = draw(st.integers(0, 9) | st.text(max_size=5))
+        # Valid TOML values only (a lone surrogate cannot be written in TOML): the error must be the key's.
+        _at(data, table)[key] = draw(st.integers(0, 9) | st.text(st.characters(blacklist_categories=("Cs",)),
+                                                                 max_size=5))
         expect = f"{key_text((*table, key))}: unknown key"
     elif kind == "missing":
         path = draw(st.sampled_from(sorted(REQUIRED, key=str)))

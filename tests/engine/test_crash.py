@@ -59,7 +59,6 @@ from engine_helpers import PG_URL
 WORKERS = max(1, int(os.environ.get("XKSMIGRATE_CRASH_WORKERS", "3")))
 RANDOM_CASES = int(os.environ.get("XKSMIGRATE_CRASH_RANDOM_CASES", "16"))
 RANDOM_SAMPLE = min(4, RANDOM_CASES)
-PG_EVERY = 3
 
 
 @pytest.fixture(autouse=True)
@@ -179,15 +178,17 @@ def test_sigkill_at_every_journal_point_of_the_rollback_path(part: str, rollback
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.skipif(not PG_URL, reason="XKSMIGRATE_TEST_PG_URL is not set")
-def test_sigkill_at_every_third_journal_point_on_postgresql(forward: Baseline, rollback: Baseline,
-                                                           tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", ["forward", "rollback"])
+def test_sigkill_at_every_journal_point_on_postgresql(path: str, forward: Baseline, rollback: Baseline,
+                                                      tmp_path: Path) -> None:
     assert PG_URL
-    fwd = list(range(1, forward.count + 1))[::PG_EVERY]
-    back = rollback_points(rollback)[::PG_EVERY]
-    cases = seam_cases(forward, fwd, tmp_path, "pg-fwd", "completed", None, lambda _: pg_database(PG_URL))
-    cases += seam_cases(rollback, back, tmp_path, "pg-back", "rolled_back", ROLLBACK_FAULTS,
-                        lambda _: pg_database(PG_URL))
-    assert_no_problems("PostgreSQL journal, SIGKILL at every third point", run_cases(cases))
+    if path == "forward":
+        cases = seam_cases(forward, list(range(1, forward.count + 1)), tmp_path, "pg-fwd", "completed", None,
+                           lambda _: pg_database(PG_URL))
+    else:
+        cases = seam_cases(rollback, rollback_points(rollback), tmp_path, "pg-back", "rolled_back",
+                           ROLLBACK_FAULTS, lambda _: pg_database(PG_URL))
+    assert_no_problems(f"PostgreSQL journal, SIGKILL at every journal point of the {path} path", run_cases(cases))
 
 
 # -- SIGKILL at random moments during AWS calls -------------------------------------------------------

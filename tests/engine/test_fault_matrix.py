@@ -104,21 +104,8 @@ CASES.update({
 })
 
 
-# The matrix is about AWS behaviour; PostgreSQL runs one case of each kind (the journal is the same code).
-POSTGRES_SAMPLE = {"forward connect XKS_PROXY_INVALID_TLS_CONFIGURATION", "forward connect NETWORK_ERRORS",
-                   "rollback connect XKS_PROXY_NOT_REACHABLE", "update XksProxyUriUnreachableException",
-                   "throttling on half of DescribeCustomKeyStores", "budget runs out while CONNECTING",
-                   "store stuck in DISCONNECTING"}
-
-
 @pytest.mark.parametrize("name", list(CASES))
-def test_fault_case(name, journal_url, start_world, request):
-    if journal_url.startswith("postgresql") and name not in POSTGRES_SAMPLE:
-        pytest.skip("PostgreSQL runs a sample of the fault matrix; every case runs on SQLite")
-    from migrator.journal import Journal
-
-    journal = Journal.open(journal_url)
-    request.addfinalizer(journal.close)
+def test_fault_case(name, journal, start_world):
     case = CASES[name]
     server = start_world(load_world(time_scale=case.time_scale, **case.latencies), list(case.faults))
     plan = example_plan(**case.plan)

@@ -65,7 +65,8 @@ def in_window(journal: Any) -> Callable[[], Any]:
     """The single run's id once its store is disconnecting and its lock row is written."""
     def check() -> Any:
         runs = journal.list_runs(limit=5)
-        if len(runs) == 1 and runs[0].migrations[0].state == "disconnecting" and journal.list_locks():
+        if len(runs) == 1 and runs[0].migrations and runs[0].migrations[0].state == "disconnecting" \
+                and journal.list_locks():  # migrations are added just after the run row: look again
             return runs[0].id
         return None
     return check
