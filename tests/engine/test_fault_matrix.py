@@ -38,10 +38,18 @@ class Case:
     faults: list[model.Fault] = field(default_factory=list)
     outcome: str = "completed"
     exit_code: int = 0
-    time_scale: float = 900.0
-    latencies: dict[str, float] = field(default_factory=dict)
+    # Scale x real work must stay far inside every budget even with three test workers on two cores:
+    # 120 s connects at 300x leave the 900 s budget ~8 minutes of slack for amplified processing.
+    time_scale: float = 300.0
+    latencies: dict[str, float] = field(default_factory=dict)  # on top of FAST
     plan: dict[str, Any] = field(default_factory=dict)
     reason: str = ""  # a substring of the journal's reason for the rollback / stuck
+
+
+FAST = {"disconnect": 120.0, "connect": 120.0}
+# botocore retries throttling and 5xx after a real-time backoff (up to seconds); at a low scale that stays
+# what it is against AWS instead of becoming simulated minutes.
+BACKOFF = {"time_scale": 20.0, "latencies": {"disconnect": 60.0, "connect": 60.0}}
 
 
 def connect_error(code: str, count: int) -> model.Fault:
@@ -53,11 +61,12 @@ for code in CODES:
     # Forward connect fails: transient codes get one more disconnect+connect (which then works) when the
     # budget has room for it (fast connects here); otherwise, and for every other code, the run rolls back.
     CASES[f"forward connect {code}"] = (
-        Case([connect_error(code, 1)], latencies={"disconnect": 100.0, "connect": 100.0}) if code in TRANSIENT
+        Case([connect_error(code, 1)]) if code in TRANSIENT
         else Case([connect_error(code, 1)], "rolled_back", 4, reason=code))
-    if code in TRANSIENT:
+    if code in TRANSIENT:  # AWS's typical five minutes each: a second disconnect+connect does not fit in 15
         CASES[f"forward connect {code}, no budget for a retry"] = Case(
-            [connect_error(code, 1)], "rolled_back", 4, reason="no budget left for another disconnect+connect")
+            [connect_error(code, 1)], "rolled_back", 4, reason="no budget left for another disconnect+connect",
+            latencies={"disconnect": 300.0, "connect": 300.0})
     # The rollback's connect fails too: stuck, with the exact state and the next commands.
     CASES[f"rollback connect {code}"] = Case([connect_error(code, 4 if code in TRANSIENT else 2)], "stuck", 5,
                                              reason=code)
@@ -65,28 +74,29 @@ for name in UPDATE_ERRORS:
     CASES[f"update {name}"] = Case([model.Fault(operation="UpdateCustomKeyStore", error_code=name, count=1)],
                                    "rolled_back", 4, reason=name)
 CASES.update({
+    # botocore retries a 500 after a real-time backoff: at a low scale it stays seconds, not simulated minutes.
     "update KMSInternalException once (retried)": Case(
-        [model.Fault(operation="UpdateCustomKeyStore", error_code="KMSInternalException", http_status=500, count=1)]),
+        [model.Fault(operation="UpdateCustomKeyStore", error_code="KMSInternalException", http_status=500, count=1)],
+        **BACKOFF),
     # botocore's retry backoff sleeps in real time; at a low time scale it stays what it is against AWS
     # (seconds within a 15-minute budget) instead of becoming simulated minutes.
     "throttling on half of DescribeCustomKeyStores": Case(
         [model.Fault(operation="DescribeCustomKeyStores", error_code="ThrottlingException", probability=0.5)],
-        time_scale=20.0, latencies={"disconnect": 60.0, "connect": 60.0}),
+        **BACKOFF),
     "KMSInternalException burst on DescribeCustomKeyStores": Case(
         [model.Fault(operation="DescribeCustomKeyStores", error_code="KMSInternalException", http_status=500,
-                     count=4, after=3)], time_scale=20.0, latencies={"disconnect": 60.0, "connect": 60.0}),
+                     count=4, after=3)], **BACKOFF),
     "HTTP 503 burst on ConnectCustomKeyStore": Case(
         [model.Fault(operation="ConnectCustomKeyStore", error_code="ServiceUnavailableException", http_status=503,
-                     count=2)]),
+                     count=2)], **BACKOFF),
     "HTTP 500 burst on Encrypt": Case(
-        [model.Fault(operation="Encrypt", error_code="KMSInternalException", http_status=500, count=3)]),
+        [model.Fault(operation="Encrypt", error_code="KMSInternalException", http_status=500, count=3)], **BACKOFF),
     "proxy slower than 250 ms while KMS checks the update": Case(
         [model.Fault(proxy="payments-proxy", proxy_fault="slow", latency_ms=400, count=2)], "rolled_back", 4,
         reason="XksProxyUriUnreachableException"),
-    "keys Unavailable for minutes after CONNECTED": Case(
-        latencies={"key_availability_after_connect": 180.0}, time_scale=300.0),
+    "keys Unavailable for minutes after CONNECTED": Case(latencies={"key_availability_after_connect": 180.0}),
     "store stuck in DISCONNECTING": Case(
-        latencies={"disconnect": 6000.0}, time_scale=300.0, outcome="stuck", exit_code=5, reason="budget"),
+        latencies={"disconnect": 6000.0}, outcome="stuck", exit_code=5, reason="budget"),
     "budget runs out while DISCONNECTING": Case(
         latencies={"disconnect": 500.0, "connect": 200.0}, plan={"max_disconnected": 350.0}, time_scale=200.0,
         outcome="rolled_back", exit_code=4, reason="budget exhausted while waiting for DISCONNECTED"),
@@ -107,7 +117,7 @@ CASES.update({
 @pytest.mark.parametrize("name", list(CASES))
 def test_fault_case(name, journal, start_world):
     case = CASES[name]
-    server = start_world(load_world(time_scale=case.time_scale, **case.latencies), list(case.faults))
+    server = start_world(load_world(time_scale=case.time_scale, **{**FAST, **case.latencies}), list(case.faults))
     plan = example_plan(**case.plan)
     env = make_env(server, journal)
 
