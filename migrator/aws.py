@@ -67,3 +67,14 @@ class ClientFactory:
         parts = event_name.split(".")
         if len(parts) >= 3:
             self.request_counter[f"{parts[1]}:{parts[2]}"] += 1
+
+
+def aws_error_code(exc: BaseException) -> str:
+    """The AWS error code of a botocore error (never its message, which could quote a request);
+    for anything else the exception's type name."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = response.get("Error", {}).get("Code")
+        if code:
+            return str(code)
+    return type(exc).__name__

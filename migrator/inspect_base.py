@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from migrator.aws import ClientFactory
+from migrator.aws import ClientFactory, aws_error_code
 from migrator.plan import VPC, KeystorePlan, Plan
 from migrator.secrets import SecretValue
 
@@ -55,16 +55,6 @@ def block(check: str, message: str, remedy: str = "", **detail: Any) -> Finding:
 
 
 # -- AWS errors ------------------------------------------------------------------------------------
-
-def aws_error_code(exc: BaseException) -> str:
-    """botocore ClientError -> its Error.Code; anything else -> the exception type name."""
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        code = response.get("Error", {}).get("Code")
-        if code:
-            return str(code)
-    return type(exc).__name__
-
 
 def is_aws_or_network_error(exc: BaseException) -> bool:
     """Errors preflight turns into findings rather than raising (the contract: never raise for these)."""

@@ -117,19 +117,11 @@ def _read_secrets_manager(ref: str, secret_id: str, client_factory: Any) -> str:
     try:
         response = client_factory.client("secretsmanager").get_secret_value(SecretId=secret_id)
     except Exception as exc:  # botocore ClientError, endpoint and credential errors alike
-        code = _aws_error_code(exc)
+        from migrator.aws import aws_error_code
+
+        code = aws_error_code(exc)
         raise SecretError(f"{ref}: Secrets Manager GetSecretValue on {secret_id} failed: {code}") from None
     value = response.get("SecretString") if isinstance(response, dict) else None
     if not isinstance(value, str):
         raise SecretError(f"{ref}: Secrets Manager secret {secret_id} has no SecretString (binary secrets unsupported)")
     return value
-
-
-def _aws_error_code(exc: Exception) -> str:
-    """The AWS error code of a botocore error (never its message, which could quote a request)."""
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        code = response.get("Error", {}).get("Code")
-        if code:
-            return str(code)
-    return type(exc).__name__
