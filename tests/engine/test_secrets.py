@@ -57,37 +57,31 @@ def test_wrong_shape_is_refused_without_echo(monkeypatch, bad):
     assert bad.strip() not in message
 
 
-class _FakeError(Exception):
-    def __init__(self, code: str):
-        super().__init__(f"An error occurred ({code}) ... {CANARY}")
-        self.response = {"Error": {"Code": code, "Message": CANARY}}
+def test_secretsmanager_against_the_rehearsal_world(start_world):
+    """secretsmanager: references resolve over HTTP through boto3, exactly as against AWS."""
+    from engine_helpers import load_world
 
+    from migrator.aws import ClientFactory
+    from migrator.dryrun import DUMMY_CREDENTIALS
+    from migrator.rehearsal import model
 
-class _Factory:
-    def __init__(self, outcome):
-        self.outcome = outcome
-        self.calls = []
+    world = load_world()
+    world.secrets.append(model.Secret(name="xks-AbCdEf", value=CANARY))
+    server = start_world(world)
+    factory = ClientFactory(region=world.region, endpoint_url=server.endpoint_url,
+                            credentials=dict(DUMMY_CREDENTIALS))
+    arn = world.secrets[0].arn(world.region, world.account_id)
 
-    def client(self, service):
-        assert service == "secretsmanager"
-        return self
-
-    def get_secret_value(self, SecretId):
-        self.calls.append(SecretId)
-        if isinstance(self.outcome, Exception):
-            raise self.outcome
-        return self.outcome
-
-
-def test_secretsmanager_with_a_stub_client():
-    arn = "arn:aws:secretsmanager:us-east-1:111122223333:secret:xks-AbCdEf"
-    factory = _Factory({"SecretString": CANARY})
     assert resolve_secret(f"secretsmanager:{arn}", client_factory=factory).reveal() == CANARY
-    assert factory.calls == [arn]
+    assert [k for k, n in factory.request_counter.items() if k.endswith(":GetSecretValue") and n == 1] != []
+
+    missing = arn.replace("xks-AbCdEf", "xks-missing")
     with pytest.raises(SecretError) as info:
-        resolve_secret(f"secretsmanager:{arn}", client_factory=_Factory(_FakeError("ResourceNotFoundException")))
-    assert arn in str(info.value) and "ResourceNotFoundException" in str(info.value)
-    assert CANARY not in str(info.value) and info.value.__cause__ is None and info.value.__suppress_context__
+        resolve_secret(f"secretsmanager:{missing}", client_factory=factory)
+    # The reference and AWS's error code, never AWS's message (it could quote a request) nor a value.
+    assert missing in str(info.value) and "ResourceNotFoundException" in str(info.value)
+    assert "can't find the specified secret" not in str(info.value) and CANARY not in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
     with pytest.raises(SecretError, match="no AWS client"):
         resolve_secret(f"secretsmanager:{arn}")
 
