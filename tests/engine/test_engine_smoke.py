@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from engine_helpers import example_plan, load_world, make_env, mutating_calls, read_world_log
+from engine_helpers import ROOMY_BUDGET, example_plan, load_world, make_env, mutating_calls, read_world_log
 
 from migrator import engine
 from migrator.kms import KmsApplier
@@ -12,7 +12,7 @@ from migrator.kms import KmsApplier
 @pytest.mark.parametrize("name", ["public-to-vpc", "vpc-to-public"])
 def test_example_plan_completes_with_the_target_live(name, journal, start_world):
     server = start_world(load_world(name, time_scale=600.0))
-    plan = example_plan(name)
+    plan = example_plan(name, max_disconnected=ROOMY_BUDGET)
     env = make_env(server, journal)
 
     result = engine.start(plan, env)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_helpers import REPO, example_plan, load_world, make_env, read_world_log
+from engine_helpers import REPO, ROOMY_BUDGET, example_plan, load_world, make_env, read_world_log
 
 from migrator import engine
 from migrator.engine import Observer
@@ -205,7 +205,7 @@ def _kebab_ops(text: str) -> set[str]:
 def test_runbook_block_recovers_from_the_state_it_documents(name, state, direction, after_call, journal,
                                                             journal_url, start_world, tmp_path):
     server = start_world(load_world(direction, time_scale=600.0))
-    plan = example_plan(direction, poll_interval=5.0)
+    plan = example_plan(direction, poll_interval=5.0, max_disconnected=ROOMY_BUDGET)
     run_id = produce(state, after_call, server, journal, plan)
     kms = KmsApplier(make_env(server, journal).clients.client("kms"))
     snapshot = journal.get_run(run_id).migrations[0].snapshot
@@ -249,7 +249,7 @@ def test_runbook_block_recovers_from_the_state_it_documents(name, state, directi
 def test_the_setup_block_reads_the_snapshot_from_the_journal(journal, journal_url, start_world, tmp_path):
     """The variables the recovery blocks use come from `xksmigrate status --json`, not from the test."""
     server = start_world(load_world("vpc-to-public", time_scale=600.0))
-    plan = example_plan("vpc-to-public")
+    plan = example_plan("vpc-to-public", max_disconnected=ROOMY_BUDGET)
     run_id = produce("stuck", None, server, journal, plan)
     snap = journal.get_run(run_id).migrations[0].snapshot
     show = ('printf "%s|" "$AWS_DEFAULT_REGION" "$STORE_ID" "$KEY_ID" "$ORIG_CONNECTIVITY" "$ORIG_URI_ENDPOINT" '
