@@ -39,22 +39,13 @@ def migrate(scale: float, poll: float) -> dict[str, Any]:
         log = world_log(server)
     if result.outcome != "completed":
         raise SystemExit(f"scale {scale} poll {poll}: {result.outcome}: {result.message}")
+    from migrator.rehearsal.log_analysis import describe_calls, poll_lag
+
     store = result.stores[0]
-    describes = [e for e in log if e.get("kind") == "call" and e.get("operation") == "DescribeCustomKeyStores"]
+    describes = describe_calls(log)
     return {"scale": scale, "poll": poll, "window": store.disconnected_seconds, "floor": DISCONNECT + CONNECT,
             "real_seconds": real, "describe_calls": store.api_calls.get("kms:DescribeCustomKeyStores", 0),
-            "describe_calls_world": len(describes), "poll_lag": poll_lag(log, describes)}
-
-
-def poll_lag(log: list[dict[str, Any]], describes: list[dict[str, Any]]) -> float:
-    """Simulated seconds between KMS finishing a change and the engine's first DescribeCustomKeyStores after
-    it, summed over the disconnect and the connect (from the world's own log, on the world's clock)."""
-    lag = 0.0
-    for done in ("DisconnectCompleted", "ConnectCompleted"):
-        changed = max(e["t"] for e in log if e.get("kind") == "state" and e.get("operation") == done)
-        seen = min(e["t"] for e in describes if e["t"] >= changed)
-        lag += seen - changed
-    return lag
+            "describe_calls_world": len(describes), "poll_lag": poll_lag(log)}
 
 
 def measure(scales: list[float], polls: list[float]) -> list[dict[str, Any]]:
