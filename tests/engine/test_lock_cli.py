@@ -62,12 +62,19 @@ def wait_until(what: str, condition: Callable[[], Any], proc: subprocess.Popen, 
 
 
 def in_window(journal: Any) -> Callable[[], Any]:
-    """The single run's id once its store is disconnecting and its lock row is written."""
+    """The single run's id once the runner has seen its store DISCONNECTING and its lock row is written.
+
+    The journal's `disconnecting` state is written before the DisconnectCustomKeyStore call (intent
+    first); waiting for the observation makes sure the call reached the world, so a kill cannot land
+    before it and leave the disconnect to a resume that starts after the test moved the world's clock.
+    """
     def check() -> Any:
         runs = journal.list_runs(limit=5)
         if len(runs) == 1 and runs[0].migrations and runs[0].migrations[0].state == "disconnecting" \
                 and journal.list_locks():  # migrations are added just after the run row: look again
-            return runs[0].id
+            seen = [e for e in journal.events(runs[0].id)
+                    if e.kind == "note" and (e.detail or {}).get("connection_state") == "DISCONNECTING"]
+            return runs[0].id if seen else None
         return None
     return check
 
