@@ -53,6 +53,15 @@ def make_env(server: Any, journal: Any, *, approve: bool = True, observer: Any =
 ROOMY_BUDGET = 3600.0
 
 
+def roomy_plan_file(directory: Path, name: str = "public-to-vpc") -> Path:
+    """plans/<name>.toml copied into `directory` with ROOMY_BUDGET, for tests that run it through the CLI."""
+    text = (REPO / "plans" / f"{name}.toml").read_text()
+    assert 'max_disconnected = "15m"' in text
+    path = directory / f"{name}.toml"
+    path.write_text(text.replace('max_disconnected = "15m"', f'max_disconnected = "{ROOMY_BUDGET:g}s"'))
+    return path
+
+
 def example_plan(name: str = "public-to-vpc", **overrides: Any) -> Any:
     """plans/<name>.toml, with [plan] fields replaced (e.g. max_disconnected=300.0, poll_interval=2.0)."""
     from migrator.plan import load_plan
