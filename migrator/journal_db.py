@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ from migrator.journal_models import VERSION_TABLE, JournalError
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SCHEMA_LOCK_KEY = 0x786B736D_69677231  # "xksmigr1": pg_advisory_lock key for schema upgrades
 URL_FORMS = "sqlite:///PATH or postgresql://USER@HOST[:PORT]/DB"
+# Alembic's migration context (alembic.context) is process-global: two journals upgrading at the same
+# moment in one process, from two threads, would run inside each other's context.
+_UPGRADE_IN_PROCESS = threading.Lock()
 
 
 def json_default(value: Any) -> Any:
@@ -110,7 +114,7 @@ def migrate(engine: Engine, backend: str) -> None:
     with engine.connect().execution_options(journal_read=True) as conn:
         if current(conn) == head:
             return
-    with engine.connect() as conn:
+    with _UPGRADE_IN_PROCESS, engine.connect() as conn:
         if backend == "postgresql":
             conn.execute(select(func.pg_advisory_lock(SCHEMA_LOCK_KEY)))
             conn.commit()

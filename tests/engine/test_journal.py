@@ -433,3 +433,25 @@ def test_ten_concurrent_runners_one_winner(url):
     winners = [r[1].strip() for r in results if r[0] == "won"]
     assert len(winners) == 1, lines
     assert all(winners[0] in r[1] for r in results if r[0] == "held")
+
+
+def test_new_journals_opened_from_several_threads_at_once_all_reach_the_schema(tmp_path):
+    """Alembic's migration context is process-global; upgrades in one process take turns (it crashed the
+    interpreter before they did). Run in a child so a crash fails this test, not the test worker."""
+    script = textwrap.dedent(f"""
+        from concurrent.futures import ThreadPoolExecutor
+        from migrator.journal import Journal
+
+        def open_one(i):
+            journal = Journal.open("sqlite:///{tmp_path}/j%d.db" % i)
+            try:
+                return journal.create_run(plan_name="p", plan_path="p.toml", plan_text="", plan_fingerprint="f",
+                                          region="us-east-1", who="t")
+            finally:
+                journal.close()
+
+        with ThreadPoolExecutor(8) as pool:
+            print(len(set(pool.map(open_one, range(16)))))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout.strip()) == (0, "16"), done.stderr[-2000:]
