@@ -167,10 +167,17 @@ def history(limit: Annotated[int, typer.Option("--limit", help="How many runs")]
 
 @app.command()
 def unlock(lock_id: Annotated[str, typer.Argument(help="The lock id printed by the runner that holds it")],
+           force: Annotated[bool, typer.Option("--force", help="Remove it even if its runner is alive (that run "
+                                                               "then stops before its next AWS call)")] = False,
            state: StateOpt = None) -> None:
-    """Remove a lock left by a runner that is gone (check first that it really is)."""
+    """Remove a lock left by a runner that is gone; refused (exit 6) while the runner is seen alive."""
+    from migrator.journal import HolderAlive
+
     journal = support.open_journal(state)
-    removed = journal.force_unlock(lock_id)
+    try:
+        removed = journal.force_unlock(lock_id, force=force)
+    except HolderAlive as alive:
+        raise support.fail(str(alive), code=6) from None
     if removed is None:
         raise support.fail(f"no lock {lock_id} in {journal.url_for_display}")
     typer.echo(f"removed {lock_id} ({removed.resource}, held by {removed.owner}@{removed.host} pid {removed.pid})")

@@ -37,6 +37,7 @@ from migrator.journal_models import (
     RUN_OUTCOMES,
     VERSION_TABLE,
     EventView,
+    HolderAlive,
     JournalError,
     LockHeld,
     LockInfo,
@@ -52,7 +53,7 @@ from migrator.journal_models import (
 )
 from migrator.secrets import SecretValue
 
-__all__ = ["DEFAULT_URL", "EventView", "Journal", "JournalError", "LockHeld", "LockInfo", "LockLost",
+__all__ = ["DEFAULT_URL", "EventView", "HolderAlive", "Journal", "JournalError", "LockHeld", "LockInfo", "LockLost",
            "MigrationView", "RunView"]
 
 DEFAULT_URL = "sqlite:///state/xksmigrate.db"
@@ -296,8 +297,9 @@ class Journal:
     def release_lock(self, lock: LockInfo) -> None:
         self._locks.release(lock)
 
-    def force_unlock(self, lock_id: str) -> LockInfo | None:
-        return self._locks.force_unlock(lock_id)
+    def force_unlock(self, lock_id: str, force: bool = False) -> LockInfo | None:
+        """Remove a lock row (HolderAlive if its runner is still running and not `force`; see journal_locks)."""
+        return self._locks.force_unlock(lock_id, force)
 
     def list_locks(self) -> list[LockInfo]:
         return self._locks.list()

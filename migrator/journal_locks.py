@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, select, update
 
-from migrator.journal_models import STALE_AFTER, LockHeld, LockInfo, LockLost, lock_view, locks
+from migrator.journal_models import STALE_AFTER, HolderAlive, LockHeld, LockInfo, LockLost, lock_view, locks
 
 
 def advisory_key(resource: str) -> int:
@@ -123,14 +123,40 @@ class Locks:
         finally:
             session.close()
 
-    def force_unlock(self, lock_id: str) -> LockInfo | None:
-        """Remove a lock row. On PostgreSQL a live holder keeps its advisory lock: only a dead one is freed."""
+    def holder_alive(self, lock: LockInfo) -> str | None:
+        """How we know the lock's runner is still running, or None if it is gone or this machine cannot tell.
+
+        PostgreSQL knows: a live holder's session still has the advisory lock. SQLite knows only on the
+        holder's own host (its pid); a lock from another host is the operator's call.
+        """
+        if self._lock_engine is not None:
+            key = advisory_key(lock.resource)
+            deadline = time.monotonic() + 2.0  # a holder killed a moment ago: its backend is still closing
+            with self._lock_engine.connect() as probe:
+                while not probe.execute(select(func.pg_try_advisory_lock(key))).scalar():
+                    if time.monotonic() > deadline:
+                        return "its PostgreSQL session still holds the advisory lock"
+                    time.sleep(0.1)
+                probe.execute(select(func.pg_advisory_unlock(key)))
+            return None
+        if lock.host == self.host and pid_alive(lock.pid):
+            return f"pid {lock.pid} is running on this host"
+        return None
+
+    def force_unlock(self, lock_id: str, force: bool = False) -> LockInfo | None:
+        """Remove a lock row; HolderAlive if its runner is still running, unless `force`. A live holder
+        whose row is removed stops at its next heartbeat, before its next AWS call."""
+        with self._engine.connect().execution_options(journal_read=True) as conn:
+            row = conn.execute(select(locks).where(locks.c.id == lock_id)).first()
+        if row is None:
+            return None
+        info = lock_view(row)
+        if not force and (how := self.holder_alive(info)):
+            raise HolderAlive(info, how)
         with self._engine.begin() as tx:
-            row = tx.execute(select(locks).where(locks.c.id == lock_id).with_for_update()).first()
-            if row is None:
+            if not tx.execute(delete(locks).where(locks.c.id == lock_id)).rowcount:
                 return None
-            tx.execute(delete(locks).where(locks.c.id == lock_id))
-        return lock_view(row)
+        return info
 
     def list(self) -> list[LockInfo]:
         with self._engine.connect().execution_options(journal_read=True) as conn:

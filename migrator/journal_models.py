@@ -150,6 +150,18 @@ class LockHeld(Exception):
                 f"run {h.run_id}, heartbeat {age} s ago{stale}); if that runner is gone: xksmigrate unlock {h.id}")
 
 
+class HolderAlive(Exception):
+    """`unlock` of a lock whose runner is still running: removing it would stop that run mid-way."""
+
+    def __init__(self, holder: LockInfo, how: str):
+        self.holder = holder
+        h = holder
+        super().__init__(f"{h.id} is held by a runner that is still alive ({how}: owner {h.owner}, host {h.host}, "
+                         f"pid {h.pid}, run {h.run_id}); removing it would stop that run before its next AWS call. "
+                         f"Let it finish, or stop it (Ctrl-C, or kill -TERM {h.pid} on {h.host}) and resume later; "
+                         "to remove the row anyway: xksmigrate unlock --force " + h.id)
+
+
 @dataclass(frozen=True)
 class EventView:
     seq: int

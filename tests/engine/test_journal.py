@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from migrator.journal import Journal, JournalError, LockHeld, LockLost
+from migrator.journal import HolderAlive, Journal, JournalError, LockHeld, LockLost
 from migrator.secrets import SecretValue
 
 REPO = Path(__file__).resolve().parents[2]
@@ -364,10 +364,38 @@ def test_lock_held_heartbeat_release(journal, url):
 def test_force_unlock_and_lock_lost(journal):
     lock = journal.acquire_lock("cks-1", run_id="run-1")
     assert journal.force_unlock("lock-nope") is None
-    assert journal.force_unlock(lock.id).id == lock.id and journal.list_locks() == []
+    with pytest.raises(HolderAlive, match=f"{lock.id} is held by a runner that is still alive"):
+        journal.force_unlock(lock.id)  # its holder (this process) is running
+    assert journal.list_locks() == [lock]
+    assert journal.force_unlock(lock.id, force=True).id == lock.id and journal.list_locks() == []
     with pytest.raises(LockLost, match="is gone"):
         journal.heartbeat(lock)
     journal.release_lock(lock)  # idempotent
+
+
+def test_unlock_is_refused_while_the_holder_lives_and_allowed_once_it_is_gone(journal, url):
+    """SQLite sees the holder's pid on this host; PostgreSQL sees its session's advisory lock."""
+    proc = python(HOLD, url, "cks-alive")
+    try:
+        first = proc.stdout.readline().split()
+        assert first[0] == "won", proc.stderr.read() if first[:1] != ["won"] else ""
+        lock_id = first[1]
+        with pytest.raises(HolderAlive) as alive:
+            journal.force_unlock(lock_id)
+        assert f"pid {proc.pid}" in str(alive.value) and f"unlock --force {lock_id}" in str(alive.value)
+        assert [lk.id for lk in journal.list_locks()] == [lock_id]
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 10  # PostgreSQL ends the dead client's session as soon as it sees the EOF
+    while True:
+        try:
+            removed = journal.force_unlock(lock_id)
+            break
+        except HolderAlive:
+            assert time.monotonic() < deadline, "the killed holder still counts as alive"
+            time.sleep(0.05)
+    assert removed.id == lock_id and journal.list_locks() == []
 
 
 def test_stale_heartbeat_is_reported_not_taken(journal, url):

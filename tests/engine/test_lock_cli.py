@@ -125,6 +125,11 @@ def test_a_second_run_on_the_same_store_exits_6_naming_the_lock_and_its_holder(j
             assert part in said, (part, said)
         assert first.poll() is None  # the holder was not disturbed
         assert [lk.id for lk in journal.list_locks()] == [lock.id]
+        refused = run_cli(["unlock", lock.id, "--state", journal_url], tmp_path)  # it is alive: not removed
+        assert refused.returncode == 6, refused.stdout + refused.stderr
+        assert "still alive" in refused.stderr and f"pid {first.pid}" in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+        assert [lk.id for lk in journal.list_locks()] == [lock.id] and first.poll() is None
         assert live(server).state == "DISCONNECTING"
 
         advance_world(server, LONG)  # the world's disconnect finishes; the first runner carries on
