@@ -124,15 +124,23 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _body(self) -> bytes:
+    def _body(self) -> bytes | None:
+        """The whole request body, or None when the client went away before sending all of it."""
         length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+        body = self.rfile.read(length) if length else b""
+        return body if len(body) == length else None
 
     def do_GET(self) -> None:
         self._dispatch(b"")
 
     def do_POST(self) -> None:
-        self._dispatch(self._body())
+        body = self._body()
+        if body is None:
+            # A client killed between sending the headers and the body: AWS never sees an incomplete
+            # request as a call, so neither does the world (no answer, no log entry, no effect).
+            self.close_connection = True
+            return
+        self._dispatch(body)
 
     def _dispatch(self, body: bytes) -> None:
         request_id = self.world.new_request_id()

@@ -195,3 +195,30 @@ def test_secrets_manager_get_secret_value(start_world):
     assert sm.get_secret_value(SecretId=arn + "-AbCdEf")["SecretString"] == "s3cret"
     with pytest.raises(sm.exceptions.ResourceNotFoundException):
         sm.get_secret_value(SecretId="missing")
+
+
+def test_a_request_cut_off_before_its_body_is_not_a_call(running_world, kms_client):
+    """A client killed between sending the headers and the body (botocore sends them separately) must not
+    become a call: real KMS never acts on an incomplete request, so the world neither answers nor logs it."""
+    import json
+    import socket
+    import urllib.request
+
+    body = json.dumps({"CustomKeyStoreId": STORE_ID}).encode()
+    head = (f"POST / HTTP/1.1\r\nHost: 127.0.0.1:{running_world.port}\r\n"
+            "X-Amz-Target: TrentService.DisconnectCustomKeyStore\r\n"
+            f"Content-Type: application/x-amz-json-1.1\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    kms = kms_client(running_world)
+    kms.describe_custom_key_stores(CustomKeyStoreId=STORE_ID)  # a whole request, so the log is not empty
+    for sent in (b"", body[:10]):
+        with socket.create_connection(("127.0.0.1", running_world.port), timeout=5) as conn:
+            conn.sendall(head + sent)
+            conn.shutdown(socket.SHUT_WR)
+            assert conn.recv(1024) == b""  # closed without an answer
+    with urllib.request.urlopen(f"{running_world.endpoint_url}/_rehearsal/log", timeout=5) as answer:
+        log = [json.loads(line) for line in answer.read().decode().splitlines()]
+    assert [e["operation"] for e in log if e["kind"] == "call"] == ["DescribeCustomKeyStores"]
+    entry = kms.describe_custom_key_stores(CustomKeyStoreId=STORE_ID)["CustomKeyStores"][0]
+    assert entry["ConnectionState"] == "CONNECTED"
+    kms.disconnect_custom_key_store(CustomKeyStoreId=STORE_ID)  # the whole request still works
+    assert wait_for_state(kms, STORE_ID, "DISCONNECTED")["ConnectionState"] == "DISCONNECTED"
