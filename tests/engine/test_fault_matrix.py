@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from engine_helpers import example_plan, load_world, make_env, read_world_log
+from engine_helpers import ROOMY_BUDGET, example_plan, load_world, make_env, read_world_log
 
 from migrator import engine
 from migrator.kms import KmsApplier
@@ -38,11 +38,12 @@ class Case:
     faults: list[model.Fault] = field(default_factory=list)
     outcome: str = "completed"
     exit_code: int = 0
-    # Scale x real work must stay far inside every budget even with three test workers on two cores:
-    # 120 s connects at 300x leave the 900 s budget ~8 minutes of slack for amplified processing.
+    # Scale x real work must stay far inside every budget even with three test workers on two cores, so a
+    # case that is not about the budget gets ROOMY_BUDGET: a transient code's two disconnect+connect
+    # rounds (4 x 120 s) at 300x then leave ~10 real seconds of slack instead of 1.4 in the plan's 15 min.
     time_scale: float = 300.0
     latencies: dict[str, float] = field(default_factory=dict)  # on top of FAST
-    plan: dict[str, Any] = field(default_factory=dict)
+    plan: dict[str, Any] = field(default_factory=lambda: {"max_disconnected": ROOMY_BUDGET})
     reason: str = ""  # a substring of the journal's reason for the rollback / stuck
 
 
@@ -66,7 +67,7 @@ for code in CODES:
     if code in TRANSIENT:  # AWS's typical five minutes each: a second disconnect+connect does not fit in 15
         CASES[f"forward connect {code}, no budget for a retry"] = Case(
             [connect_error(code, 1)], "rolled_back", 4, reason="no budget left for another disconnect+connect",
-            latencies={"disconnect": 300.0, "connect": 300.0})
+            latencies={"disconnect": 300.0, "connect": 300.0}, plan={"max_disconnected": 900.0})
     # The rollback's connect fails too: stuck, with the exact state and the next commands.
     CASES[f"rollback connect {code}"] = Case([connect_error(code, 4 if code in TRANSIENT else 2)], "stuck", 5,
                                              reason=code)
@@ -96,7 +97,8 @@ CASES.update({
         reason="XksProxyUriUnreachableException"),
     "keys Unavailable for minutes after CONNECTED": Case(latencies={"key_availability_after_connect": 180.0}),
     "store stuck in DISCONNECTING": Case(
-        latencies={"disconnect": 6000.0}, outcome="stuck", exit_code=5, reason="budget"),
+        latencies={"disconnect": 6000.0}, plan={"max_disconnected": 900.0}, outcome="stuck", exit_code=5,
+        reason="budget"),
     "budget runs out while DISCONNECTING": Case(
         latencies={"disconnect": 500.0, "connect": 200.0}, plan={"max_disconnected": 350.0}, time_scale=200.0,
         outcome="rolled_back", exit_code=4, reason="budget exhausted while waiting for DISCONNECTED"),
