@@ -10,9 +10,10 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
-from engine_helpers import REPO, load_world, mutating_calls, read_world_log
+from engine_helpers import REPO, load_world, mutating_calls, read_world_log, roomy_plan_file
 
 from migrator.kms import KmsApplier
 
@@ -27,14 +28,17 @@ def _env(server) -> dict[str, str]:
     return env
 
 
-def _run_args(server, state: str) -> list[str]:
-    return [*XKSMIGRATE, "run", str(REPO / "plans" / "public-to-vpc.toml"), "--yes", "--endpoint-url",
+def _run_args(server, state: str, plan: Path) -> list[str]:
+    """The example plan with ROOMY_BUDGET: ten processes on two cores, or a resume from a second machine after
+    an unlock, take real seconds that the scale turns into minutes of the 15-minute window."""
+    return [*XKSMIGRATE, "run", str(plan), "--yes", "--endpoint-url",
             server.endpoint_url, "--time-scale", f"{server.world.time_scale:g}", "--state", state]
 
 
-def test_ten_runners_on_one_store_exactly_one_proceeds(journal_url, start_world, journal):
+def test_ten_runners_on_one_store_exactly_one_proceeds(journal_url, start_world, journal, tmp_path):
     server = start_world(load_world(time_scale=60.0))  # ~10 s of real time for the winner: all ten overlap
-    procs = [subprocess.Popen(_run_args(server, journal_url), env=_env(server), cwd=REPO,
+    plan = roomy_plan_file(tmp_path)
+    procs = [subprocess.Popen(_run_args(server, journal_url, plan), env=_env(server), cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(10)]
     results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
 
@@ -64,9 +68,9 @@ def _wait_for_state(journal, state: str, timeout: float = 60.0) -> str:
 
 @pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0,
                     reason="needs root and unshare to give the second process another hostname")
-def test_a_run_started_on_one_machine_is_resumed_from_another(journal_url, start_world, journal):
+def test_a_run_started_on_one_machine_is_resumed_from_another(journal_url, start_world, journal, tmp_path):
     server = start_world(load_world(time_scale=60.0))
-    first = subprocess.Popen(_run_args(server, journal_url), env=_env(server), cwd=REPO,
+    first = subprocess.Popen(_run_args(server, journal_url, roomy_plan_file(tmp_path)), env=_env(server), cwd=REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_id = _wait_for_state(journal, "connecting")
     first.send_signal(signal.SIGKILL)  # the laptop dies in the middle of the window

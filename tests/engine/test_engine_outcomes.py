@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_helpers import example_plan, load_world, make_env, mutating_calls, read_world_log
+from engine_helpers import ROOMY_BUDGET, example_plan, load_world, make_env, mutating_calls, read_world_log
 
 from migrator import engine
 from migrator.kms import KmsApplier, Observation
@@ -20,7 +20,9 @@ from migrator.rehearsal import model
 from migrator.rehearsal.log_analysis import poll_lag
 
 DATA = Path(__file__).parent / "data"
-FAST = {"time_scale": 300.0, "connect": 120, "disconnect": 120}  # outcomes do not depend on the magnitudes
+# Outcomes do not depend on the magnitudes. With 120 s changes at 300x a run needs 240 simulated s; the tests
+# that use FAST give the budget ROOMY_BUDGET so a loaded machine (real work x 300) cannot exhaust it.
+FAST = {"time_scale": 300.0, "connect": 120, "disconnect": 120}
 TLS_FAIL = "XKS_PROXY_INVALID_TLS_CONFIGURATION"
 
 
@@ -172,7 +174,7 @@ def test_connect_failed_rolls_back_to_the_verified_original(journal, start_world
     server = start_world(load_world("public-to-vpc", **FAST), connect_fails(1))
     env = make_env(server, journal)
 
-    result = engine.start(example_plan("public-to-vpc"), env)
+    result = engine.start(example_plan("public-to-vpc", max_disconnected=ROOMY_BUDGET), env)
 
     assert (result.outcome, result.exit_code) == ("rolled_back", 4), result.message
     assert TLS_FAIL in result.stores[0].error
@@ -199,7 +201,7 @@ def test_update_rejected_by_kms_for_a_certificate_preflight_cannot_see_rolls_bac
     server = start_world(data_world("cert-misses-private-name", **FAST))
     env = make_env(server, journal)
 
-    result = engine.start(example_plan("public-to-vpc"), env)
+    result = engine.start(example_plan("public-to-vpc", max_disconnected=ROOMY_BUDGET), env)
 
     assert (result.outcome, result.exit_code) == ("rolled_back", 4), result.message
     assert "XksProxyUriUnreachableException" in result.stores[0].error
@@ -257,7 +259,7 @@ def test_a_rollback_that_fails_too_ends_stuck_with_the_manual_commands(journal, 
     server = start_world(load_world("public-to-vpc", **FAST), connect_fails(2))
     env = make_env(server, journal)
 
-    result = engine.start(example_plan("public-to-vpc"), env)
+    result = engine.start(example_plan("public-to-vpc", max_disconnected=ROOMY_BUDGET), env)
 
     assert (result.outcome, result.exit_code) == ("stuck", 5), result.message
     live = live_store(env, result.stores[0].id)
@@ -292,7 +294,7 @@ def test_throttling_on_half_the_describe_calls_still_completes(journal, start_wo
     server = start_world(world, [throttle])
     env = make_env(server, journal)
 
-    result = engine.start(example_plan("public-to-vpc"), env)
+    result = engine.start(example_plan("public-to-vpc", max_disconnected=ROOMY_BUDGET), env)
 
     assert (result.outcome, result.exit_code) == ("completed", 0), result.message
     log = read_world_log(server)
