@@ -57,6 +57,11 @@ def connect_error(code: str, count: int) -> model.Fault:
     return model.Fault(operation="ConnectCustomKeyStore", connection_error_code=code, count=count)
 
 
+# The budget cases: their rollback needs up to 600 simulated s of its 900 s budget (disconnect a CONNECTING
+# store, reconnect, keys becoming available); at 100x the remaining 300 s are 3 real seconds of slack for
+# a loaded machine's processing, which the scale multiplies like everything else.
+BUDGET_SCALE = 100.0
+
 CASES: dict[str, Case] = {}
 for code in CODES:
     # Forward connect fails: transient codes get one more disconnect+connect (which then works) when the
@@ -67,7 +72,8 @@ for code in CODES:
     if code in TRANSIENT:  # AWS's typical five minutes each: a second disconnect+connect does not fit in 15
         CASES[f"forward connect {code}, no budget for a retry"] = Case(
             [connect_error(code, 1)], "rolled_back", 4, reason="no budget left for another disconnect+connect",
-            latencies={"disconnect": 300.0, "connect": 300.0}, plan={"max_disconnected": 900.0})
+            latencies={"disconnect": 300.0, "connect": 300.0}, plan={"max_disconnected": 900.0},
+            time_scale=BUDGET_SCALE)
     # The rollback's connect fails too: stuck, with the exact state and the next commands.
     CASES[f"rollback connect {code}"] = Case([connect_error(code, 4 if code in TRANSIENT else 2)], "stuck", 5,
                                              reason=code)
@@ -100,18 +106,18 @@ CASES.update({
         latencies={"disconnect": 6000.0}, plan={"max_disconnected": 900.0}, outcome="stuck", exit_code=5,
         reason="budget"),
     "budget runs out while DISCONNECTING": Case(
-        latencies={"disconnect": 500.0, "connect": 200.0}, plan={"max_disconnected": 350.0}, time_scale=200.0,
+        latencies={"disconnect": 500.0, "connect": 200.0}, plan={"max_disconnected": 350.0}, time_scale=BUDGET_SCALE,
         outcome="rolled_back", exit_code=4, reason="budget exhausted while waiting for DISCONNECTED"),
     "budget runs out while UPDATING": Case(
         [model.Fault(operation="UpdateCustomKeyStore", latency_seconds=300.0, count=1)],
-        latencies={"disconnect": 100.0, "connect": 100.0}, plan={"max_disconnected": 300.0}, time_scale=200.0,
+        latencies={"disconnect": 100.0, "connect": 100.0}, plan={"max_disconnected": 300.0}, time_scale=BUDGET_SCALE,
         outcome="rolled_back", exit_code=4, reason="budget"),
     "budget runs out while CONNECTING": Case(
-        latencies={"disconnect": 100.0, "connect": 500.0}, plan={"max_disconnected": 400.0}, time_scale=200.0,
+        latencies={"disconnect": 100.0, "connect": 500.0}, plan={"max_disconnected": 400.0}, time_scale=BUDGET_SCALE,
         outcome="rolled_back", exit_code=4, reason="budget exhausted while waiting for CONNECTED"),
     "budget runs out while VERIFYING": Case(
         latencies={"disconnect": 100.0, "connect": 100.0, "key_availability_after_connect": 400.0},
-        plan={"max_disconnected": 400.0}, time_scale=200.0, outcome="rolled_back", exit_code=4,
+        plan={"max_disconnected": 400.0}, time_scale=BUDGET_SCALE, outcome="rolled_back", exit_code=4,
         reason="budget exhausted while verifying"),
 })
 
