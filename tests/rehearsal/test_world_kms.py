@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import urllib.request
+
 import pytest
 from world_helpers import KEY_ID, STORE_ID, VPC_ENDPOINT, VPC_SERVICE, make_world, wait_for_state
 
@@ -200,10 +204,6 @@ def test_secrets_manager_get_secret_value(start_world):
 def test_a_request_cut_off_before_its_body_is_not_a_call(running_world, kms_client):
     """A client killed between sending the headers and the body (botocore sends them separately) must not
     become a call: real KMS never acts on an incomplete request, so the world neither answers nor logs it."""
-    import json
-    import socket
-    import urllib.request
-
     body = json.dumps({"CustomKeyStoreId": STORE_ID}).encode()
     head = (f"POST / HTTP/1.1\r\nHost: 127.0.0.1:{running_world.port}\r\n"
             "X-Amz-Target: TrentService.DisconnectCustomKeyStore\r\n"
