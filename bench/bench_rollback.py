@@ -22,7 +22,7 @@ DISCONNECT, CONNECT = 300.0, 300.0
 
 
 def rollback(scale: float, poll: float) -> dict[str, Any]:
-    from migrator import engine
+    from migrator.engine import runner as engine
 
     world = load_world("public-to-vpc", time_scale=scale, connect=CONNECT, disconnect=DISCONNECT)
     plan = load_plan("public-to-vpc", poll_interval=poll, max_disconnected=3600.0)

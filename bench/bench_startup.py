@@ -18,7 +18,7 @@ HEAVY = ("boto3", "botocore", "sqlalchemy", "migrator.engine", "migrator.rehears
 
 
 def imported_by_help() -> set[str]:
-    code = "import sys; from migrator.cli import main; sys.argv = ['xksmigrate', '--help']; main()"
+    code = "import sys; from migrator.cli.commands import main; sys.argv = ['xksmigrate', '--help']; main()"
     proc = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True)
     names = set()
     for line in proc.stderr.splitlines():

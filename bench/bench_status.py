@@ -25,7 +25,7 @@ KINDS = ("call", "result", "note")
 
 def build(url: str, events: int) -> str:
     """A finished run with `events` events in the journal at `url`; returns its id."""
-    from migrator.journal import Journal
+    from migrator.journal.repository import Journal
 
     journal = Journal.open(url)
     run_id = journal.create_run(plan_name="bench", plan_path="bench.toml", plan_text="# bench\n",

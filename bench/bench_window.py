@@ -28,7 +28,7 @@ DISCONNECT, CONNECT = 300.0, 300.0  # simulated seconds: AWS documents "about fi
 
 def migrate(scale: float, poll: float) -> dict[str, Any]:
     """One public -> VPC migration in a fresh world; the engine's window and what the world saw."""
-    from migrator import engine
+    from migrator.engine import runner as engine
 
     world = load_world("public-to-vpc", time_scale=scale, connect=CONNECT, disconnect=DISCONNECT)
     plan = load_plan("public-to-vpc", poll_interval=poll, max_disconnected=3600.0)
@@ -39,7 +39,7 @@ def migrate(scale: float, poll: float) -> dict[str, Any]:
         log = world_log(server)
     if result.outcome != "completed":
         raise SystemExit(f"scale {scale} poll {poll}: {result.outcome}: {result.message}")
-    from migrator.rehearsal.log_analysis import describe_calls, poll_lag
+    from migrator.rehearsal.world.log_analysis import describe_calls, poll_lag
 
     store = result.stores[0]
     describes = describe_calls(log)

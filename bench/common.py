@@ -27,7 +27,7 @@ BIN = Path(sys.executable).parent
 
 def load_world(name: str = "public-to-vpc", **overrides: Any) -> Any:
     """plans/worlds/<name>.toml; overrides go to [world] (time_scale, seed) or [latencies]."""
-    from migrator.rehearsal import model
+    from migrator.rehearsal.world import model
 
     data = tomllib.loads((REPO / "plans" / "worlds" / f"{name}.toml").read_text())
     for key, value in overrides.items():
@@ -46,7 +46,7 @@ def load_plan(name: str = "public-to-vpc", **overrides: Any) -> Any:
 @contextlib.contextmanager
 def world_and_journal(world: Any, faults: Sequence[Any] = ()) -> Iterator[tuple[Any, Any]]:
     """A started rehearsal world and a fresh SQLite journal, both gone afterwards."""
-    from migrator.journal import Journal
+    from migrator.journal.repository import Journal
     from migrator.rehearsal.server import RehearsalServer
 
     with tempfile.TemporaryDirectory(prefix="xksbench-") as tmp:
@@ -61,11 +61,11 @@ def world_and_journal(world: Any, faults: Sequence[Any] = ()) -> Iterator[tuple[
 
 def make_env(server: Any, journal: Any) -> Any:
     """An engine Environment for `server`, as `run --dry-run` builds it (dummy credentials, auto-approve)."""
-    from migrator.aws import ClientFactory
-    from migrator.clock import Clock
+    from migrator.aws.clients import ClientFactory
+    from migrator.aws.secret_refs import resolve_secret
     from migrator.dryrun import DUMMY_CREDENTIALS
-    from migrator.engine import Environment, Observer
-    from migrator.secrets import resolve_secret
+    from migrator.engine.clock import Clock
+    from migrator.engine.runner import Environment, Observer
 
     clients = ClientFactory(region=server.world.region, endpoint_url=server.endpoint_url,
                             credentials=dict(DUMMY_CREDENTIALS))
@@ -81,7 +81,7 @@ def world_log(server: Any) -> list[dict[str, Any]]:
 
 
 def fault(**fields: Any) -> Any:
-    from migrator.rehearsal import model
+    from migrator.rehearsal.world import model
 
     return model.Fault(**fields)
 

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from migrator.aws import ClientFactory
-from migrator.clock import Clock
+from migrator.aws.clients import ClientFactory
+from migrator.engine.clock import Clock
 from migrator.plan import Plan
 
 DEFAULT_REHEARSAL_STATE = "sqlite:///state/rehearsal.db"
@@ -41,13 +41,13 @@ class Rehearsal:
 
 
 def _world(plan: Plan, world_path: str | None, secrets: dict[str, str]) -> Any:
-    from migrator.rehearsal import model
+    from migrator.rehearsal.world import model
 
     try:
         if world_path:
             world = model.load_world_file(world_path)
         else:
-            from migrator.rehearsal.derive import world_for_plan
+            from migrator.rehearsal.world.derive import world_for_plan
 
             world = world_for_plan(tomllib.loads(plan.text), secrets)
     except model.WorldFileError as exc:
@@ -63,8 +63,8 @@ def rehearsal(plan: Plan, *, world_path: str | None = None, faults_path: str | N
               secrets: dict[str, str] | None = None, time_scale: float | None = None,
               log_path: str | None = None) -> Iterator[Rehearsal]:
     """Start a world for `plan` on loopback; stop it afterwards."""
-    from migrator.rehearsal import model
     from migrator.rehearsal.server import RehearsalServer
+    from migrator.rehearsal.world import model
 
     world = _world(plan, world_path, secrets or {})
     if time_scale:

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from migrator.secrets import REFERENCE_FORMS, is_reference
+from migrator.aws.secret_refs import REFERENCE_FORMS, is_reference
 
 PUBLIC = "PUBLIC_ENDPOINT"
 VPC = "VPC_ENDPOINT_SERVICE"
@@ -72,6 +72,11 @@ class Target:
     vpc_endpoint_service_name: str | None = None
     vpc_endpoint_service_owner: str | None = None
     credential: CredentialRef | None = None
+
+    @property
+    def credential_access_key_id(self) -> str | None:
+        """The access key id the target sets (None: the current one is kept)."""
+        return self.credential.access_key_id if self.credential else None
 
     def as_config(self) -> dict[str, str | None]:
         """The configuration fields this target sets (None = unchanged), for journal and output."""

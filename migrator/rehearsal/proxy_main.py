@@ -17,7 +17,7 @@ import sys
 import threading
 from pathlib import Path
 
-from migrator.rehearsal.model import KeyManager, KeyManagerKey, Proxy, ProxyCredential
+from migrator.rehearsal.world.model import KeyManager, KeyManagerKey, Proxy, ProxyCredential
 
 PROG = "xksmigrate sim proxy"
 # The same rules as the world file (model.py) and the KMS API model.
@@ -96,8 +96,8 @@ def run_proxy(host: str, port: int, uri_path_prefix: str, region: str, credentia
     """Serve one proxy until SIGTERM/SIGINT. `credentials` are (access key id, secret reference);
     `keys` are "ID" or "ID:ENCRYPT,DECRYPT". Returns the exit code (0, or 2 for bad input). Signal
     handlers are installed only on the main thread; elsewhere the caller must stop the process."""
-    from migrator.rehearsal.ca import WorldCA
-    from migrator.rehearsal.xks_proxy import XksProxyServer
+    from migrator.rehearsal.world.ca import WorldCA
+    from migrator.rehearsal.xks.proxy import XksProxyServer
 
     try:
         proxy, manager = _build(host, port, uri_path_prefix, region, credentials, keys, hostnames, key_manager)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from migrator.rehearsal.world import WorldState
+from migrator.rehearsal.world.state import WorldState
 
 
 def _error(name: str, message: str) -> tuple[int, bytes, str]:

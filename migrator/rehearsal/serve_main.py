@@ -12,9 +12,9 @@ import signal
 import sys
 import threading
 
-from migrator.rehearsal import model
-from migrator.rehearsal.default_world import load_world
 from migrator.rehearsal.server import RehearsalServer
+from migrator.rehearsal.world import model
+from migrator.rehearsal.world.default import load_world
 
 
 def run_serve(world_path: str | None, port: int, faults_path: str | None, log_path: str | None) -> int:

@@ -19,10 +19,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl
 
-from migrator.rehearsal import model
-from migrator.rehearsal.kms_api import JSON_CONTENT_TYPE, KmsError, handle_kms
+from migrator.rehearsal.kms.api import JSON_CONTENT_TYPE, KmsError, handle_kms
 from migrator.rehearsal.secrets_api import handle_secrets
-from migrator.rehearsal.world import WorldState
+from migrator.rehearsal.world import model
+from migrator.rehearsal.world.state import WorldState
 
 _SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/[^/]+/([^/]+)/aws4_request")
 _MUTABLE = {"endpoint_service": ("endpoint_services", "service_id"), "proxy": ("proxies", "name"),
@@ -195,8 +195,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _query(self, service: str, action: str, params: dict[str, str],
                fault: model.Fault | None) -> tuple[int, bytes, str]:
         try:
-            from migrator.rehearsal.query_api import handle_query
-            from migrator.rehearsal.query_common import QueryError, error_body
+            from migrator.rehearsal.query.api import handle_query
+            from migrator.rehearsal.query.common import QueryError, error_body
         except ImportError:  # the query API is optional for a KMS-only world
             err = KmsError("UnknownOperationException", f"{service} is not served by this world.")
             return err.status, err.body(), err.name

@@ -49,7 +49,7 @@ def journal_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
 
 @pytest.fixture
 def journal(journal_url: str) -> Iterator[Any]:
-    from migrator.journal import Journal
+    from migrator.journal.repository import Journal
 
     j = Journal.open(journal_url)
     yield j

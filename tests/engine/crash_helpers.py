@@ -207,7 +207,7 @@ class JournalView:
 
 def read_journal(journal: Any, run_id: str | None = None) -> JournalView | None:
     """The run (the only one when `run_id` is None), its migration and events; `journal` is a URL or a Journal."""
-    from migrator.journal import Journal
+    from migrator.journal.repository import Journal
 
     if isinstance(journal, str):
         with Journal.open(journal) as opened:
@@ -354,7 +354,7 @@ def baseline(workdir: Path, state_url: str, faults: Path | None = None) -> Basel
 def crash_case(label: str, workdir: Path, state_url: str, base: Baseline, *, expect: str,
                faults: Path | None = None, kill_after: int | None = None, delay: float | None = None) -> CaseReport:
     """Run, SIGKILL (at journal seq `kill_after`, or `delay` real seconds after the first event), resume, check."""
-    from migrator.journal import Journal
+    from migrator.journal.repository import Journal
 
     workdir.mkdir(parents=True, exist_ok=True)
     report = CaseReport(label, point=kill_after, delay=delay)

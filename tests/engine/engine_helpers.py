@@ -20,7 +20,7 @@ def load_world(name: str = "public-to-vpc", **overrides: Any) -> Any:
     """A world from plans/worlds/<name>.toml; keyword overrides go to [world] or [latencies]."""
     import tomllib
 
-    from migrator.rehearsal import model
+    from migrator.rehearsal.world import model
 
     data = tomllib.loads((REPO / "plans" / "worlds" / f"{name}.toml").read_text())
     for key, value in overrides.items():
@@ -31,11 +31,11 @@ def load_world(name: str = "public-to-vpc", **overrides: Any) -> Any:
 
 def make_env(server: Any, journal: Any, *, approve: bool = True, observer: Any = None, **kwargs: Any) -> Any:
     """An Environment for `server`, as `run --dry-run` builds it, but with a journal of the test's choice."""
-    from migrator.aws import ClientFactory
-    from migrator.clock import Clock
+    from migrator.aws.clients import ClientFactory
+    from migrator.aws.secret_refs import resolve_secret
     from migrator.dryrun import DUMMY_CREDENTIALS
-    from migrator.engine import Environment, Observer
-    from migrator.secrets import resolve_secret
+    from migrator.engine.clock import Clock
+    from migrator.engine.runner import Environment, Observer
 
     clients = ClientFactory(region=server.world.region, endpoint_url=server.endpoint_url,
                             credentials=dict(DUMMY_CREDENTIALS))

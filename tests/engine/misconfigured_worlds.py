@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from migrator.rehearsal import model
+from migrator.rehearsal.world import model
 
 SECRET = "+IKdHjtP/QDxtGRJxkxhicMq268cVU/UBXExOTwHrQ0="  # the simulated proxy's secret (world file)
 

@@ -33,7 +33,7 @@ from engine_helpers import REPO, load_world, read_world_log
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from migrator import cli
+from migrator.cli import commands as cli
 
 DATA = Path(__file__).parent / "data" / "bad"
 PLAN = REPO / "plans" / "public-to-vpc.toml"

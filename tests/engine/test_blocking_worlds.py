@@ -16,10 +16,11 @@ import pytest
 from engine_helpers import example_plan, make_env, mutating_calls, read_world_log
 from misconfigured_worlds import SECRET, WORLD_MISCONFIGURATIONS
 
-from migrator import engine, planner
-from migrator.kms import KmsApplier
+from migrator.aws.kms import KmsApplier
+from migrator.engine import runner as engine
 from migrator.plan import CredentialRef
-from migrator.rehearsal.model import load_world_file
+from migrator.preflight import planner
+from migrator.rehearsal.world.model import load_world_file
 
 REPO = Path(__file__).resolve().parents[2]
 STORE = "cks-1234567890abcdef0"

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from engine_helpers import MUTATING, REPO, mutating_calls, read_world_log, roomy_plan_file
 
-from migrator.kms import KmsApplier
+from migrator.aws.kms import KmsApplier
 
 DATA = Path(__file__).parent / "data"
 PLAN = REPO / "plans" / "public-to-vpc.toml"
@@ -63,9 +63,9 @@ def test_dry_run_blocked_by_preflight_exits_3_and_calls_nothing_that_changes(tmp
 
 def test_real_run_blocked_by_preflight_leaves_the_world_untouched(tmp_path, start_world):
     """The same misconfiguration with the world outside the tool: its own log shows no mutating call."""
-    from migrator.aws import ClientFactory
+    from migrator.aws.clients import ClientFactory
     from migrator.dryrun import DUMMY_CREDENTIALS
-    from migrator.rehearsal import model
+    from migrator.rehearsal.world import model
 
     world = model.load_world_file(BAD_WORLD)
     world.time_scale = 600.0

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from engine_helpers import REPO, load_world, mutating_calls, read_world_log, roomy_plan_file
 
-from migrator.kms import KmsApplier
+from migrator.aws.kms import KmsApplier
 
 STORE = "cks-1234567890abcdef0"
 XKSMIGRATE = [sys.executable, "-m", "migrator.cli"]
@@ -106,7 +106,7 @@ def test_a_run_started_on_one_machine_is_resumed_from_another(journal_url, start
 
 
 def _client(server):
-    from migrator.aws import ClientFactory
+    from migrator.aws.clients import ClientFactory
     from migrator.dryrun import DUMMY_CREDENTIALS
 
     return ClientFactory(region="us-east-1", endpoint_url=server.endpoint_url,

@@ -257,7 +257,7 @@ def test_a_signal_mid_wait_exits_130_and_resume_completes(signum: int, forward: 
 
 def test_a_second_resume_while_the_first_runs_exits_6_and_the_run_stays_resumable(
         forward: Baseline, tmp_path: Path) -> None:
-    from migrator.journal import Journal
+    from migrator.journal.repository import Journal
 
     url = sqlite_url(tmp_path)
     with Sim(tmp_path, world=slow_world(tmp_path, 3000)) as sim:  # 5 real seconds of DISCONNECTING

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from engine_helpers import ROOMY_BUDGET, example_plan, load_world, make_env, mutating_calls, read_world_log
 
-from migrator import engine
-from migrator.kms import KmsApplier, Observation
-from migrator.rehearsal import model
-from migrator.rehearsal.log_analysis import poll_lag
+from migrator.aws.kms import KmsApplier
+from migrator.aws.store_config import Observation
+from migrator.engine import runner as engine
+from migrator.rehearsal.world import model
+from migrator.rehearsal.world.log_analysis import poll_lag
 
 DATA = Path(__file__).parent / "data"
 # Outcomes do not depend on the magnitudes. With 120 s changes at 300x a run needs 240 simulated s; the tests
@@ -108,7 +109,7 @@ def test_example_plans_complete_and_see_each_change_within_one_poll(tmp_path, st
     import tempfile
     from concurrent.futures import ThreadPoolExecutor
 
-    from migrator.journal import Journal
+    from migrator.journal.repository import Journal
 
     scale = 5.0
     ram = Path(tempfile.mkdtemp(dir="/dev/shm")) if Path("/dev/shm").is_dir() else tmp_path

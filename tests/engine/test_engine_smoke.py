@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from engine_helpers import ROOMY_BUDGET, example_plan, load_world, make_env, mutating_calls, read_world_log
 
-from migrator import engine
-from migrator.kms import KmsApplier
+from migrator.aws.kms import KmsApplier
+from migrator.engine import runner as engine
 
 
 @pytest.mark.parametrize("name", ["public-to-vpc", "vpc-to-public"])

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from engine_helpers import ROOMY_BUDGET, example_plan, load_world, make_env, read_world_log
 
-from migrator import engine
-from migrator.kms import KmsApplier
-from migrator.rehearsal import model
+from migrator.aws.kms import KmsApplier
+from migrator.engine import runner as engine
+from migrator.rehearsal.world import model
 
 STORE = "cks-1234567890abcdef0"
 CODES = ["INVALID_CREDENTIALS", "NETWORK_ERRORS", "INTERNAL_ERROR", "XKS_PROXY_ACCESS_DENIED",

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from migrator.inspect import Finding, blocked, mutating_calls, rollback_calls
-from migrator.inspect_keys import role_arn
 from migrator.plan import PUBLIC, VPC, CredentialRef, KeystorePlan, Plan, Target
+from migrator.preflight.inspector import Finding, blocked, mutating_calls, rollback_calls
+from migrator.preflight.keys import role_arn
 
 SNAP_VPC = {"CustomKeyStoreId": "cks-0fedcba9876543210", "ConnectionState": "DISCONNECTED",
             "CustomKeyStoreType": "EXTERNAL_KEY_STORE",

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from migrator.inspect_tls import hostname_matches, judge_chain
-from migrator.trusted_roots import TrustedRoot
+from migrator.preflight.tls import hostname_matches, judge_chain
+from migrator.preflight.trusted_roots import TrustedRoot
 
 NOW = dt.datetime(2026, 1, 15, tzinfo=dt.UTC)
 HOST = "myproxy.xks.example.com"
@@ -104,7 +104,7 @@ def test_real_os_root_not_in_kms_list_blocks():
     """With the real 130 fingerprints: a root the OS trusts but KMS does not is still a block."""
     import ssl
 
-    from migrator.trusted_roots import trusted_fingerprints
+    from migrator.preflight.trusted_roots import trusted_fingerprints
 
     fps = trusted_fingerprints()
     outside = [r for r in ssl.create_default_context().get_ca_certs(binary_form=True)

@@ -16,13 +16,13 @@ import boto3
 import pytest
 from misconfigured_worlds import SECRET, WORLD_MISCONFIGURATIONS, add_other_store, load_balancer_of, service_of
 
-from migrator.aws import ClientFactory
-from migrator.inspect import Finding, PreflightContext, blocked, mutating_calls, preflight, rollback_calls
+from migrator.aws.clients import ClientFactory
+from migrator.aws.secret_refs import SecretError, SecretValue
 from migrator.plan import PUBLIC, CredentialRef, Plan, load_plan
-from migrator.rehearsal import model
-from migrator.rehearsal.model import load_world_file
+from migrator.preflight.inspector import Finding, PreflightContext, blocked, mutating_calls, preflight, rollback_calls
 from migrator.rehearsal.server import RehearsalServer
-from migrator.secrets import SecretError, SecretValue
+from migrator.rehearsal.world import model
+from migrator.rehearsal.world.model import load_world_file
 
 REPO = Path(__file__).resolve().parents[2]
 STORE = "cks-1234567890abcdef0"

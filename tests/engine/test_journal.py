@@ -18,8 +18,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from migrator.journal import HolderAlive, Journal, JournalError, LockHeld, LockLost
-from migrator.secrets import SecretValue
+from migrator.aws.secret_refs import SecretValue
+from migrator.journal.repository import HolderAlive, Journal, JournalError, LockHeld, LockLost
 
 REPO = Path(__file__).resolve().parents[2]
 PG_URL = os.environ.get("XKSMIGRATE_TEST_PG_URL")
@@ -327,7 +327,7 @@ def test_url_for_display_masks_password(tmp_path):
 
 HOLD = """
 import sys, time
-from migrator.journal import Journal, LockHeld
+from migrator.journal.repository import Journal, LockHeld
 j = Journal.open(sys.argv[1])
 try:
     lock = j.acquire_lock(sys.argv[2], run_id="run-child", owner="child")
@@ -468,7 +468,7 @@ def test_new_journals_opened_from_several_threads_at_once_all_reach_the_schema(t
     interpreter before they did). Run in a child so a crash fails this test, not the test worker."""
     script = textwrap.dedent(f"""
         from concurrent.futures import ThreadPoolExecutor
-        from migrator.journal import Journal
+        from migrator.journal.repository import Journal
 
         def open_one(i):
             journal = Journal.open("sqlite:///{tmp_path}/j%d.db" % i)

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from engine_helpers import load_world, roomy_plan_file
 
-from migrator.kms import KmsApplier
+from migrator.aws.kms import KmsApplier
 
 STORE = "cks-1234567890abcdef0"
 SCALE = 60.0
@@ -86,7 +86,7 @@ def advance_world(server: Any, seconds: float) -> None:
 
 
 def live(server: Any) -> Any:
-    from migrator.aws import ClientFactory
+    from migrator.aws.clients import ClientFactory
     from migrator.dryrun import DUMMY_CREDENTIALS
 
     clients = ClientFactory(region=server.world.region, endpoint_url=server.endpoint_url,

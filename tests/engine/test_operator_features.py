@@ -11,9 +11,9 @@ from pathlib import Path
 
 from engine_helpers import ROOMY_BUDGET, example_plan, load_world, make_env, mutating_calls, read_world_log
 
-from migrator import engine
-from migrator.hooks import Hooks
-from migrator.kms import KmsApplier
+from migrator.aws.kms import KmsApplier
+from migrator.engine import runner as engine
+from migrator.engine.hooks import Hooks
 
 EVENTS = ["before-disconnect", "after-disconnect", "after-connect", "verified", "completed"]
 

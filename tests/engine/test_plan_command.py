@@ -37,7 +37,7 @@ def test_plan_on_the_example_worlds_is_ready_and_shows_both_sequences(name, tmp_
                                                          "connect-custom-key-store"]
     assert any("update-custom-key-store" in c and "--xks-proxy-connectivity" in c for c in store["rollback"])
     # Read-only: nothing was recorded as a run.
-    from migrator.journal import Journal
+    from migrator.journal.repository import Journal
 
     with Journal.open(f"sqlite:///{tmp_path}/r.db") as journal:
         assert journal.list_runs() == []

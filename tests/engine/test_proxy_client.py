@@ -14,12 +14,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from migrator.proxy import ProxyError, XksProxyClient, _parse, parse_hostport
-from migrator.rehearsal.ca import WorldCA
-from migrator.rehearsal.model import KeyManager, KeyManagerKey, Proxy, ProxyCredential
-from migrator.rehearsal.sigv4_verify import SigV4Error, verify_request
-from migrator.rehearsal.xks_proxy import XksProxyServer
-from migrator.secrets import SecretValue
+from migrator.aws.secret_refs import SecretValue
+from migrator.aws.xks_client import ProxyError, XksProxyClient, _parse, parse_hostport
+from migrator.rehearsal.world.ca import WorldCA
+from migrator.rehearsal.world.model import KeyManager, KeyManagerKey, Proxy, ProxyCredential
+from migrator.rehearsal.xks.proxy import XksProxyServer
+from migrator.rehearsal.xks.sigv4_verify import SigV4Error, verify_request
 
 HOST = "myproxy.xks.example.com"
 REGION = "us-east-1"

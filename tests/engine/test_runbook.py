@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 from engine_helpers import REPO, ROOMY_BUDGET, example_plan, load_world, make_env, read_world_log
 
-from migrator import engine
-from migrator.engine import Observer
-from migrator.kms import KmsApplier
+from migrator.aws.kms import KmsApplier
+from migrator.engine import runner as engine
+from migrator.engine.runner import Observer
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +101,7 @@ def test_runbook_marks_its_blocks_and_has_the_stuck_anchor():
     assert re.search(r"^## Stuck$", text, re.M), "the tool prints RUNBOOK.md#stuck"
     assert "setup" in BLOCKS and {"back-to-snapshot", "unchanged", "finish-forward", "inspect"} <= set(BLOCKS)
     # Every way a run can stop has a tested block: each outcome and each state of the critical section.
-    from migrator import machine
+    from migrator.engine import machine
 
     covered = {state for _, state in CASES}
     wanted = {"blocked", "locked", "rolled_back", "stuck", "completed"} | {
@@ -162,7 +162,7 @@ def produce(state: str, after_call: str | None, server: Any, journal: Any, plan:
         result = engine.start(plan, make_env(server, journal, approve=False))  # the operator declines
     elif state == "locked":
         holder = engine.start(plan, make_env(server, journal, approve=False))  # a run that snapshotted
-        from migrator.journal import Journal
+        from migrator.journal.repository import Journal
 
         # another runner, with its own connection, holds the store's lock
         other = Journal.open(journal.url.render_as_string(hide_password=False))

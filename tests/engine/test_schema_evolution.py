@@ -27,8 +27,8 @@ from engine_helpers import REPO, example_plan, load_world, mutating_calls, read_
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 
-from migrator.journal import Journal
-from migrator.journal_db import MIGRATIONS_DIR, dumps, parse_url, sqlite_engine
+from migrator.journal.db import MIGRATIONS_DIR, dumps, parse_url, sqlite_engine
+from migrator.journal.repository import Journal
 
 _SCRIPT = Path(sys.executable).with_name("xksmigrate")
 XKSMIGRATE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "migrator.cli"]
@@ -87,12 +87,12 @@ def _old_runner(url: str, endpoint_url: str, ca_bundle: str, region: str) -> Non
     sys.path.insert(0, str(Path(__file__).parent))
     from engine_helpers import example_plan
 
-    from migrator import engine
-    from migrator.aws import ClientFactory
-    from migrator.clock import Clock
+    from migrator.aws.clients import ClientFactory
+    from migrator.aws.secret_refs import resolve_secret
     from migrator.dryrun import DUMMY_CREDENTIALS
-    from migrator.engine import Environment
-    from migrator.secrets import resolve_secret
+    from migrator.engine import runner as engine
+    from migrator.engine.clock import Clock
+    from migrator.engine.runner import Environment
 
     journal = Journal(*_engines(url))
     assert journal.schema_revision() == "0001"
@@ -212,7 +212,7 @@ def test_models_match_the_migrations_and_0002_downgrades_cleanly(journal_url):
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    from migrator.journal_models import VERSION_TABLE, metadata
+    from migrator.journal.models import VERSION_TABLE, metadata
 
     Journal.open(journal_url).close()
     engine, _, _, _ = _engines(journal_url)

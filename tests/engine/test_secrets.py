@@ -8,7 +8,7 @@ import traceback
 
 import pytest
 
-from migrator.secrets import SecretError, SecretValue, is_reference, resolve_secret
+from migrator.aws.secret_refs import SecretError, SecretValue, is_reference, resolve_secret
 
 CANARY = "CANARYcanary0123456789/+=CANARYcanary0123456789"  # 47 chars: a valid RawSecretAccessKey shape
 
@@ -61,9 +61,9 @@ def test_secretsmanager_against_the_rehearsal_world(start_world):
     """secretsmanager: references resolve over HTTP through boto3, exactly as against AWS."""
     from engine_helpers import load_world
 
-    from migrator.aws import ClientFactory
+    from migrator.aws.clients import ClientFactory
     from migrator.dryrun import DUMMY_CREDENTIALS
-    from migrator.rehearsal import model
+    from migrator.rehearsal.world import model
 
     world = load_world()
     world.secrets.append(model.Secret(name="xks-AbCdEf", value=CANARY))

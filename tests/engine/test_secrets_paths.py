@@ -175,7 +175,7 @@ def journal_dump(url: str) -> str:
     """Every row of every journal table, as text (the second look, after the raw file bytes)."""
     from sqlalchemy import MetaData, create_engine, select
 
-    from migrator.journal_db import parse_url
+    from migrator.journal.db import parse_url
 
     engine = create_engine(parse_url(url)[0])
     meta = MetaData()

@@ -6,7 +6,7 @@ import hashlib
 import ssl
 from pathlib import Path
 
-from migrator.trusted_roots import (
+from migrator.preflight.trusted_roots import (
     load_trusted_roots,
     normalize_fingerprint,
     parse_dn,

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from world_helpers import make_kms_client, make_world
 
-from migrator.rehearsal import model
 from migrator.rehearsal.server import RehearsalServer
+from migrator.rehearsal.world import model
 
 
 @pytest.fixture

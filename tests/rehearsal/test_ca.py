@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from migrator.rehearsal.ca import WRONG_HOST, WorldCA
+from migrator.rehearsal.world.ca import WRONG_HOST, WorldCA
 
 HOSTS = ["myproxy.xks.example.com", "*.vpce.example.com"]
 

@@ -19,9 +19,9 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from migrator.rehearsal import model
-from migrator.rehearsal.query_api import QueryError, handle_query
-from migrator.rehearsal.query_ec2 import principal_type, verifiable
+from migrator.rehearsal.query.api import QueryError, handle_query
+from migrator.rehearsal.query.ec2 import principal_type, verifiable
+from migrator.rehearsal.world import model
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE_ID = "vpce-svc-0123456789abcdef0"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from world_helpers import wait_for_state
 
-from migrator.rehearsal.derive import world_for_plan
+from migrator.rehearsal.world.derive import world_for_plan
 
 PLANS = Path(__file__).resolve().parents[2] / "plans"
 NEW_SECRET = "Zm9vYmFyZm9vYmFyZm9vYmFyZm9vYmFyZm9vYmFyZm8="

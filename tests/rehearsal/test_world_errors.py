@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from world_helpers import STORE_ID, VPC_ENDPOINT, VPC_SERVICE, make_world, wait_for_state
 
-from migrator.rehearsal import model
+from migrator.rehearsal.world import model
 
 OTHER_SECRET = "Pcf6BsY8P4L5FGTs1zX3p6ZLWQjVTItj2OeR7uJSfDw="
 

@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 from world_helpers import KEY_ID, STORE_ID, VPC_ENDPOINT, VPC_SERVICE, make_world, wait_for_state
 
-from migrator.rehearsal import model
+from migrator.rehearsal.world import model
 
 
 def _get(server, path: str) -> bytes:

@@ -29,11 +29,11 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from migrator.rehearsal import proxy_main
-from migrator.rehearsal.ca import WorldCA
-from migrator.rehearsal.model import KeyManager, KeyManagerKey, Proxy, ProxyCredential
-from migrator.rehearsal.sigv4_verify import SigV4Error, canonical_uri, verify_request
-from migrator.rehearsal.xks_api import ciphertext_data_integrity_value, gcm_aad
-from migrator.rehearsal.xks_proxy import XksProxyServer
+from migrator.rehearsal.world.ca import WorldCA
+from migrator.rehearsal.world.model import KeyManager, KeyManagerKey, Proxy, ProxyCredential
+from migrator.rehearsal.xks.api import ciphertext_data_integrity_value, gcm_aad
+from migrator.rehearsal.xks.proxy import XksProxyServer
+from migrator.rehearsal.xks.sigv4_verify import SigV4Error, canonical_uri, verify_request
 
 HOST = "myproxy.xks.example.com"
 REGION = "us-east-1"

@@ -10,9 +10,9 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from migrator.rehearsal import model
-from migrator.rehearsal.default_world import default_world_dict
 from migrator.rehearsal.server import RehearsalServer
+from migrator.rehearsal.world import model
+from migrator.rehearsal.world.default import default_world_dict
 
 FAST_TIME_SCALE = 1500.0  # 300 simulated seconds of connect latency take 0.2 real seconds
 STORE_ID = "cks-1234567890abcdef0"

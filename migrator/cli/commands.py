@@ -1,0 +1,259 @@
+"""The `xksmigrate` command line: parsing, prompts, exit codes and the choice of renderer.
+
+Commands are thin: they build an `engine.Environment` and hand over. Heavy modules (boto3, the
+engine, the rehearsal wing) are imported inside the command bodies so `xksmigrate --help` starts
+fast. Errors are one line on stderr with a stable exit code (README: 0 ok, 1 internal, 2 usage or
+invalid plan, 3 blocked, 4 rolled back, 5 stuck, 6 locked, 130 interrupted); tracebacks appear only
+with XKSMIGRATE_DEBUG=1 and never show local variables.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from migrator.cli import environment as support
+from migrator.cli.environment import DEFAULT_STATE, CliError
+
+app = typer.Typer(name="xksmigrate", add_completion=False, no_args_is_help=True,
+                  pretty_exceptions_show_locals=False,
+                  help="Safely switch an AWS KMS external key store between public and VPC endpoint connectivity.")
+sim_app = typer.Typer(help="The rehearsal world: a local AWS endpoint and XKS proxies.", no_args_is_help=True)
+app.add_typer(sim_app, name="sim")
+
+
+StateOpt = Annotated[str | None, typer.Option("--state", envvar="XKSMIGRATE_STATE", show_envvar=True,
+                                              help=f"Journal database URL [default: {DEFAULT_STATE}]")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="NDJSON on stdout: a version line, events, a summary line")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before the disconnect")]
+ProfileOpt = Annotated[str | None, typer.Option("--profile", envvar="AWS_PROFILE", help="AWS profile")]
+RegionOpt = Annotated[str | None, typer.Option("--region", help="AWS Region (default: the plan's)")]
+EndpointOpt = Annotated[str | None, typer.Option("--endpoint-url", envvar="AWS_ENDPOINT_URL",
+                                                 help="AWS endpoint (a rehearsal world started by `sim serve`)")]
+HooksOpt = Annotated[str | None, typer.Option("--hooks", help="Directory of hook executables (see RUNBOOK.md)")]
+ScaleOpt = Annotated[float | None, typer.Option("--time-scale", envvar="XKSMIGRATE_TIME_SCALE",
+                                                help="Simulated seconds per real second (rehearsal endpoints only)")]
+
+
+# -- commands ----------------------------------------------------------------------------------
+@app.command()
+def run(plan_file: Annotated[str, typer.Argument(metavar="PLAN", help="plan.toml")],
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="Rehearse against an in-process world")] = False,
+        yes: YesOpt = False, json_output: JsonOpt = False, state: StateOpt = None,
+        world: Annotated[str | None, typer.Option("--world", help="World file for --dry-run")] = None,
+        faults: Annotated[str | None, typer.Option("--faults", help="Fault file for --dry-run")] = None,
+        profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None,
+        time_scale: ScaleOpt = None, hooks: HooksOpt = None,
+        postpone_cutover: Annotated[bool, typer.Option(
+            "--postpone-cutover", help="After preflight, wait before the disconnect until `xksmigrate proceed`")]
+        = False,
+        postpone_flag_file: Annotated[str | None, typer.Option(
+            "--postpone-flag-file", help="Postpone while this file exists (created if missing)")] = None,
+        cutover_at: Annotated[str | None, typer.Option(
+            "--cutover-at", help="Wait before the disconnect until this local time (HH:MM or ISO 8601)")] = None
+        ) -> None:
+    """Migrate the key stores of PLAN: snapshot, preflight, disconnect, update, connect, verify."""
+    from migrator.engine import runner as engine
+
+    plan = support.load_plan(plan_file)
+    when = support.parse_cutover_at(cutover_at) if cutover_at else None
+    support.require_consent(yes)
+    support.interruptible()
+    with support.environment(plan, dry_run=dry_run, json_output=json_output, command="run", yes=yes, state=state,
+                      world=world, faults=faults, profile=profile, region=region, endpoint_url=endpoint_url,
+                      time_scale=time_scale) as env:
+        env.hooks = support.make_hooks(hooks)
+        env.postpone, env.postpone_flag_file, env.cutover_at = postpone_cutover, postpone_flag_file, when
+        code = support.finish(env.observer, engine.start(plan, env))
+    raise typer.Exit(code)
+
+
+@app.command("plan")
+def plan_command(plan_file: Annotated[str, typer.Argument(metavar="PLAN", help="plan.toml")],
+                 dry_run: Annotated[bool, typer.Option("--dry-run", help="Against an in-process world")] = False,
+                 json_output: JsonOpt = False, state: StateOpt = None,
+                 world: Annotated[str | None, typer.Option("--world", help="World file for --dry-run")] = None,
+                 faults: Annotated[str | None, typer.Option("--faults", help="Fault file for --dry-run")] = None,
+                 profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None) -> None:
+    """Read-only: snapshot, every preflight check, the exact call sequence and the rollback sequence."""
+    from migrator.preflight import planner
+
+    plan = support.load_plan(plan_file)
+    with support.environment(plan, dry_run=dry_run, json_output=json_output, command="plan", yes=False, state=state,
+                      world=world, faults=faults, profile=profile, region=region, endpoint_url=endpoint_url,
+                      time_scale=None) as env:
+        report = planner.make_report(plan, env)
+        planner.render(report, json_output)
+    raise typer.Exit(report.exit_code)
+
+
+@app.command()
+def resume(run_id: Annotated[str | None, typer.Argument(help="Run id (default: the latest unfinished run)")] = None,
+           yes: YesOpt = False, json_output: JsonOpt = False, state: StateOpt = None,
+           retry_stuck: Annotated[bool, typer.Option("--retry-stuck",
+                                                     help="Try the rollback of a stuck run again")] = False,
+           profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None,
+           time_scale: ScaleOpt = None, hooks: HooksOpt = None) -> None:
+    """Continue an interrupted run exactly where it stood (it re-observes the key store first)."""
+    from migrator.engine import runner as engine
+
+    journal = support.open_journal(state)
+    run_view = support.find_run(journal, run_id, unfinished=True, allow_stuck=retry_stuck)
+    plan, env = support.recorded_run_env(journal, run_view, command="resume", json_output=json_output, yes=yes,
+                                         profile=profile, region=region, endpoint_url=endpoint_url,
+                                         time_scale=time_scale, hooks=hooks, retry_stuck=retry_stuck)
+    raise typer.Exit(support.finish(env.observer, engine.resume(plan, env, run_view.id)))
+
+
+@app.command()
+def proceed(run_id: Annotated[str, typer.Argument(help="The postponed run")], state: StateOpt = None) -> None:
+    """Release a postponed cut-over: the waiting run re-checks preflight and disconnects."""
+    journal = support.open_journal(state)
+    run_view = support.find_run(journal, run_id)
+    if run_view.outcome not in ("running", "interrupted"):
+        raise support.fail(f"{run_id} already ended: {run_view.outcome}")
+    journal.record(run_id, kind="note", outcome="proceed", detail={"message": f"released by {support.who()}"})
+    typer.echo(f"{run_id}: cut-over released; the runner re-runs preflight, then disconnects")
+
+
+@app.command()
+def rollback(run_id: Annotated[str, typer.Argument(help="A completed run")], yes: YesOpt = False,
+             json_output: JsonOpt = False, state: StateOpt = None, profile: ProfileOpt = None,
+             region: RegionOpt = None, endpoint_url: EndpointOpt = None, time_scale: ScaleOpt = None,
+             hooks: HooksOpt = None) -> None:
+    """Return a completed run's key stores to their recorded original configuration, verified."""
+    from migrator.engine import runner as engine
+
+    journal = support.open_journal(state)
+    run_view = support.find_run(journal, run_id)
+    if run_view.outcome != "completed":
+        raise support.fail(f"{run_id} is {run_view.outcome}; only a completed run can be rolled back "
+                           "(an unfinished one: xksmigrate resume)")
+    plan, env = support.recorded_run_env(journal, run_view, command="rollback", json_output=json_output, yes=yes,
+                                         profile=profile, region=region, endpoint_url=endpoint_url,
+                                         time_scale=time_scale, hooks=hooks)
+    raise typer.Exit(support.finish(env.observer, engine.rollback(plan, env, run_view.id)))
+
+
+@app.command()
+def status(run_id: Annotated[str | None, typer.Argument(help="Run id (default: the latest run)")] = None,
+           watch: Annotated[bool, typer.Option("--watch", help="Follow the run until it ends")] = False,
+           timeout: Annotated[float, typer.Option("--timeout", help="Give up watching after N seconds (0: never)")]
+           = 0.0, json_output: JsonOpt = False, state: StateOpt = None) -> None:
+    """Where a run stands, from the journal (works while another process runs it)."""
+    from migrator.cli import views
+
+    journal = support.open_journal(state)
+    if run_id is None:
+        runs = journal.list_runs(limit=1)
+        if not runs:
+            raise support.fail(f"no runs in {journal.url_for_display}")
+        run_id = runs[0].id
+    support.find_run(journal, run_id)
+    raise typer.Exit(views.status(journal, run_id, watch=watch, timeout=timeout, json_output=json_output))
+
+
+@app.command()
+def history(limit: Annotated[int, typer.Option("--limit", help="How many runs")] = 20,
+            json_output: JsonOpt = False, state: StateOpt = None) -> None:
+    """Past runs with their outcome and disconnected window."""
+    from migrator.cli import views
+
+    views.history(support.open_journal(state), limit=limit, json_output=json_output)
+
+
+@app.command()
+def unlock(lock_id: Annotated[str, typer.Argument(help="The lock id printed by the runner that holds it")],
+           force: Annotated[bool, typer.Option("--force", help="Remove it even if its runner is alive (that run "
+                                                               "then stops before its next AWS call)")] = False,
+           state: StateOpt = None) -> None:
+    """Remove a lock left by a runner that is gone; refused (exit 6) while the runner is seen alive."""
+    from migrator.journal.repository import HolderAlive
+
+    journal = support.open_journal(state)
+    try:
+        removed = journal.force_unlock(lock_id, force=force)
+    except HolderAlive as alive:
+        raise support.fail(str(alive), code=6) from None
+    if removed is None:
+        raise support.fail(f"no lock {lock_id} in {journal.url_for_display}")
+    typer.echo(f"removed {lock_id} ({removed.resource}, held by {removed.owner}@{removed.host} pid {removed.pid})")
+
+
+@app.command()
+def graph() -> None:
+    """The state machine as a mermaid stateDiagram-v2."""
+    from migrator.engine import machine
+
+    typer.echo(machine.mermaid())
+
+
+@sim_app.command("serve")
+def sim_serve(world: Annotated[str | None, typer.Option("--world", help="World file (default: built-in)")] = None,
+              port: Annotated[int, typer.Option("--port", help="0 = any free port")] = 0,
+              faults: Annotated[str | None, typer.Option("--faults", help="Fault file")] = None,
+              log: Annotated[str | None, typer.Option("--log", help="Append the world's call log here")] = None
+              ) -> None:
+    """Start the rehearsal world: KMS, EC2, ELBv2, IAM, STS and Secrets Manager on loopback."""
+    from migrator.rehearsal.serve_main import run_serve
+
+    raise typer.Exit(run_serve(world, port, faults, log))
+
+
+@sim_app.command("proxy")
+def sim_proxy(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+              port: Annotated[int, typer.Option("--port", help="0 = any free port")] = 0,
+              uri_path_prefix: Annotated[str, typer.Option("--uri-path-prefix")] = "",
+              region: Annotated[str, typer.Option("--region")] = "us-east-1",
+              access_key_id: Annotated[list[str] | None, typer.Option("--access-key-id")] = None,
+              secret: Annotated[list[str] | None, typer.Option("--secret", help="env:NAME or file:PATH")] = None,
+              key: Annotated[list[str] | None, typer.Option("--key", help="ID[:ENCRYPT,DECRYPT]")] = None,
+              hostname: Annotated[list[str] | None, typer.Option("--hostname", help="Name(s) in the cert")] = None,
+              key_manager: Annotated[str, typer.Option("--key-manager")] = "rehearsal-ekm",
+              ca_dir: Annotated[str | None, typer.Option("--ca-dir")] = None,
+              no_tls: Annotated[bool, typer.Option("--no-tls", help="Plain HTTP")] = False) -> None:
+    """Start one XKS proxy that follows the XKS proxy API spec to the letter."""
+    from migrator.rehearsal.proxy_main import run_proxy
+
+    ids, secrets = access_key_id or [], secret or []
+    if len(ids) != len(secrets):
+        raise support.fail("--access-key-id and --secret come in pairs")
+    raise typer.Exit(run_proxy(host=host, port=port, uri_path_prefix=uri_path_prefix, region=region,
+                               credentials=list(zip(ids, secrets, strict=True)), keys=key or [], tls=not no_tls,
+                               hostnames=hostname or [], ca_dir=ca_dir, key_manager=key_manager))
+
+
+# -- entry point -------------------------------------------------------------------------------
+def main() -> None:
+    try:
+        code = app(args=sys.argv[1:], prog_name="xksmigrate", standalone_mode=False)
+    except CliError as exc:
+        print(f"xksmigrate: error: {exc}", file=sys.stderr)
+        code = exc.code
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        print("xksmigrate: interrupted", file=sys.stderr)
+        code = 130
+    except typer.TyperException as exc:  # usage errors from the argument parser
+        show = getattr(exc, "show", None)
+        if show:
+            show()
+        else:
+            print(f"xksmigrate: error: {exc}", file=sys.stderr)
+        code = int(getattr(exc, "exit_code", 2))
+    except Exception as exc:
+        if os.environ.get("XKSMIGRATE_DEBUG"):
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"xksmigrate: internal error: {type(exc).__name__}: {first} (XKSMIGRATE_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""Output: human (a rich live view on a terminal, plain lines otherwise) and machine (NDJSON).
+
+Renderers are `engine.Observer`s: the engine hands them every journaled event and transient
+progress, and the CLI hands them the summary. NDJSON has a `version` line first and a `summary`
+line last. Nothing here sees a secret: events carry references (`env:NAME`), never values.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, TextIO
+
+from migrator.engine.runner import VERSION, Observer
+
+SCHEMA = 1
+
+
+def _json_default(value: Any) -> Any:
+    return repr(value)
+
+
+def fmt_seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    value = float(value)
+    minutes, seconds = divmod(round(value), 60)
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{value:.1f}s"
+
+
+def describe_event(event: dict[str, Any]) -> str | None:
+    """One human line for an engine event (None: not worth a line)."""
+    kind, detail = event.get("kind"), event.get("detail") or {}
+    if kind == "transition":
+        extra = ""
+        if detail.get("reason"):
+            extra = f": {detail['reason']}"
+        elif detail.get("window_seconds") is not None:
+            extra = f" (window {fmt_seconds(detail['window_seconds'])})"
+        return f"{event.get('from_state')} -> {event.get('to_state')}{extra}"
+    if kind == "call":
+        return f"  calling {event.get('operation')}"
+    if kind == "result":
+        rid = event.get("request_id") or "-"
+        if event.get("outcome") == "ok":
+            key = f" {detail['key_id']}" if detail.get("key_id") else ""
+            return f"  {event.get('operation')}{key} ok (request {rid})"
+        return f"  {event.get('operation')} failed: {detail.get('code')}: {detail.get('message')}"
+    if kind == "finding":
+        status = (event.get("outcome") or "").upper()
+        if status == "PASS":
+            return None
+        remedy = f"\n      fix: {detail['remedy']}" if detail.get("remedy") else ""
+        return f"  [{status}] {detail.get('check')}: {detail.get('message')}{remedy}"
+    if kind == "note":
+        if detail.get("connection_state"):
+            code = f" ({detail['connection_error_code']})" if detail.get("connection_error_code") else ""
+            return f"  key store is {detail['connection_state']}{code}"
+        if detail.get("message"):
+            return f"  {detail['message']}"
+        if event.get("outcome") == "retry":
+            return f"  {event.get('operation')} {detail.get('code')}; retrying (attempt {detail.get('attempt')})"
+    if kind == "hook":
+        return f"  hook {detail.get('hook')}: exit {detail.get('exit_code')}"
+    return None
+
+
+def describe_summary(summary: dict[str, Any]) -> list[str]:
+    unit = " (simulated)" if summary.get("simulated") else ""
+    lines = [f"run {summary['run_id']}: {summary['outcome']} (exit {summary['exit_code']})"]
+    for ks in summary.get("keystores", []):
+        lines.append(f"  {ks['id'] or ks['ref']}: {ks['outcome']}, disconnected "
+                     f"{fmt_seconds(ks.get('disconnected_seconds'))}{unit}")
+        if ks.get("final"):
+            f = ks["final"]
+            lines.append(f"    now {f.get('connectivity')} {f.get('uri_endpoint')}{f.get('uri_path') or ''}"
+                         + (f" via {f['vpc_endpoint_service_name']}" if f.get("vpc_endpoint_service_name") else ""))
+        if ks.get("error") and ks["outcome"] != "completed":
+            lines.append(f"    reason: {ks['error']}")
+        if ks.get("manual"):
+            manual = ks["manual"]
+            lines.append(f"    OPERATOR ACTION NEEDED: the key store is {manual.get('connection_state')}"
+                         + (f" ({manual['connection_error_code']})" if manual.get("connection_error_code") else "")
+                         + f"; see {manual.get('runbook')}. Next commands:")
+            lines.extend(f"      {cmd}" for cmd in manual.get("commands", []))
+        calls = ks.get("api_calls") or {}
+        if calls:
+            lines.append("    AWS requests: " + ", ".join(f"{k.split(':')[-1]} {v}" for k, v in calls.items()))
+    if summary.get("message") and summary["outcome"] not in ("completed",):
+        lines.append(summary["message"])
+    return lines
+
+
+class JsonLines(Observer):
+    """NDJSON: {"type":"version"} first, then events and progress, then {"type":"summary"}."""
+
+    def __init__(self, stream: TextIO | None = None, command: str = ""):
+        self.stream = stream or sys.stdout
+        self.write({"type": "version", "xksmigrate": VERSION, "schema": SCHEMA, "command": command})
+
+    def write(self, obj: dict[str, Any]) -> None:
+        self.stream.write(json.dumps(obj, default=_json_default, sort_keys=False) + "\n")
+        self.stream.flush()
+
+    def event(self, event: dict[str, Any]) -> None:
+        self.write(event)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        self.write(summary)
+
+
+class PlainLines(Observer):
+    """One line per meaningful event, for logs and pipes (no colour, no cursor movement)."""
+
+    def __init__(self, stream: TextIO | None = None):
+        self.stream = stream or sys.stdout
+
+    def event(self, event: dict[str, Any]) -> None:
+        if event.get("type") != "event":
+            return
+        line = describe_event(event)
+        if line:
+            self.stream.write(time.strftime("%H:%M:%S ") + line + "\n")
+            self.stream.flush()
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        for line in describe_summary(summary):
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+class LiveView(Observer):
+    """A rich live panel: phase, window timer against the budget, last state, next poll."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.console = Console()
+        self.status: dict[str, Any] = {}
+        self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=True)
+        self.live.start()
+
+    def _render(self) -> Any:
+        from rich.table import Table
+
+        s = self.status
+        table = Table.grid(padding=(0, 2))
+        table.add_row("phase", str(s.get("state", "starting")))
+        window, budget = s.get("window_seconds"), s.get("budget_seconds")
+        if window is not None:
+            unit = " simulated" if s.get("simulated") else ""
+            table.add_row("disconnected", f"{fmt_seconds(window)} of {fmt_seconds(budget)} budget{unit}")
+        if s.get("connection_state"):
+            table.add_row("key store", str(s["connection_state"]))
+        if s.get("next_poll_seconds") is not None:
+            table.add_row("next poll", fmt_seconds(s["next_poll_seconds"]))
+        return table
+
+    def event(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "progress":
+            self.status.update(event)
+        elif event.get("kind") == "transition":
+            self.status["state"] = event.get("to_state")
+        elif event.get("kind") == "note" and (event.get("detail") or {}).get("connection_state"):
+            self.status["connection_state"] = event["detail"]["connection_state"]
+        line = describe_event(event) if event.get("type") == "event" else None
+        if line:
+            self.console.print(line, highlight=False, markup=False)
+        self.live.update(self._render())
+
+    def pause(self) -> None:
+        """Stop redrawing (before a prompt)."""
+        self.live.stop()
+
+    def unpause(self) -> None:
+        self.live.start()
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        self.live.stop()
+        for line in describe_summary(summary):
+            self.console.print(line, highlight=False, markup=False)
+
+
+def make_renderer(json_output: bool, command: str) -> Any:
+    if json_output:
+        return JsonLines(command=command)
+    if sys.stdout.isatty():
+        return LiveView()
+    return PlainLines()

@@ -1,0 +1,134 @@
+"""`status` and `history`: what the journal says, for a person or a program.
+
+Both read only the journal, so they work from any machine that shares it, while another process
+runs the migration (`status --watch` follows it like `kubectl rollout status`). A run whose
+journal says `running` but whose runner's lock heartbeat has gone quiet is reported as probably
+dead, with the resume command.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from migrator.cli.output import describe_event, fmt_seconds
+from migrator.engine.machine import TERMINAL
+
+STALE_AFTER = 60.0  # seconds without a heartbeat before a running run is called probably dead
+
+
+def _run_dict(run: Any) -> dict[str, Any]:
+    return {"run_id": run.id, "plan": run.plan_name, "outcome": run.outcome, "exit_code": run.exit_code,
+            "dry_run": run.dry_run, "region": run.region, "started_at": run.started_at,
+            "finished_at": run.finished_at, "who": run.who, "host": run.host,
+            "keystores": [{"ref": m.keystore_ref, "id": m.keystore_id, "state": m.state,
+                           "outcome": m.outcome or (m.state if m.state in TERMINAL else None),
+                           "disconnected_seconds": m.window_seconds, "error": m.error,
+                           "disconnected_at": m.disconnected_at, "verified_at": m.verified_at,
+                           "original": _original(m.snapshot)}
+                          for m in run.migrations]}
+
+
+def _original(snapshot: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The configuration recorded before the disconnect: what a rollback by hand restores (RUNBOOK.md)."""
+    if not snapshot:
+        return None
+    keys = ("connectivity", "uri_endpoint", "uri_path", "vpc_endpoint_service_name", "vpc_endpoint_service_owner",
+            "access_key_id")
+    return {k: snapshot.get(k) for k in keys} | {"verify_key_ids": [k.get("key_id") for k in
+                                                                      snapshot.get("verify_keys") or []]}
+
+
+def _event_dict(e: Any) -> dict[str, Any]:
+    return {"type": "event", "run_id": e.run_id, "migration": e.migration_id, "seq": e.seq, "at": e.at,
+            "kind": e.kind, "from_state": e.from_state, "to_state": e.to_state, "operation": e.operation,
+            "request_id": e.request_id, "outcome": e.outcome, "detail": e.detail}
+
+
+def _liveness(journal: Any, run: Any) -> str | None:
+    """None if the runner looks alive (or the run ended); else a sentence saying why not."""
+    if run.outcome != "running":
+        return None
+    locks = [lk for lk in journal.list_locks() if lk.run_id == run.id]
+    if not locks:
+        return f"no runner holds a lock for {run.id}; if it was killed: xksmigrate resume {run.id}"
+    quiet = time.time() - max(lk.heartbeat_at for lk in locks)
+    if quiet > STALE_AFTER:
+        return f"the runner's heartbeat is {quiet:.0f} s old; if it is gone: xksmigrate resume {run.id}"
+    return None
+
+
+def status(journal: Any, run_id: str, *, watch: bool, timeout: float, json_output: bool) -> int:
+    out = sys.stdout
+    started = time.monotonic()
+    last_seq = 0
+    if json_output:
+        out.write(json.dumps({"type": "version", "xksmigrate": "0.1.0", "schema": 1, "command": "status"}) + "\n")
+    while True:
+        run = journal.get_run(run_id)
+        events = journal.events(run_id, after_seq=last_seq)
+        if events:
+            last_seq = events[-1].seq
+        if json_output:
+            for e in events if watch else []:
+                out.write(json.dumps(_event_dict(e), default=repr) + "\n")
+        elif watch:
+            for e in events:
+                line = describe_event(_event_dict(e))
+                if line:
+                    out.write(time.strftime("%H:%M:%S ", time.localtime(e.at)) + line + "\n")
+        warning = _liveness(journal, run)
+        ended = run.outcome != "running"
+        if not watch or ended or warning or (timeout and time.monotonic() - started > timeout):
+            break
+        out.flush()
+        time.sleep(1.0)
+    if json_output:
+        out.write(json.dumps({"type": "summary", **_run_dict(run), "warning": warning}, default=repr) + "\n")
+    else:
+        _print_status(run, journal, warning, show_recent=not watch)
+    out.flush()
+    return 0
+
+
+def _print_status(run: Any, journal: Any, warning: str | None, show_recent: bool) -> None:
+    out = sys.stdout
+    kind = " (rehearsal)" if run.dry_run else ""
+    out.write(f"run {run.id}{kind}: {run.outcome}  plan {run.plan_name}  region {run.region}  "
+              f"by {run.who}@{run.host}\n")
+    for m in run.migrations:
+        window = m.window_seconds
+        if window is None and m.disconnected_at and m.verified_at is None:
+            scale = float((run.options or {}).get("time_scale") or 1.0)
+            window = (time.time() - m.disconnected_at) * scale
+        out.write(f"  {m.keystore_id or m.keystore_ref}: {m.state}"
+                  f"  disconnected {fmt_seconds(window)}" + (f"  ({m.error})" if m.error else "") + "\n")
+    if show_recent:
+        for e in journal.events(run.id)[-8:]:
+            line = describe_event(_event_dict(e))
+            if line:
+                out.write(time.strftime("  %H:%M:%S ", time.localtime(e.at)) + line.strip() + "\n")
+    if warning:
+        out.write(f"warning: {warning}\n")
+
+
+def history(journal: Any, *, limit: int, json_output: bool) -> None:
+    runs = journal.list_runs(limit=limit)
+    out = sys.stdout
+    if json_output:
+        out.write(json.dumps({"type": "version", "xksmigrate": "0.1.0", "schema": 1, "command": "history"}) + "\n")
+        for run in runs:
+            out.write(json.dumps({"type": "run", **_run_dict(run)}, default=repr) + "\n")
+        out.write(json.dumps({"type": "summary", "runs": len(runs)}) + "\n")
+        return
+    if not runs:
+        out.write(f"no runs in {journal.url_for_display}\n")
+        return
+    for run in runs:
+        windows = ", ".join(fmt_seconds(m.window_seconds) for m in run.migrations if m.window_seconds is not None)
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started_at))
+        kind = " rehearsal" if run.dry_run else ""
+        out.write(f"{run.id}  {started}  {run.outcome:<12} {run.plan_name}{kind}"
+                  + (f"  window {windows}" if windows else "") + "\n")

@@ -1,0 +1,247 @@
+"""Preflight checks that talk to the XKS proxy, and rollback readiness.
+
+The proxy is probed the way KMS will probe it (GetHealthStatus, then GetKeyMetadata of the keys we
+will verify with), with the credential the store will use after the update. Errors are judged by
+the spec's `errorName` (facts §7.4) and mapped to what KMS would do with them (facts §1.3).
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from migrator.aws.xks_client import ProxyError, ProxyResponse, XksProxyClient
+from migrator.plan import VPC
+from migrator.preflight.base import (
+    BLOCK,
+    WARN,
+    Finding,
+    PreflightContext,
+    address_for,
+    block,
+    caller_identity,
+    host_of,
+    is_aws_or_network_error,
+    ok,
+    resolve_secret_safely,
+    target_path,
+    warn,
+    xks_config,
+)
+from migrator.preflight.tls import probe_tls, tls_ok
+
+LATENCY_LIMIT_MS = 250.0
+
+# errorName -> (status, what KMS does with it, remedy)
+_ERRORS: dict[str, tuple[str, str, str]] = {
+    "AuthenticationFailedException": (BLOCK, "the proxy rejected the credential (KMS: "
+                                      "XksProxyIncorrectAuthenticationCredentialException / INVALID_CREDENTIALS)",
+                                      "give the access key id and secret the proxy accepts"),
+    "InvalidUriPathException": (BLOCK, "the proxy does not serve this URI path (KMS: "
+                                "XksProxyInvalidConfigurationException)", "fix uri_path in the plan"),
+    "AccessDeniedException": (BLOCK, "the proxy's authorization denied the request (KMS: XKS_PROXY_ACCESS_DENIED)",
+                              "allow KMS in the proxy's authorization rules"),
+    "ValidationException": (BLOCK, "the proxy called the request invalid (KMS: XksProxyInvalidResponseException)",
+                            "check the proxy version against XKS spec 1.0"),
+    "InvalidStateException": (BLOCK, "the proxy reports an invalid state", "check the proxy and key manager"),
+    "UnsupportedOperationException": (BLOCK, "the proxy does not support the operation", "upgrade the proxy"),
+    "InternalException": (WARN, "the proxy had an internal error (KMS: XksProxyInvalidResponseException)",
+                          "check the proxy logs"),
+    "ThrottlingException": (WARN, "the proxy throttled the probe (KMS: XksProxyUriUnreachableException)",
+                            "retry later; check the proxy's rate limits"),
+    "DependencyTimeoutException": (WARN, "the key manager did not answer the proxy in time (KMS: "
+                                   "XksProxyUriUnreachableException)", "check the external key manager"),
+}
+
+
+def _ssl_context(ctx: PreflightContext) -> ssl.SSLContext:
+    """OS roots plus the extra roots: certificate trust itself is judged by the tls.* checks."""
+    context = ssl.create_default_context()
+    for pem in ctx.extra_roots_pem:
+        context.load_verify_locations(cadata=pem.decode("ascii", "replace"))
+    return context
+
+
+def _error_finding(check: str, what: str, resp: ProxyResponse) -> Finding:
+    if resp.malformed:
+        return block(check, f"{what}: HTTP {resp.status} without a JSON body (KMS: XksProxyInvalidResponseException)",
+                     "check that the endpoint and path reach an XKS proxy", status=resp.status)
+    status, meaning, remedy = _ERRORS.get(resp.error_name, (BLOCK, "unknown error", "check the proxy logs"))
+    make = block if status == BLOCK else warn
+    return make(check, f"{what}: {resp.error_name or 'HTTP ' + str(resp.status)}: {meaning}", remedy,
+                status=resp.status, error_name=resp.error_name)
+
+
+def probe_proxy(ctx: PreflightContext, *, uri_endpoint: str, uri_path: str, access_key_id: str, secret: Any,
+                key_ids: list[str], use_probe: bool, prefix: str) -> list[Finding]:
+    """GetHealthStatus, then GetKeyMetadata for each external key id."""
+    host = host_of(uri_endpoint)
+    address, _how = address_for(ctx, host, use_probe=use_probe)
+    if address == "":
+        return [warn(f"{prefix}.reachable", f"{host} cannot be reached from here: the proxy was NOT probed")]
+    client = XksProxyClient(uri_endpoint, uri_path, ctx.plan.region, access_key_id, secret,
+                            ssl_context=_ssl_context(ctx), connect_to=address or None)
+    try:
+        resp = client.health()
+    except ProxyError as exc:
+        return [warn(f"{prefix}.reachable", f"GetHealthStatus to {host}{uri_path} failed ({exc.kind}): {exc}; "
+                     "the proxy was NOT probed", "see the tls.* findings; check the endpoint from where KMS connects")]
+    found: list[Finding] = []
+    if not resp.ok:
+        check = f"{prefix}.auth" if resp.error_name == "AuthenticationFailedException" else (
+            f"{prefix}.uri_path" if resp.error_name == "InvalidUriPathException" else f"{prefix}.health")
+        return [_error_finding(check, f"GetHealthStatus {host}{uri_path}", resp)]
+    found.append(ok(f"{prefix}.auth", f"the proxy accepted credential {access_key_id} on {uri_path}"))
+    found.append(_health(prefix, resp))
+    if resp.latency_ms > LATENCY_LIMIT_MS:
+        found.append(warn(f"{prefix}.latency", f"GetHealthStatus took {resp.latency_ms:.0f} ms from here; KMS gives "
+                          f"up after {LATENCY_LIMIT_MS:.0f} ms", "check the proxy and key manager latency",
+                          latency_ms=round(resp.latency_ms, 1)))
+    else:
+        found.append(ok(f"{prefix}.latency", f"GetHealthStatus answered in {resp.latency_ms:.0f} ms from here "
+                        f"(KMS limit {LATENCY_LIMIT_MS:.0f} ms)", latency_ms=round(resp.latency_ms, 1)))
+    principal = _principal(ctx)
+    for key_id in key_ids:
+        found.append(_key_metadata(client, key_id, principal, prefix))
+    return found
+
+
+def _principal(ctx: PreflightContext) -> str:
+    try:
+        return caller_identity(ctx).get("Arn") or "AWS Internal"
+    except Exception as exc:
+        if not is_aws_or_network_error(exc):
+            raise
+        return "AWS Internal"
+
+
+def _health(prefix: str, resp: ProxyResponse) -> Finding:
+    fleet = resp.body.get("ekmFleetDetails")
+    if not isinstance(fleet, list) or not fleet:
+        return block(f"{prefix}.health", "GetHealthStatus has no ekmFleetDetails (KMS: "
+                     "XksProxyInvalidResponseException)", "check the proxy against XKS spec 1.0")
+    states = [str(e.get("healthStatus", "")) for e in fleet if isinstance(e, dict)]
+    detail = {"ekm_states": states, "vendor": str(resp.body.get("xksProxyVendor", ""))}
+    if states and all(s == "UNAVAILABLE" for s in states):
+        return block(f"{prefix}.health", f"all {len(states)} external key manager instance(s) are UNAVAILABLE: KMS "
+                     "would fail with XKS_PROXY_NOT_REACHABLE", "bring the external key manager back", **detail)
+    if any(s in ("UNAVAILABLE", "DEGRADED") for s in states):
+        return warn(f"{prefix}.health", "key manager fleet is degraded: " + ", ".join(states),
+                    "check the external key manager", **detail)
+    return ok(f"{prefix}.health", f"key manager fleet ACTIVE ({len(states)} instance(s))", **detail)
+
+
+def _key_metadata(client: XksProxyClient, key_id: str, principal: str, prefix: str) -> Finding:
+    check = f"{prefix}.key_metadata"
+    try:
+        resp = client.key_metadata(key_id, principal_arn=principal)
+    except ProxyError as exc:
+        return warn(check, f"GetKeyMetadata {key_id} failed ({exc.kind}): {exc}", external_key_id=key_id)
+    if resp.error_name == "KeyNotFoundException":
+        return block(check, f"the target proxy does not know external key {key_id!r}: it may front a different key "
+                     "manager, and the store's keys would be lost behind it", "point the target at a proxy for the "
+                     "same external key manager", external_key_id=key_id)
+    if not resp.ok:
+        return _error_finding(check, f"GetKeyMetadata {key_id}", resp)
+    status, usage = resp.body.get("keyStatus"), resp.body.get("keyUsage") or []
+    if status != "ENABLED":
+        return block(check, f"external key {key_id} is {status} in the key manager: verification would fail",
+                     "enable the key in the external key manager", external_key_id=key_id, key_status=status)
+    if not {"ENCRYPT", "DECRYPT"} <= set(usage):
+        return block(check, f"external key {key_id} allows {usage}, not ENCRYPT and DECRYPT",
+                     "use a key with both usages", external_key_id=key_id, key_usage=usage)
+    return ok(check, f"external key {key_id} is ENABLED for ENCRYPT and DECRYPT", external_key_id=key_id)
+
+
+def _target_credential(ctx: PreflightContext) -> tuple[str, str | None]:
+    """(access key id, secret ref or None) of the credential the store will use after the update."""
+    ks, cfg = ctx.keystore, xks_config(ctx.snapshot)
+    if ks.target.credential:
+        return ks.target.credential.access_key_id or cfg.get("AccessKeyId", ""), ks.target.credential.secret_ref
+    if ks.original_credential:
+        return ks.original_credential.access_key_id or cfg.get("AccessKeyId", ""), ks.original_credential.secret_ref
+    return cfg.get("AccessKeyId", ""), None
+
+
+def check_proxy(ctx: PreflightContext) -> list[Finding]:
+    """The target proxy with the credential that will be in use after the update."""
+    from migrator.preflight.keys import external_ids_to_verify
+
+    t = ctx.keystore.target
+    access_key_id, ref = _target_credential(ctx)
+    if ref is None:
+        return [warn("proxy.credential", "the plan gives no secret for the proxy credential, so the target proxy "
+                     "was NOT probed (authentication, path, health, keys); KMS tests them only after the disconnect",
+                     "add [keystores.original_credential] secret = \"env:...\" to the plan to probe it beforehand")]
+    secret, why = resolve_secret_safely(ctx, ref)
+    if secret is None:
+        # The target credential is needed by UpdateCustomKeyStore itself; the original one only for this probe.
+        make = block if t.credential else warn
+        return [make("proxy.credential", f"cannot resolve {ref}: {why}", "make the secret reference resolvable "
+                     "where xksmigrate runs", ref=ref)]
+    found = [ok("proxy.credential", f"secret {ref} resolved for access key id {access_key_id}")]
+    tls = [f for f in ctx.cache.get("tls_findings", []) if f.check.startswith("tls.")]
+    if tls and not tls_ok(tls):
+        unreachable = any(f.check == "tls.reachable" and f.status != "pass" for f in tls)
+        why = ("it cannot be reached from here (see tls.reachable)" if unreachable
+               else "its TLS did not pass (see tls.*)")
+        found.append(warn("proxy.reachable", f"the target proxy was NOT probed: {why}",
+                          "probe it from where it is reachable, or set probe = \"ip:port\" in the plan"))
+        return found
+    found += probe_proxy(ctx, uri_endpoint=t.uri_endpoint, uri_path=target_path(ctx), access_key_id=access_key_id,
+                         secret=secret, key_ids=external_ids_to_verify(ctx), use_probe=True, prefix="proxy")
+    return found
+
+
+def check_rollback(ctx: PreflightContext) -> list[Finding]:
+    """The recorded configuration must still work, and the run must be able to put it back."""
+    ks, cfg = ctx.keystore, xks_config(ctx.snapshot)
+    if not cfg:
+        return []
+    found: list[Finding] = []
+    old_secret = None
+    if ks.target.credential:
+        if ks.original_credential is None:
+            found.append(_no_rollback(ctx, "the credential changes and the plan gives no original_credential: "
+                                      "KMS never returns the secret, so rollback could not restore it"))
+        else:
+            old_secret, why = resolve_secret_safely(ctx, ks.original_credential.secret_ref)
+            if old_secret is None:
+                found.append(_no_rollback(ctx, f"the original secret {ks.original_credential.secret_ref} cannot be "
+                                          f"resolved ({why}): rollback could not restore the credential"))
+            else:
+                found.append(ok("rollback.original_secret", f"original secret {ks.original_credential.secret_ref} "
+                                "resolved"))
+    elif ks.original_credential:
+        old_secret, _ = resolve_secret_safely(ctx, ks.original_credential.secret_ref)
+    else:
+        found.append(ok("rollback.original_secret", "the credential does not change: rollback needs no secret"))
+
+    endpoint, path = cfg.get("UriEndpoint", ""), cfg.get("UriPath", "/kms/xks/v1")
+    if not endpoint:
+        return found
+    private = cfg.get("Connectivity") == VPC
+    tls = probe_tls(ctx, endpoint, private=private, use_probe=False, prefix="rollback.tls")
+    found += [_soften(ctx, f) for f in tls]
+    if old_secret is not None and tls_ok(tls):
+        access = (ks.original_credential.access_key_id if ks.original_credential else "") or cfg.get("AccessKeyId", "")
+        probed = probe_proxy(ctx, uri_endpoint=endpoint, uri_path=path, access_key_id=access, secret=old_secret,
+                             key_ids=[], use_probe=False, prefix="rollback.proxy")
+        found += [_soften(ctx, f) for f in probed]
+    return found
+
+
+def _no_rollback(ctx: PreflightContext, message: str) -> Finding:
+    if ctx.keystore.accept_no_rollback:
+        return warn("rollback.original_secret", message + " (accepted: accept_no_rollback = true)")
+    return block("rollback.original_secret", message, "add [keystores.original_credential] secret = \"env:...\" "
+                 "to the plan, or set accept_no_rollback = true to run without a way back")
+
+
+def _soften(ctx: PreflightContext, f: Finding) -> Finding:
+    """A broken original configuration blocks (rollback would fail), unless the operator accepted no rollback."""
+    if f.status == BLOCK and ctx.keystore.accept_no_rollback:
+        return Finding(f.check, WARN, f.message + " (accepted: accept_no_rollback = true)", f.remedy, f.detail)
+    if f.status == BLOCK:
+        return Finding(f.check, BLOCK, "rollback target: " + f.message, f.remedy, f.detail)
+    return f

@@ -1,0 +1,402 @@
+"""The live rehearsal world: key stores, keys, a simulated clock, faults, proxies and an append-only log.
+
+`WorldState` wraps a `model.World` without copying it: key stores, keys, endpoint services, load balancers
+and proxies are the model objects themselves, so the query API (EC2/ELBv2 Modify* calls), the control
+paths and the proxy servers (which read their `model.Proxy` per request) all see one world. Every API
+handler runs under `lock` (an RLock).
+
+Connect and disconnect are asynchronous, as in KMS (facts §2.2, §2.3): the call starts a transition that is
+due `latencies.connect|disconnect` simulated seconds later. Transitions complete lazily (every read calls
+`advance()`) and from a small ticker thread, and the state change is logged at its due time `t`. The
+outcome of a connect is decided at completion: the world then really calls the proxy's GetHealthStatus with
+the store's values through its name resolution and VPC checks (`checks.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from migrator.rehearsal.kms import checks
+from migrator.rehearsal.kms import proxy_client as pc
+from migrator.rehearsal.world import model
+
+
+class SimClock:
+    """Simulated seconds since the world started: `time_scale` per real second, plus explicit jumps."""
+
+    def __init__(self, time_scale: float):
+        self.time_scale = time_scale
+        self._start = time.monotonic()
+        self._offset = 0.0
+
+    def now(self) -> float:
+        return (time.monotonic() - self._start) * self.time_scale + self._offset
+
+    def advance(self, seconds: float) -> None:
+        """Jump ahead (tests and benchmarks): pending transitions become due sooner."""
+        self._offset += max(0.0, seconds)
+
+    def real_seconds(self, simulated: float) -> float:
+        return simulated / self.time_scale
+
+
+class CallLog:
+    """Append-only list of call/state/proxy entries, optionally mirrored to a JSON-lines file.
+
+    Entries never carry secrets or plaintext: only operation names, ids, states and error names.
+    """
+
+    KEYS = ("t", "wall", "kind", "operation", "keystore", "from", "to", "error", "request_id")
+
+    def __init__(self, clock: SimClock, path: str | None = None):
+        self.clock = clock
+        self.path = path
+        self.entries: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+    def add(self, kind: str, operation: str, *, keystore: str | None = None, from_: str | None = None,
+            to: str | None = None, error: str | None = None, request_id: str | None = None,
+            t: float | None = None, detail: str | None = None) -> dict[str, Any]:
+        entry = {"t": round(self.clock.now() if t is None else t, 3), "wall": round(time.time(), 3),
+                 "kind": kind, "operation": operation, "keystore": keystore, "from": from_, "to": to,
+                 "error": error or None, "request_id": request_id}
+        if detail:
+            entry["detail"] = detail
+        with self._lock:
+            self.entries.append(entry)
+            if self.path:
+                with open(self.path, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(entry) + "\n")
+        return entry
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.entries)
+
+
+@dataclass
+class _FaultRuntime:
+    fault: model.Fault
+    matched: int = 0
+    fired: int = 0
+
+
+class FaultBook:
+    """Faults by operation with `after`, `count` and `probability` (seeded, so runs repeat).
+
+    Has its own lock, not the world's: proxy threads consult it (via the proxy's fault hook) while a
+    KMS handler holds the world lock and waits for that very proxy.
+    """
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+        self.items: list[_FaultRuntime] = []
+        self._lock = threading.Lock()
+
+    def add(self, faults: list[model.Fault] | tuple[model.Fault, ...]) -> None:
+        with self._lock:
+            self.items.extend(_FaultRuntime(f) for f in faults)
+
+    @staticmethod
+    def persistent(fault: model.Fault) -> bool:
+        return fault.count is None and fault.probability is None and fault.after == 0
+
+    def proxy_faults(self, proxy: str) -> dict[str, float]:
+        """Counted or probabilistic proxy faults for one proxy request ({kind: latency_ms})."""
+        out: dict[str, float] = {}
+        for item in list(self.items):
+            f = item.fault
+            if f.proxy_fault and f.proxy == proxy and not self.persistent(f) and self._take(item):
+                out[f.proxy_fault] = f.latency_ms
+        return out
+
+    def _take(self, item: _FaultRuntime) -> bool:
+        with self._lock:
+            return self._take_locked(item)
+
+    def _take_locked(self, item: _FaultRuntime) -> bool:
+        item.matched += 1
+        f = item.fault
+        if item.matched <= f.after or (f.count is not None and item.fired >= f.count):
+            return False
+        if f.probability is not None and self.rng.random() >= f.probability:
+            return False
+        item.fired += 1
+        return True
+
+    def _matching(self, operation: str, attr: str) -> list[_FaultRuntime]:
+        return [i for i in self.items if getattr(i.fault, attr) and i.fault.operation in (operation, "*")]
+
+    def api_error(self, operation: str) -> model.Fault | None:
+        for item in self._matching(operation, "error_code"):
+            if self._take(item):
+                return item.fault
+        return None
+
+    def latency(self, operation: str) -> float:
+        return sum(i.fault.latency_seconds for i in self._matching(operation, "latency_seconds") if self._take(i))
+
+    def connection_error(self) -> str:
+        for item in self._matching("ConnectCustomKeyStore", "connection_error_code"):
+            if self._take(item):
+                return item.fault.connection_error_code
+        return ""
+
+
+@dataclass
+class StoreRuntime:
+    """KMS-side bookkeeping for one key store beyond what the model holds."""
+
+    ks: model.KeyStore
+    created_wall: float
+    pending: str = ""  # "connect" | "disconnect"
+    due: float = 0.0
+    available_at: float = float("-inf")  # keys usable from this simulated instant (after CONNECTED)
+    crypto_blocked_until: float = float("-inf")  # update propagation after a connect
+    updated_since_connect: bool = False
+
+
+@dataclass
+class WorldState:
+    world: model.World
+    log_path: str | None = None
+    ca_dir: str | None = None
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def __post_init__(self) -> None:
+        self.clock = SimClock(self.world.time_scale)
+        self.log = CallLog(self.clock, self.log_path)
+        self.rng = random.Random(self.world.seed)
+        self.faults = FaultBook(random.Random(self.world.seed + 1))
+        self.started_wall = time.time()
+        self.stores: dict[str, StoreRuntime] = {}
+        self.key_created: dict[str, float] = {k.key_id: self.started_wall for k in self.world.keys}
+        self.proxy_servers: dict[str, Any] = {}
+        self.ca: Any = None
+        self._tls: Any = None
+        self._ticker: threading.Thread | None = None
+        self._stop = threading.Event()
+        for ks in self.world.keystores:
+            rt = StoreRuntime(ks, self.started_wall)
+            if ks.state in ("CONNECTING", "DISCONNECTING"):
+                rt.pending = "connect" if ks.state == "CONNECTING" else "disconnect"
+                rt.due = self.world.latencies.connect if rt.pending == "connect" else self.world.latencies.disconnect
+            self.stores[ks.id] = rt
+        self.faults.add(self.world.faults)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    @property
+    def region(self) -> str:
+        return self.world.region
+
+    @property
+    def account_id(self) -> str:
+        return self.world.account_id
+
+    def start(self) -> None:
+        """Create the world CA, start one XKS proxy server per model.Proxy, start the ticker."""
+        from migrator.rehearsal.world.ca import WorldCA
+        from migrator.rehearsal.xks.proxy import XksProxyServer
+
+        self.ca = WorldCA(self.ca_dir)
+        self._tls = self.ca.client_context()
+        managers = {m.name: m for m in self.world.key_managers}
+        for proxy in self.world.proxies:
+            server = XksProxyServer(proxy, managers[proxy.key_manager], self.region, self.ca,
+                                    certificate_hosts=self.certificate_hosts(proxy),
+                                    fault_hook=lambda _api, name=proxy.name: self.faults.proxy_faults(name))
+            server.start()
+            self.proxy_servers[proxy.name] = server
+        for item in self.faults.items:
+            self._forward_proxy_fault(item.fault)
+        self._ticker = threading.Thread(target=self._tick, name="world-ticker", daemon=True)
+        self._ticker.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._ticker:
+            self._ticker.join(timeout=2)
+        for server in self.proxy_servers.values():
+            server.stop()
+        self.proxy_servers.clear()
+        if self.ca is not None and self.ca_dir is None:
+            self.ca.cleanup()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(0.02):
+            with self.lock:
+                self.advance()
+
+    def certificate_hosts(self, proxy: model.Proxy) -> list[str]:
+        """The SANs of a proxy's certificate: as configured, else its public names plus the private DNS
+        names of every endpoint service whose load balancer forwards to it (model.Proxy docs)."""
+        if proxy.certificate_hosts:
+            return list(proxy.certificate_hosts)
+        lbs = {lb.name for lb in self.world.load_balancers if lb.proxy == proxy.name}
+        private = [s.private_dns_name for s in self.world.endpoint_services
+                   if s.load_balancer in lbs and s.private_dns_name]
+        return list(dict.fromkeys([*proxy.public_hostnames, *private]))
+
+    # -- faults ------------------------------------------------------------------------------------
+
+    def add_faults(self, faults: list[model.Fault]) -> None:
+        names = {p.name for p in self.world.proxies}
+        for f in faults:
+            if f.proxy and f.proxy not in names:
+                raise model.WorldFileError(f"faults: proxy: no proxy named {f.proxy!r}")
+        with self.lock:
+            self.faults.add(faults)
+            for f in faults:
+                self._forward_proxy_fault(f)
+
+    def _forward_proxy_fault(self, fault: model.Fault) -> None:
+        """A proxy fault without count/probability/after holds until cleared (set on the proxy); the others
+        are consulted per proxy request through the proxy's fault hook."""
+        server = self.proxy_servers.get(fault.proxy) if fault.proxy_fault else None
+        if server is not None and self.faults.persistent(fault):
+            server.set_fault(fault.proxy_fault, latency_ms=fault.latency_ms)
+            self.log.add("proxy", "SetFault", error=fault.proxy_fault, detail=fault.proxy)
+
+    # -- ids ---------------------------------------------------------------------------------------
+
+    def new_request_id(self) -> str:
+        return str(uuid.uuid4())
+
+    def new_key_id(self) -> str:
+        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+
+    def new_keystore_id(self) -> str:
+        while True:
+            candidate = "cks-" + "".join(self.rng.choice("0123456789abcdef") for _ in range(17))
+            if candidate not in self.stores:
+                return candidate
+
+    def key_arn(self, key_id: str) -> str:
+        return f"arn:aws:kms:{self.region}:{self.account_id}:key/{key_id}"
+
+    # -- key stores --------------------------------------------------------------------------------
+
+    def advance(self) -> None:
+        """Complete every transition whose due time has passed (call under `lock`)."""
+        now = self.clock.now()
+        for rt in list(self.stores.values()):
+            if rt.pending and now >= rt.due:
+                self._complete(rt)
+
+    def _set_state(self, rt: StoreRuntime, to: str, t: float, error: str = "", operation: str = "") -> None:
+        before = rt.ks.state
+        rt.ks.state = to
+        rt.ks.connection_error_code = error if to == "FAILED" else ""
+        self.log.add("state", operation or "StateChange", keystore=rt.ks.id, from_=before, to=to, error=error, t=t)
+
+    def _complete(self, rt: StoreRuntime) -> None:
+        kind, due = rt.pending, rt.due
+        rt.pending = ""
+        if kind == "disconnect":
+            self._set_state(rt, "DISCONNECTED", due, operation="DisconnectCompleted")
+            return
+        code = self.faults.connection_error()
+        if code:
+            outcome = checks.Outcome(code, "", "injected connection error")
+        else:
+            outcome = checks.full_check(self, checks.Target.of(rt.ks), "ConnectCustomKeyStore", rt.ks.id)
+        if not outcome.ok:
+            self._set_state(rt, "FAILED", due, outcome.code, operation="ConnectCompleted")
+            return
+        lat = self.world.latencies
+        rt.available_at = due + lat.key_availability_after_connect
+        rt.crypto_blocked_until = due + lat.update_propagation if rt.updated_since_connect else float("-inf")
+        rt.updated_since_connect = False
+        self._set_state(rt, "CONNECTED", due, operation="ConnectCompleted")
+
+    def start_connect(self, rt: StoreRuntime) -> None:
+        now = self.clock.now()
+        rt.pending, rt.due = "connect", now + self.world.latencies.connect
+        self._set_state(rt, "CONNECTING", now, operation="ConnectCustomKeyStore")
+
+    def start_disconnect(self, rt: StoreRuntime) -> None:
+        now = self.clock.now()
+        rt.pending, rt.due = "disconnect", now + self.world.latencies.disconnect
+        self._set_state(rt, "DISCONNECTING", now, operation="DisconnectCustomKeyStore")
+
+    def add_store(self, ks: model.KeyStore) -> StoreRuntime:
+        self.world.keystores.append(ks)
+        rt = self.stores[ks.id] = StoreRuntime(ks, time.time())
+        self.log.add("state", "CreateCustomKeyStore", keystore=ks.id, to=ks.state)
+        return rt
+
+    def remove_store(self, store_id: str) -> None:
+        rt = self.stores.pop(store_id)
+        self.world.keystores.remove(rt.ks)
+        self.log.add("state", "DeleteCustomKeyStore", keystore=store_id, from_=rt.ks.state, to="DELETED")
+
+    # -- keys --------------------------------------------------------------------------------------
+
+    def key_state(self, key: model.Key) -> str:
+        """KeyState as DescribeKey reports it (facts §3): Unavailable unless the store is CONNECTED and the
+        keys have become available; PendingDeletion stays PendingDeletion."""
+        if key.state == "PendingDeletion":
+            return key.state
+        rt = self.stores.get(key.keystore)
+        if rt is None or rt.ks.state != "CONNECTED" or self.clock.now() < rt.available_at:
+            return "Unavailable"
+        return key.state
+
+    def propagating(self, key: model.Key) -> bool:
+        rt = self.stores.get(key.keystore)
+        return rt is not None and self.clock.now() < rt.crypto_blocked_until
+
+    # -- proxies -----------------------------------------------------------------------------------
+
+    def call_proxy(self, proxy: model.Proxy, target: checks.Target, suffix: str, body: dict[str, Any], *,
+                   operation: str, keystore: str) -> pc.ProxyResult:
+        """One signed HTTPS call to `proxy` as KMS makes it with `target`'s values; logged without payloads."""
+        server = self.proxy_servers.get(proxy.name)
+        request_id = body.get("requestMetadata", {}).get("kmsRequestId")
+        if server is None or self._tls is None:
+            result = pc.ProxyResult(pc.UNREACHABLE, detail="proxy is not running")
+        else:
+            result = pc.call_proxy(port=server.port, host=target.host, path=target.uri_path + suffix, body=body,
+                                   access_key_id=target.access_key_id, secret=target.secret, region=self.region,
+                                   context=self._tls)
+        self.log.add("proxy", operation, keystore=keystore, error=result.error_name or result.failure,
+                     request_id=request_id, detail=None if result.ok else result.detail)
+        return result
+
+    # -- introspection -----------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Stores, keys, services, load balancers and proxies as JSON-able data, without secrets."""
+        with self.lock:
+            self.advance()
+            stores = []
+            for rt in self.stores.values():
+                ks = rt.ks
+                stores.append({
+                    "id": ks.id, "name": ks.name, "state": ks.state, "connection_error_code": ks.connection_error_code,
+                    "connectivity": ks.connectivity, "uri_endpoint": ks.uri_endpoint, "uri_path": ks.uri_path,
+                    "access_key_id": ks.access_key_id, "vpc_endpoint_service_name": ks.vpc_endpoint_service_name,
+                    "vpc_endpoint_service_owner": ks.vpc_endpoint_service_owner, "pending": rt.pending or None,
+                    "due": rt.due if rt.pending else None})
+            keys = [{"key_id": k.key_id, "keystore": k.keystore, "xks_key_id": k.xks_key_id, "state": k.state,
+                     "key_state": self.key_state(k)} for k in self.world.keys]
+            services = [{**vars(s), "service_name": s.service_name(self.region)} for s in self.world.endpoint_services]
+            lbs = [dict(vars(lb)) for lb in self.world.load_balancers]
+            proxies = [{"name": p.name, "port": getattr(self.proxy_servers.get(p.name), "port", None),
+                        "public_hostnames": p.public_hostnames, "certificate": p.certificate,
+                        "uri_path_prefix": p.uri_path_prefix, "health": p.health, "down": p.down,
+                        "latency_ms": p.latency_ms, "access_key_ids": [c.access_key_id for c in p.credentials]}
+                       for p in self.world.proxies]
+            return {"t": round(self.clock.now(), 3), "time_scale": self.clock.time_scale,
+                    "account_id": self.account_id, "region": self.region, "keystores": stores, "keys": keys,
+                    "endpoint_services": services, "load_balancers": lbs, "proxies": proxies}
