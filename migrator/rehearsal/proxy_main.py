@@ -20,7 +20,7 @@ from pathlib import Path
 from migrator.rehearsal.world.model import KeyManager, KeyManagerKey, Proxy, ProxyCredential
 
 PROG = "xksmigrate sim proxy"
-# The same rules as the world file (model.py) and the KMS API model.
+# The same rules as the world file (`world.model`) and the KMS API model.
 _ACCESS_KEY_ID = re.compile(r"^[A-Z2-7]{20,30}$")
 _SECRET = re.compile(r"^[a-zA-Z0-9/+=]{43,64}$")
 _KEY_ID = re.compile(r"^[a-zA-Z0-9\-_.]{1,128}$")

@@ -1,10 +1,14 @@
 """One loopback HTTP endpoint for the whole rehearsal world, usable by boto3 and the AWS CLI unchanged.
 
-Routing: `X-Amz-Target: TrentService.*` -> KMS (kms_api), `secretsmanager.*` -> Secrets Manager, a form
+Routing: `X-Amz-Target: TrentService.*` -> KMS (`kms.api`), `secretsmanager.*` -> Secrets Manager, a form
 body with `Action=` -> the query protocol (EC2/ELBv2/IAM/STS; the service comes from the SigV4 credential
 scope). Any credentials are accepted: the world checks configuration, not callers. `/_rehearsal/*` are
 control paths for tests and benchmarks (never used by the engine). Every response carries
 `x-amzn-RequestId`; every API call is logged with simulated time.
+
+`RehearsalServer` is also where the wing is put together: it builds the `world.state.WorldState` with KMS's
+connect check and hands it the world CA and one `xks.proxy.XksProxyServer` per proxy, so the state module
+needs neither KMS nor the proxy implementation.
 """
 
 from __future__ import annotations
@@ -16,13 +20,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import fields, is_dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-from migrator.rehearsal.kms.api import JSON_CONTENT_TYPE, KmsError, handle_kms
+from migrator.rehearsal.kms.api import JSON_CONTENT_TYPE, handle_kms
+from migrator.rehearsal.kms.checks import connect_check
+from migrator.rehearsal.kms.errors import KmsError
 from migrator.rehearsal.secrets_api import handle_secrets
 from migrator.rehearsal.world import model
+from migrator.rehearsal.world.ca import WorldCA
 from migrator.rehearsal.world.state import WorldState
+from migrator.rehearsal.xks.proxy import FaultHook, XksProxyServer
 
 _SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/[^/]+/([^/]+)/aws4_request")
 _MUTABLE = {"endpoint_service": ("endpoint_services", "service_id"), "proxy": ("proxies", "name"),
@@ -36,7 +45,7 @@ class RehearsalServer:
     def __init__(self, world: model.World, faults: Sequence[model.Fault] = (), *, port: int = 0,
                  log_path: str | None = None, ca_dir: str | None = None):
         self.world = world
-        self.state = WorldState(world, log_path=log_path, ca_dir=ca_dir)
+        self.state = WorldState(world, log_path=log_path, ca_dir=ca_dir, connect_check=connect_check)
         self._extra_faults = list(faults)
         self._port = port
         self._httpd: ThreadingHTTPServer | None = None
@@ -63,7 +72,7 @@ class RehearsalServer:
         return str(self.state.ca.ca_bundle_path) if self.state.ca else ""
 
     def start(self) -> RehearsalServer:
-        self.state.start()
+        self.state.start(*self._proxy_servers())
         self.state.add_faults(self._extra_faults)
         httpd = ThreadingHTTPServer(("127.0.0.1", self._port), _Handler)
         httpd.daemon_threads = True
@@ -88,6 +97,20 @@ class RehearsalServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _proxy_servers(self) -> tuple[WorldCA, dict[str, XksProxyServer]]:
+        """The world CA and one XKS proxy server per model.Proxy, not yet started."""
+        state = self.state
+        ca = WorldCA(None if state.ca_dir is None else Path(state.ca_dir))
+        managers = {m.name: m for m in self.world.key_managers}
+
+        def fault_hook(name: str) -> FaultHook:
+            return lambda _api: state.faults.proxy_faults(name)
+
+        return ca, {proxy.name: XksProxyServer(proxy, managers[proxy.key_manager], state.region, ca,
+                                               certificate_hosts=state.certificate_hosts(proxy),
+                                               fault_hook=fault_hook(proxy.name))
+                    for proxy in self.world.proxies}
 
 
 def public_view(obj: Any) -> dict[str, Any]:

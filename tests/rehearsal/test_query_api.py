@@ -1,6 +1,6 @@
 """End-to-end tests of the query-protocol APIs: real boto3 clients against a tiny loopback server.
 
-The server here stands in for `server.py` (not written yet): it parses the form body, takes the
+The server here stands in for the query routing of `rehearsal.server`: it parses the form body, takes the
 service from the SigV4 credential scope, and calls `handle_query`. Asserting on what boto3 parses
 checks the XML shapes against botocore's own service models, errors included.
 """
@@ -31,7 +31,7 @@ OTHER_ACCOUNT = "444455556666"
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """What server.py will do for query-protocol requests, and nothing more."""
+    """What `rehearsal.server` does for query-protocol requests, and nothing more."""
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode()

@@ -2,7 +2,7 @@
 
 Errors are `{"__type": "<ExceptionName>", "message": ...}` with HTTP 400 (500 for server faults), so boto3
 raises `kms.exceptions.<Name>` and the AWS CLI prints the same names as against AWS. Store operations live
-in `kms_stores.py`, key and crypto operations in `kms_keys.py`; this module owns errors and dispatch.
+in `stores`, key and crypto operations in `keys`, the errors they raise in `errors`; this module dispatches.
 """
 
 from __future__ import annotations
@@ -12,65 +12,29 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from migrator.rehearsal.world import model
+from migrator.rehearsal.kms import keys as kms_keys
+from migrator.rehearsal.kms import stores as kms_stores
+from migrator.rehearsal.kms.errors import KmsError
 from migrator.rehearsal.world.state import WorldState
 
-SERVER_FAULTS = {"KMSInternalException", "DependencyTimeoutException"}
 JSON_CONTENT_TYPE = "application/x-amz-json-1.1"
 
-
-class KmsError(Exception):
-    """An error answer; `name` becomes `__type` (boto3: the exception class)."""
-
-    def __init__(self, name: str, message: str, status: int | None = None):
-        super().__init__(f"{name}: {message}")
-        self.name = name
-        self.message = message
-        self.status = status or (500 if name in SERVER_FAULTS else 400)
-
-    def body(self) -> bytes:
-        return json.dumps({"__type": self.name, "message": self.message}).encode()
-
-
-def require(p: dict[str, Any], name: str) -> Any:
-    value = p.get(name)
-    if value is None or value == "":
-        raise KmsError("ValidationException", f"1 validation error detected: Value null at '{name}' failed to "
-                                              f"satisfy constraint: Member must not be null")
-    return value
-
-
-def invalid_state(ks: model.KeyStore, operation: str) -> KmsError:
-    return KmsError("CustomKeyStoreInvalidStateException",
-                    f"{operation} is not valid for custom key store {ks.id} in connection state {ks.state}.")
-
-
 Handler = Callable[[WorldState, dict[str, Any]], dict[str, Any]]
-_HANDLERS: dict[str, Handler] = {}
-
-
-def handlers() -> dict[str, Handler]:
-    """Operation name -> handler (built on first use: the operation modules import this one)."""
-    if not _HANDLERS:
-        from migrator.rehearsal.kms import keys as kms_keys
-        from migrator.rehearsal.kms import stores as kms_stores
-
-        _HANDLERS.update({
-            "CreateCustomKeyStore": kms_stores.create,
-            "DescribeCustomKeyStores": kms_stores.describe,
-            "ConnectCustomKeyStore": kms_stores.connect,
-            "DisconnectCustomKeyStore": kms_stores.disconnect,
-            "UpdateCustomKeyStore": kms_stores.update,
-            "DeleteCustomKeyStore": kms_stores.delete,
-            "CreateKey": kms_keys.create_key,
-            "DescribeKey": kms_keys.describe_key,
-            "ListKeys": kms_keys.list_keys,
-            "Encrypt": kms_keys.encrypt,
-            "Decrypt": kms_keys.decrypt,
-            "GenerateDataKey": kms_keys.generate_data_key,
-            "GenerateDataKeyWithoutPlaintext": kms_keys.generate_data_key_without_plaintext,
-        })
-    return _HANDLERS
+HANDLERS: dict[str, Handler] = {
+    "CreateCustomKeyStore": kms_stores.create,
+    "DescribeCustomKeyStores": kms_stores.describe,
+    "ConnectCustomKeyStore": kms_stores.connect,
+    "DisconnectCustomKeyStore": kms_stores.disconnect,
+    "UpdateCustomKeyStore": kms_stores.update,
+    "DeleteCustomKeyStore": kms_stores.delete,
+    "CreateKey": kms_keys.create_key,
+    "DescribeKey": kms_keys.describe_key,
+    "ListKeys": kms_keys.list_keys,
+    "Encrypt": kms_keys.encrypt,
+    "Decrypt": kms_keys.decrypt,
+    "GenerateDataKey": kms_keys.generate_data_key,
+    "GenerateDataKeyWithoutPlaintext": kms_keys.generate_data_key_without_plaintext,
+}
 
 
 @dataclass
@@ -102,7 +66,7 @@ def handle_kms(state: WorldState, operation: str, body: bytes) -> Answer:
     except ValueError:
         err = KmsError("SerializationException", "The request body is not a JSON object.")
         return Answer(err.status, err.body(), err.name)
-    handler = handlers().get(operation)
+    handler = HANDLERS.get(operation)
     if handler is None:
         err = KmsError("UnknownOperationException", f"The rehearsal world does not implement KMS {operation}.")
         return Answer(err.status, err.body(), err.name)

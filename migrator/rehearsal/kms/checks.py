@@ -12,13 +12,11 @@ service configuration -> the load balancer forwards to a proxy -> GetHealthStatu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 from migrator.rehearsal.kms import proxy_client as pc
 from migrator.rehearsal.world import model
-
-if TYPE_CHECKING:
-    from migrator.rehearsal.world.state import WorldState
+from migrator.rehearsal.world.state import StoreRuntime, WorldState
 
 PUBLIC = "PUBLIC_ENDPOINT"
 VPC = "VPC_ENDPOINT_SERVICE"
@@ -180,7 +178,29 @@ def full_check(state: WorldState, target: Target, operation: str, keystore: str,
     proxy, outcome = resolve(state, target)
     if proxy is None:
         return outcome
-    result = state.call_proxy(proxy, target, "/health", {"requestMetadata": {
+    result = call_proxy(state, proxy, target, "/health", {"requestMetadata": {
         "kmsRequestId": state.new_request_id(), "kmsOperation": operation}}, operation="GetHealthStatus",
         keystore=keystore)
     return classify(result)
+
+
+def connect_check(state: WorldState, rt: StoreRuntime) -> str:
+    """How a due connect of `rt` ends (`world.state.ConnectCheck`): its ConnectionErrorCode, "" = CONNECTED."""
+    return full_check(state, Target.of(rt.ks), "ConnectCustomKeyStore", rt.ks.id).code
+
+
+def call_proxy(state: WorldState, proxy: model.Proxy, target: Target, suffix: str, body: dict[str, Any], *,
+               operation: str, keystore: str) -> pc.ProxyResult:
+    """One signed HTTPS call to `proxy` as KMS makes it with `target`'s values; logged without payloads."""
+    connection = state.proxy_connection(proxy)
+    request_id = body.get("requestMetadata", {}).get("kmsRequestId")
+    if connection is None:
+        result = pc.ProxyResult(pc.UNREACHABLE, detail="proxy is not running")
+    else:
+        port, context = connection
+        result = pc.call_proxy(port=port, host=target.host, path=target.uri_path + suffix, body=body,
+                               access_key_id=target.access_key_id, secret=target.secret, region=state.region,
+                               context=context)
+    state.log.add("proxy", operation, keystore=keystore, error=result.error_name or result.failure,
+                  request_id=request_id, detail=None if result.ok else result.detail)
+    return result

@@ -21,7 +21,7 @@ from typing import Any
 
 from migrator.rehearsal.kms import checks
 from migrator.rehearsal.kms import proxy_client as pc
-from migrator.rehearsal.kms.api import KmsError, invalid_state, require
+from migrator.rehearsal.kms.errors import KmsError, invalid_state, require
 from migrator.rehearsal.world import model
 from migrator.rehearsal.world.state import WorldState
 
@@ -124,7 +124,7 @@ def _proxy(state: WorldState, ks: model.KeyStore, suffix: str, body: dict[str, A
     proxy, outcome = checks.resolve(state, target)
     if proxy is None:
         return pc.ProxyResult(pc.UNREACHABLE, detail=outcome.message)
-    return state.call_proxy(proxy, target, suffix, body, operation=xks_op, keystore=ks.id)
+    return checks.call_proxy(state, proxy, target, suffix, body, operation=xks_op, keystore=ks.id)
 
 
 def _usable_key(state: WorldState, key_ref: Any) -> tuple[model.Key, model.KeyStore]:

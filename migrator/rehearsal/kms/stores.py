@@ -18,7 +18,7 @@ import re
 from typing import Any
 
 from migrator.rehearsal.kms import checks
-from migrator.rehearsal.kms.api import KmsError, invalid_state, require
+from migrator.rehearsal.kms.errors import KmsError, invalid_state, require
 from migrator.rehearsal.world import model
 from migrator.rehearsal.world.state import StoreRuntime, WorldState
 

@@ -1,10 +1,10 @@
 """EC2 / ELBv2 / IAM / STS query protocol (form in, XML out) over the live world.
 
-`server.py` calls `handle_query` for every request whose form body carries `Action=...`, with the
+`rehearsal.server` calls `handle_query` for every request whose form body carries `Action=...`, with the
 service taken from the SigV4 credential scope and the caller holding the world lock. Answers are
 byte-for-byte what botocore parses with its service models, errors included, so the engine meets
-this world exactly as it meets AWS. The handlers live in query_ec2.py, query_elbv2.py and
-query_iam.py; their module docstrings list what is approximated.
+this world exactly as it meets AWS. The handlers live in `ec2`, `elbv2` and `iam`
+of this package; their module docstrings list what is approximated.
 
 Only `QueryError` becomes an error answer; any other exception is a bug and propagates to the server.
 """

@@ -1,6 +1,6 @@
 """Shared pieces of the query-protocol (XML) APIs: errors, form-parameter parsing, XML bodies, derived ids.
 
-The EC2, ELBv2, IAM and STS handlers (query_ec2.py, query_elbv2.py, query_iam.py) all speak the AWS
+The EC2, ELBv2, IAM and STS handlers (`query.ec2`, `query.elbv2`, `query.iam`) all speak the AWS
 query protocol: a flat form body in, an XML document out. botocore parses those documents with the
 service model, so the element names and list shapes here follow botocore's `ec2` protocol (lowerCamel
 `locationName`s, lists of `<item>`) and `query` protocol (`<XResult>` inside `<XResponse>`, lists of

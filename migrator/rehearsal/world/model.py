@@ -3,7 +3,7 @@
 A world file is the simulated AWS account: key stores in their current configuration, KMS keys,
 the XKS proxies (and the external key managers behind them), VPC endpoint services with their
 network load balancers, latencies, a time scale and faults. Everything here is plain data; the
-behaviour lives in `world.py` (state and rules), `kms_api.py`, `ec2_api.py` and `xks_proxy.py`.
+behaviour lives in `world.state` (live state and transitions) and the `kms`, `query` and `xks` packages.
 
 Errors name the file, the key and the reason in one line (`WorldFileError`).
 """

@@ -8,24 +8,30 @@ handler runs under `lock` (an RLock).
 Connect and disconnect are asynchronous, as in KMS (facts §2.2, §2.3): the call starts a transition that is
 due `latencies.connect|disconnect` simulated seconds later. Transitions complete lazily (every read calls
 `advance()`) and from a small ticker thread, and the state change is logged at its due time `t`. The
-outcome of a connect is decided at completion: the world then really calls the proxy's GetHealthStatus with
-the store's values through its name resolution and VPC checks (`checks.py`).
+outcome of a connect is decided at completion by the `connect_check` the state is built with: the world's
+KMS (`kms.checks.connect_check`) really calls the proxy's GetHealthStatus with the store's values through its
+name resolution and VPC checks.
+
+This module is the bottom of the rehearsal wing next to `model`: it knows nothing of KMS, the query APIs or the
+XKS proxy implementation. The proxy servers and the world CA are handed to `start()` by whoever composes the
+world (`server.RehearsalServer`); KMS reaches a running proxy through `proxy_connection()`.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import ssl
 import threading
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from migrator.rehearsal.kms import checks
-from migrator.rehearsal.kms import proxy_client as pc
 from migrator.rehearsal.world import model
+from migrator.rehearsal.world.ca import WorldCA
 
 
 class SimClock:
@@ -165,12 +171,30 @@ class StoreRuntime:
     updated_since_connect: bool = False
 
 
+class ProxyServer(Protocol):
+    """What the state needs of a running XKS proxy (`xks.proxy.XksProxyServer`)."""
+
+    @property
+    def port(self) -> int: ...
+
+    def start(self) -> object: ...
+
+    def stop(self) -> None: ...
+
+    def set_fault(self, kind: str, latency_ms: float = 0.0) -> None: ...
+
+
+ConnectCheck = Callable[["WorldState", StoreRuntime], str]
+"""Decides how a due connect ends: the ConnectionErrorCode of the failure, or "" for CONNECTED."""
+
+
 @dataclass
 class WorldState:
     world: model.World
     log_path: str | None = None
     ca_dir: str | None = None
     lock: threading.RLock = field(default_factory=threading.RLock)
+    connect_check: ConnectCheck = field(kw_only=True)
 
     def __post_init__(self) -> None:
         self.clock = SimClock(self.world.time_scale)
@@ -180,9 +204,9 @@ class WorldState:
         self.started_wall = time.time()
         self.stores: dict[str, StoreRuntime] = {}
         self.key_created: dict[str, float] = {k.key_id: self.started_wall for k in self.world.keys}
-        self.proxy_servers: dict[str, Any] = {}
-        self.ca: Any = None
-        self._tls: Any = None
+        self.proxy_servers: dict[str, ProxyServer] = {}
+        self.ca: WorldCA | None = None
+        self._tls: ssl.SSLContext | None = None
         self._ticker: threading.Thread | None = None
         self._stop = threading.Event()
         for ks in self.world.keystores:
@@ -203,20 +227,16 @@ class WorldState:
     def account_id(self) -> str:
         return self.world.account_id
 
-    def start(self) -> None:
-        """Create the world CA, start one XKS proxy server per model.Proxy, start the ticker."""
-        from migrator.rehearsal.world.ca import WorldCA
-        from migrator.rehearsal.xks.proxy import XksProxyServer
+    def start(self, ca: WorldCA, proxy_servers: Mapping[str, ProxyServer]) -> None:
+        """Take over the world CA and one XKS proxy server per model.Proxy (by name), start them and the ticker.
 
-        self.ca = WorldCA(self.ca_dir)
-        self._tls = self.ca.client_context()
-        managers = {m.name: m for m in self.world.key_managers}
-        for proxy in self.world.proxies:
-            server = XksProxyServer(proxy, managers[proxy.key_manager], self.region, self.ca,
-                                    certificate_hosts=self.certificate_hosts(proxy),
-                                    fault_hook=lambda _api, name=proxy.name: self.faults.proxy_faults(name))
+        The CA is cleaned up at `stop()` unless it lives in the caller's `ca_dir`.
+        """
+        self.ca = ca
+        self._tls = ca.client_context()
+        for name, server in proxy_servers.items():
             server.start()
-            self.proxy_servers[proxy.name] = server
+            self.proxy_servers[name] = server
         for item in self.faults.items:
             self._forward_proxy_fault(item.fault)
         self._ticker = threading.Thread(target=self._tick, name="world-ticker", daemon=True)
@@ -305,13 +325,9 @@ class WorldState:
         if kind == "disconnect":
             self._set_state(rt, "DISCONNECTED", due, operation="DisconnectCompleted")
             return
-        code = self.faults.connection_error()
+        code = self.faults.connection_error() or self.connect_check(self, rt)
         if code:
-            outcome = checks.Outcome(code, "", "injected connection error")
-        else:
-            outcome = checks.full_check(self, checks.Target.of(rt.ks), "ConnectCustomKeyStore", rt.ks.id)
-        if not outcome.ok:
-            self._set_state(rt, "FAILED", due, outcome.code, operation="ConnectCompleted")
+            self._set_state(rt, "FAILED", due, code, operation="ConnectCompleted")
             return
         lat = self.world.latencies
         rt.available_at = due + lat.key_availability_after_connect
@@ -358,20 +374,12 @@ class WorldState:
 
     # -- proxies -----------------------------------------------------------------------------------
 
-    def call_proxy(self, proxy: model.Proxy, target: checks.Target, suffix: str, body: dict[str, Any], *,
-                   operation: str, keystore: str) -> pc.ProxyResult:
-        """One signed HTTPS call to `proxy` as KMS makes it with `target`'s values; logged without payloads."""
+    def proxy_connection(self, proxy: model.Proxy) -> tuple[int, ssl.SSLContext] | None:
+        """Where a running proxy listens and the client TLS context that trusts the world CA; None if not running."""
         server = self.proxy_servers.get(proxy.name)
-        request_id = body.get("requestMetadata", {}).get("kmsRequestId")
         if server is None or self._tls is None:
-            result = pc.ProxyResult(pc.UNREACHABLE, detail="proxy is not running")
-        else:
-            result = pc.call_proxy(port=server.port, host=target.host, path=target.uri_path + suffix, body=body,
-                                   access_key_id=target.access_key_id, secret=target.secret, region=self.region,
-                                   context=self._tls)
-        self.log.add("proxy", operation, keystore=keystore, error=result.error_name or result.failure,
-                     request_id=request_id, detail=None if result.ok else result.detail)
-        return result
+            return None
+        return server.port, self._tls
 
     # -- introspection -----------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """The XKS proxy API bodies and crypto, apart from HTTP: validation, errors, AES-256-GCM, CDIV.
 
-Split from `xks_proxy.py` (transport, TLS, SigV4, faults) so each part stays readable. Everything here
+Split from `xks.proxy` (transport, TLS, SigV4, faults) so each part stays readable. Everything here
 follows the XKS proxy API spec v1.0.3: error names and HTTP codes from its table, the AAD layout from
 its Encrypt section, the ciphertext data integrity value (CDIV) from its Appendix C.
 """

@@ -340,7 +340,7 @@ class _HTTPServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as KMS reuses connections
-    disable_nagle_algorithm = True  # see server.py: avoids 40 ms delayed-ACK stalls per request
+    disable_nagle_algorithm = True  # see rehearsal.server: avoids 40 ms delayed-ACK stalls per request
     server_version = "xksmigrate-rehearsal-xks-proxy/1.0"
     sys_version = ""
     timeout = 60.0  # an idle keep-alive connection releases its thread eventually
