@@ -211,7 +211,7 @@ class _Table:
             raise self.fail(key, f"{shown} does not match {pattern.pattern}{hint}")
         if pattern is None and not value.isprintable():
             raise self.fail(key, "must be printable text on one line")
-        return value
+        return str(value)
 
     def table(self, key: str, *, required: bool = False) -> _Table | None:
         raw = self.get(key, dict, required=required)

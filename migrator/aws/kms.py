@@ -75,9 +75,9 @@ class KmsApplier:
                 code = "ConnectionError"
             self._on_call(operation, None, code)
             raise AwsCallError(operation, code, str(exc)) from None
-        rid = response.get("ResponseMetadata", {}).get("RequestId")
+        rid = _request_id(response)
         self._on_call(operation, rid, None)
-        return response
+        return dict(response)
 
     # -- reading ---------------------------------------------------------------------------
     def find_store(self, store_id: str | None = None, name: str | None = None) -> Observation | None:
@@ -142,11 +142,11 @@ class KmsApplier:
     # -- changing --------------------------------------------------------------------------
     def disconnect(self, store_id: str) -> str | None:
         response = self._call("DisconnectCustomKeyStore", "disconnect_custom_key_store", CustomKeyStoreId=store_id)
-        return response.get("ResponseMetadata", {}).get("RequestId")
+        return _request_id(response)
 
     def connect(self, store_id: str) -> str | None:
         response = self._call("ConnectCustomKeyStore", "connect_custom_key_store", CustomKeyStoreId=store_id)
-        return response.get("ResponseMetadata", {}).get("RequestId")
+        return _request_id(response)
 
     def update(self, store_id: str, desired: StoreConfig, current: StoreConfig,
                credential: tuple[str, SecretValue] | None = None) -> str | None:
@@ -157,7 +157,7 @@ class KmsApplier:
             params["XksProxyAuthenticationCredential"] = {"AccessKeyId": access_key_id,
                                                           "RawSecretAccessKey": secret.reveal()}
         response = self._call("UpdateCustomKeyStore", "update_custom_key_store", **params)
-        return response.get("ResponseMetadata", {}).get("RequestId")
+        return _request_id(response)
 
     def round_trip(self, key_id: str, context: dict[str, str]) -> tuple[str | None, str | None]:
         """Encrypt then Decrypt 32 random bytes under the key; returns both request ids."""
@@ -199,6 +199,11 @@ def needs_disconnect(params: dict[str, Any]) -> bool:
     """Whether these update parameters touch a property that requires DISCONNECTED (facts §1.1)."""
     return any(k in params for k in ("XksProxyConnectivity", "XksProxyUriEndpoint",
                                      "XksProxyVpcEndpointServiceName", "XksProxyVpcEndpointServiceOwner"))
+
+
+def _request_id(response: dict[str, Any]) -> str | None:
+    rid = (response.get("ResponseMetadata") or {}).get("RequestId")
+    return str(rid) if rid else None
 
 
 def _scrub(message: str) -> str:

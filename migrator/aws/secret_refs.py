@@ -45,7 +45,7 @@ class SecretValue:
     def __format__(self, spec: str) -> str:
         return repr(self)
 
-    def __reduce__(self):  # never pickled with its value
+    def __reduce__(self) -> str:  # never pickled with its value
         raise TypeError("SecretValue cannot be pickled")
 
 

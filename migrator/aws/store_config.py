@@ -82,8 +82,8 @@ class StoreConfig:
         """What the store should hold after the run: the plan's target, the rest kept from `current`.
 
         A PUBLIC target clears the VPC endpoint service name and owner; an absent path or credential
-        keeps the current one. An absent owner keeps the current owner when the store stays VPC
-        (UpdateCustomKeyStore leaves it unchanged when not given).
+        keeps the current one. An absent owner is left empty, meaning "not constrained": the update does
+        not send it, so KMS keeps the current owner, and an empty owner is never a difference (`diff`).
         """
         public = target.connectivity == PUBLIC
         return cls(

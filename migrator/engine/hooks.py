@@ -1,20 +1,24 @@
 """Hooks: executables in `--hooks DIR` called at run events (gh-ost's model).
 
-An event `E` runs `DIR/E` (or `DIR/E.*`, in name order) synchronously with XKSMIGRATE_* variables.
-Its output and exit code go to the journal. A failing `before-disconnect` hook stops the run before
-anything changes; failures of other hooks are journaled and shown but change nothing, because by then
-the store's fate is decided by AWS, not by a notification.
+An event `E` runs `DIR/E` (or `DIR/E.*`, in name order) synchronously with XKSMIGRATE_* variables
+built from a frozen `HookFacts` (hooks never see the driver). Each script's exit code and output go
+to the journal through the `record` callback the caller passes. A failing `before-disconnect` hook
+stops the run before anything changes; failures of other hooks are journaled and shown but change
+nothing, because by then the store's fate is decided by AWS, not by a notification.
 
 Hooks never see the plan's secrets: environment variables named by `env:` references in the plan
-are removed from the hook's environment.
+are removed from the hook's environment (`HookFacts.hidden_env`).
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from migrator.plan import KeystorePlan, Plan
 
 EVENTS = ("before-disconnect", "after-disconnect", "after-connect", "verified", "rolling-back", "rolled-back",
           "stuck", "completed", "postponed")
@@ -26,6 +30,54 @@ class HookFailed(Exception):
     """A blocking hook exited non-zero (or could not run)."""
 
 
+@dataclass(frozen=True)
+class HookFacts:
+    """What a hook is told about the run at the moment of its event."""
+
+    run_id: str
+    plan_name: str
+    region: str
+    store_id: str
+    store_state: str
+    window_seconds: float | None
+    budget_seconds: float
+    dry_run: bool
+    target_connectivity: str
+    target_endpoint: str
+    hidden_env: frozenset[str] = frozenset()  # env: secret references of the plan
+
+    def environment(self, event: str, base: dict[str, str]) -> dict[str, str]:
+        env = {k: v for k, v in base.items() if k not in self.hidden_env}
+        env.update({
+            "XKSMIGRATE_EVENT": event,
+            "XKSMIGRATE_RUN_ID": self.run_id,
+            "XKSMIGRATE_PLAN": self.plan_name,
+            "XKSMIGRATE_REGION": self.region,
+            "XKSMIGRATE_KEYSTORE_ID": self.store_id,
+            "XKSMIGRATE_KEYSTORE_STATE": self.store_state,  # XKSMIGRATE_STATE stays the journal URL
+            "XKSMIGRATE_WINDOW_SECONDS": "" if self.window_seconds is None else f"{self.window_seconds:.3f}",
+            "XKSMIGRATE_BUDGET_SECONDS": f"{self.budget_seconds:g}",
+            "XKSMIGRATE_DRY_RUN": "1" if self.dry_run else "0",
+            "XKSMIGRATE_TARGET_CONNECTIVITY": self.target_connectivity,
+            "XKSMIGRATE_TARGET_ENDPOINT": self.target_endpoint,
+        })
+        return env
+
+
+@dataclass(frozen=True)
+class HookResult:
+    """One script's run, as the journal records it."""
+
+    event: str
+    hook: str
+    exit_code: int
+    output: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
 class Hooks:
     def __init__(self, directory: str, timeout: float = 60.0):
         self.directory = Path(directory)
@@ -34,49 +86,40 @@ class Hooks:
     def scripts(self, event: str) -> list[Path]:
         if not self.directory.is_dir():
             return []
-        found = [p for p in sorted(self.directory.iterdir())
-                 if (p.name == event or p.name.startswith(event + ".")) and p.is_file() and os.access(p, os.X_OK)]
-        return found
+        return [p for p in sorted(self.directory.iterdir())
+                if (p.name == event or p.name.startswith(event + ".")) and p.is_file() and os.access(p, os.X_OK)]
 
-    def environment(self, event: str, ctx: Any, driver: Any) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in _secret_env_names(ctx.plan)}
-        window = driver.window()
-        env.update({
-            "XKSMIGRATE_EVENT": event,
-            "XKSMIGRATE_RUN_ID": ctx.run_id,
-            "XKSMIGRATE_PLAN": ctx.plan.name,
-            "XKSMIGRATE_REGION": ctx.plan.region,
-            "XKSMIGRATE_KEYSTORE_ID": driver.store_id,
-            "XKSMIGRATE_KEYSTORE_STATE": driver.state,  # XKSMIGRATE_STATE stays the journal URL
-            "XKSMIGRATE_WINDOW_SECONDS": "" if window is None else f"{window:.3f}",
-            "XKSMIGRATE_BUDGET_SECONDS": f"{ctx.plan.max_disconnected:g}",
-            "XKSMIGRATE_DRY_RUN": "1" if ctx.env.dry_run else "0",
-            "XKSMIGRATE_TARGET_CONNECTIVITY": driver.ks.target.connectivity,
-            "XKSMIGRATE_TARGET_ENDPOINT": driver.ks.target.uri_endpoint,
-        })
-        return env
-
-    def fire(self, event: str, ctx: Any, driver: Any) -> None:
+    def fire(self, event: str, facts: HookFacts, record: Callable[[HookResult], None]) -> None:
+        """Run every script of `event`; `record` journals each result; a blocking failure raises HookFailed."""
         for script in self.scripts(event):
-            env = self.environment(event, ctx, driver)
+            env = facts.environment(event, dict(os.environ))
             try:
                 done = subprocess.run([str(script)], env=env, capture_output=True, timeout=self.timeout,
                                       stdin=subprocess.DEVNULL, check=False)
                 code, output = done.returncode, (done.stdout + done.stderr).decode("utf-8", "replace")
             except (OSError, subprocess.TimeoutExpired) as exc:
                 code, output = -1, f"could not run: {exc}"
-            ctx.record(driver.mid, kind="hook", operation=event, outcome="ok" if code == 0 else "failed",
-                       detail={"hook": script.name, "event": event, "exit_code": code,
-                               "output": output[-OUTPUT_LIMIT:]})
-            if code != 0 and event in BLOCKING:
-                raise HookFailed(f"hook {script.name} for {event} exited {code}: "
-                                 f"{output.strip().splitlines()[-1] if output.strip() else 'no output'}")
+            result = HookResult(event, script.name, code, output[-OUTPUT_LIMIT:])
+            record(result)
+            if not result.ok and event in BLOCKING:
+                last = output.strip().splitlines()[-1] if output.strip() else "no output"
+                raise HookFailed(f"hook {script.name} for {event} exited {code}: {last}")
 
 
-def _secret_env_names(plan: Any) -> set[str]:
+def facts_for(plan: Plan, keystore: KeystorePlan, *, run_id: str, store_id: str, store_state: str,
+              window_seconds: float | None, dry_run: bool) -> HookFacts:
+    """The facts a hook sees for one store of `plan` (the plan's env: secrets hidden)."""
+    return HookFacts(run_id=run_id, plan_name=plan.name, region=plan.region, store_id=store_id,
+                     store_state=store_state, window_seconds=window_seconds, budget_seconds=plan.max_disconnected,
+                     dry_run=dry_run, target_connectivity=keystore.target.connectivity,
+                     target_endpoint=keystore.target.uri_endpoint, hidden_env=secret_env_names(plan))
+
+
+def secret_env_names(plan: Plan) -> frozenset[str]:
+    """Environment variables that `env:` secret references of the plan name."""
     names = set()
     for ks in plan.keystores:
         for cred in (ks.target.credential, ks.original_credential):
             if cred and cred.secret_ref.startswith("env:"):
                 names.add(cred.secret_ref[4:])
-    return names
+    return frozenset(names)

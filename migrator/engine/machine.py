@@ -1,6 +1,11 @@
-"""The migration procedure as one table: states, triggers, and where each trigger may fire.
+"""The migration procedure as one table: per state, the steps that run there, where success leads,
+what a failure there means, which budget bounds it, and whether transient AWS errors are retried.
 
-The machine validates every move; it never performs a side effect. The engine persists a move in
+`Driver.run` is a short loop over this table (engine/driver.py); `xksmigrate graph` draws it.
+Adding a state means one `Row` here and one `step_<name>` method on the Driver (a unit test checks
+that every step named here exists).
+
+The machine validates every move; it never performs a side effect. The driver persists a move in
 `before_state_change` (journal first), so if the journal write fails the in-memory state does not
 change either. `transitions` does not roll back a state change when a later callback raises, which
 is why nothing runs after the change: the persisted state, not the in-memory machine, is the truth.
@@ -9,79 +14,151 @@ is why nothing runs after the change: the persisted state, not the in-memory mac
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING
 
-# Forward path, in order. Before `disconnecting` nothing in AWS has changed.
-FORWARD = (
-    "pending",
-    "snapshotted",
-    "preflighted",
-    "approved",
-    "disconnecting",
-    "disconnected",
-    "updating",
-    "updated",
-    "connecting",
-    "connected",
-    "verifying",
-    "completed",
-)
-ROLLBACK = ("rolling_back", "rolled_back")
-TERMINAL = ("completed", "rolled_back", "stuck", "blocked")
-STATES = (*FORWARD, *ROLLBACK, "stuck", "blocked")
-
-# States in which the store may be disconnected (or about to be): a failure here rolls back.
-CRITICAL = ("disconnecting", "disconnected", "updating", "updated", "connecting", "connected", "verifying")
-# States in which nothing has been changed yet: a failure here blocks.
-UNCHANGED = ("pending", "snapshotted", "preflighted", "approved")
-
-# trigger,            source(s),                         destination
-TABLE: list[tuple[str, str | list[str], str]] = [
-    ("take_snapshot",     "pending",                         "snapshotted"),
-    ("pass_preflight",    "snapshotted",                     "preflighted"),
-    ("approve",           "preflighted",                     "approved"),
-    ("start_disconnect",  "approved",                        "disconnecting"),
-    ("observe_disconnected", "disconnecting",                "disconnected"),
-    ("start_update",      "disconnected",                    "updating"),
-    ("observe_updated",   "updating",                        "updated"),
-    ("start_connect",     "updated",                         "connecting"),
-    ("observe_connected", "connecting",                      "connected"),
-    ("start_verify",      "connected",                       "verifying"),
-    ("verify_ok",         "verifying",                       "completed"),
-    ("block",             list(UNCHANGED),                   "blocked"),
-    ("fail",              list(CRITICAL),                    "rolling_back"),
-    ("operator_rollback", "completed",                       "rolling_back"),
-    ("rollback_ok",       "rolling_back",                    "rolled_back"),
-    ("rollback_failed",   ["rolling_back", *CRITICAL],       "stuck"),
-    ("retry_rollback",    "stuck",                           "rolling_back"),
-]
-
-MACHINE_OPTIONS: dict[str, Any] = {
-    "states": list(STATES),
-    "transitions": [list(row) for row in TABLE],
-    "auto_transitions": False,
-    "send_event": True,
-}
-
-
-def build(model: Any, initial: str, persist: Callable[[Any], None]) -> Any:
-    """Attach the machine to `model`, starting at the persisted `initial` state.
-
-    `persist(event)` runs before every state change; `event.transition.dest` is the new state and
-    `event.kwargs` what the engine passed with the trigger.
-    """
+if TYPE_CHECKING:
     from transitions import Machine
 
-    return Machine(model=model, initial=initial, before_state_change=persist, **MACHINE_OPTIONS)
+
+class OnFailure(Enum):
+    """What an exception raised by a row's steps means."""
+
+    BLOCK = ("block", "blocked")  # nothing changed yet: an AWS/step error ends `blocked`; a bug propagates
+    ROLL_BACK = ("fail", "rolling_back")  # the store may be disconnected: any failure goes back to the snapshot
+    STUCK = ("rollback_failed", "stuck")  # the rollback itself failed: the operator acts (exit 5)
+
+    @property
+    def trigger(self) -> str:
+        return self.value[0]
+
+    @property
+    def destination(self) -> str:
+        return self.value[1]
+
+
+class Budget(Enum):
+    """Which deadline bounds a row's waits and calls."""
+
+    NONE = "none"  # before the disconnect: no window yet
+    REFUSE_PAST = "refuse past"  # bounded by the downtime budget; once it is spent, no forward call: go back
+    BOUNDS = "bounds"  # bounded by the downtime budget (a connect under way is still worth finishing)
+    ROLLBACK = "rollback"  # the rollback's own budget, from the moment it started
+
+
+@dataclass(frozen=True)
+class Row:
+    """One state of the procedure and everything the driver does there."""
+
+    state: str
+    doc: str
+    steps: tuple[str, ...] = ()  # Driver.step_<name>, in order; the last returns the advance's fields
+    advance: tuple[str, str] | None = None  # (trigger, destination) fired when the steps succeed
+    on_failure: OnFailure | None = None
+    budget: Budget = Budget.NONE
+    retry_transient: bool = False  # re-run the steps after a retryable AWS error (only where nothing changed)
+    after: str | None = None  # the hook fired once the advance is journaled
+    entries: tuple[tuple[str, str], ...] = ()  # triggers an operator fires from here (terminal states)
+
+    @property
+    def terminal(self) -> bool:
+        return not self.steps
+
+    def moves(self) -> list[tuple[str, str]]:
+        """Every (trigger, destination) that may fire from this state."""
+        found = [self.advance] if self.advance else []
+        if self.on_failure:
+            found.append((self.on_failure.trigger, self.on_failure.destination))
+        return [*found, *self.entries]
+
+
+_BLOCK, _BACK, _STUCK = OnFailure.BLOCK, OnFailure.ROLL_BACK, OnFailure.STUCK
+
+ROWS: tuple[Row, ...] = (
+    # -- before the disconnect: nothing in AWS has changed ----------------------------------------
+    Row("pending", "record DescribeCustomKeyStores as the rollback point; choose the verify keys",
+        ("snapshot",), ("take_snapshot", "snapshotted"), _BLOCK, retry_transient=True),
+    Row("snapshotted", "the engine's gate and the read-only inspector; any block stops here",
+        ("preflight",), ("pass_preflight", "preflighted"), _BLOCK, retry_transient=True),
+    Row("preflighted", "a postponed cut-over waits (and preflights again); the operator approves",
+        ("approval",), ("approve", "approved"), _BLOCK, retry_transient=True),
+    Row("approved", "the store still equals the snapshot; before-disconnect hooks; the window starts",
+        ("begin_disconnect",), ("start_disconnect", "disconnecting"), _BLOCK, retry_transient=True),
+    # -- the critical section: every key of the store is unusable ---------------------------------
+    Row("disconnecting", "DisconnectCustomKeyStore unless already on its way; wait for DISCONNECTED",
+        ("disconnect",), ("observe_disconnected", "disconnected"), _BACK, Budget.REFUSE_PAST, after="after-disconnect"),
+    Row("disconnected", "journal the target before the update",
+        ("begin_update",), ("start_update", "updating"), _BACK, Budget.REFUSE_PAST),
+    Row("updating", "UpdateCustomKeyStore unless KMS already holds the target; prove it with a describe",
+        ("update",), ("observe_updated", "updated"), _BACK, Budget.REFUSE_PAST),
+    Row("updated", "journal the connect before it",
+        ("begin_connect",), ("start_connect", "connecting"), _BACK, Budget.REFUSE_PAST),
+    Row("connecting", "ConnectCustomKeyStore; wait for CONNECTED; a transient FAILED gets one more try if it fits",
+        ("connect",), ("observe_connected", "connected"), _BACK, Budget.BOUNDS, after="after-connect"),
+    Row("connected", "journal the verification before it",
+        ("begin_verify",), ("start_verify", "verifying"), _BACK, Budget.BOUNDS),
+    Row("verifying", "Encrypt+Decrypt round trips with every verify key; the window ends",
+        ("verify",), ("verify_ok", "completed"), _BACK, Budget.BOUNDS, after="completed"),
+    # -- the way back --------------------------------------------------------------------------------
+    Row("rolling_back", "disconnect if needed, restore the snapshot, connect, verify",
+        ("rollback_begin", "rollback_disconnect", "rollback_restore", "rollback_connect", "rollback_verify"),
+        ("rollback_ok", "rolled_back"), _STUCK, Budget.ROLLBACK),
+    # -- terminal --------------------------------------------------------------------------------------
+    Row("completed", "the target is connected and verified", entries=(("operator_rollback", "rolling_back"),)),
+    Row("rolled_back", "the original configuration is connected and verified"),
+    Row("stuck", "the rollback failed: the operator acts (resume --retry-stuck or RUNBOOK)",
+        entries=(("retry_rollback", "rolling_back"),)),
+    Row("blocked", "stopped before the disconnect: nothing changed"),
+)
+
+BY_STATE: dict[str, Row] = {row.state: row for row in ROWS}
+STATES = tuple(BY_STATE)
+TERMINAL = tuple(row.state for row in ROWS if row.terminal)
+# States in which nothing has been changed yet: a failure here blocks.
+UNCHANGED = tuple(row.state for row in ROWS if row.on_failure is OnFailure.BLOCK)
+# States in which the store may be disconnected (or about to be): a failure here rolls back.
+CRITICAL = tuple(row.state for row in ROWS if row.on_failure is OnFailure.ROLL_BACK)
+
+
+def _forward() -> tuple[str, ...]:
+    """The forward path, in order: the advance chain from `pending` to `completed`."""
+    chain, state = [], "pending"
+    while True:
+        chain.append(state)
+        advance = BY_STATE[state].advance
+        if advance is None:
+            return tuple(chain)
+        state = advance[1]
+
+
+FORWARD = _forward()
+
+# (trigger, source, destination), derived from the rows; what `transitions` enforces.
+TABLE: tuple[tuple[str, str, str], ...] = tuple(
+    (trigger, row.state, dest) for row in ROWS for trigger, dest in row.moves())
+
+
+def row(state: str) -> Row:
+    """The row of `state` (KeyError for a state the table does not know: a damaged journal)."""
+    return BY_STATE[state]
 
 
 def destination(state: str, trigger: str) -> str | None:
     """Where `trigger` leads from `state`, or None if it may not fire there (no machine needed)."""
-    for name, sources, dest in TABLE:
-        srcs = [sources] if isinstance(sources, str) else sources
-        if name == trigger and state in srcs:
-            return dest
-    return None
+    return next((dest for name, source, dest in TABLE if name == trigger and source == state), None)
+
+
+def build(model: object, initial: str, persist: Callable[[object], None]) -> Machine:
+    """Attach the machine to `model`, starting at the persisted `initial` state.
+
+    `persist(event)` runs before every state change; `event.transition.dest` is the new state and
+    `event.kwargs` what the driver passed with the trigger.
+    """
+    from transitions import Machine
+
+    return Machine(model=model, states=list(STATES), transitions=[list(t) for t in TABLE], initial=initial,
+                   auto_transitions=False, send_event=True, before_state_change=persist)
 
 
 def mermaid() -> str:
@@ -91,6 +168,7 @@ def mermaid() -> str:
     class _Model:
         pass
 
-    graph = GraphMachine(model=_Model(), initial="pending", graph_engine="mermaid",
-                         title="xksmigrate: one key store", show_conditions=False, **MACHINE_OPTIONS)
+    graph = GraphMachine(model=_Model(), states=list(STATES), transitions=[list(t) for t in TABLE],
+                         initial="pending", auto_transitions=False, send_event=True, graph_engine="mermaid",
+                         title="xksmigrate: one key store", show_conditions=False)
     return str(graph.get_graph().draw(None))

@@ -12,99 +12,26 @@ import contextlib
 import os
 import socket
 import threading
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
-from migrator.aws.secret_refs import SecretValue
-from migrator.engine import machine
-from migrator.engine.clock import Clock
-from migrator.engine.driver import Blocked, Driver
-from migrator.engine.run_context import LockLostStop, RunContext
+from migrator.aws.store_config import Observation, StoreConfig
+from migrator.engine import machine, runbook
+from migrator.engine.driver import Driver
+from migrator.engine.environment import Environment, Observer
+from migrator.engine.errors import Blocked, LockLostStop
+from migrator.engine.results import EXIT_CODES, RunResult, StoreResult, worse
+from migrator.engine.run_context import RunContext
 from migrator.plan import KeystorePlan, Plan
 
-VERSION = "0.1.0"
-EXIT_CODES = {"completed": 0, "rolled_back": 4, "stuck": 5, "blocked": 3, "locked": 6, "interrupted": 130,
-              "failed": 1}
-SEVERITY = ("completed", "blocked", "rolled_back", "interrupted", "failed", "stuck")  # worst last
+if TYPE_CHECKING:
+    from migrator.journal.models import LockInfo, MigrationView
 
+__all__ = ["Environment", "Observer", "RunResult", "StoreResult", "resume", "rollback", "start"]
 
-class Observer:
-    """Receives every journaled event and transient progress; the CLI renders them."""
-
-    def event(self, event: dict[str, Any]) -> None:  # pragma: no cover - default does nothing
-        pass
-
-
-@dataclass
-class Environment:
-    """Everything a run needs from outside, built by the CLI (or a test)."""
-
-    journal: Any
-    clients: Any  # migrator.aws.ClientFactory
-    clock: Clock = field(default_factory=Clock)
-    observer: Observer = field(default_factory=Observer)
-    secret_resolver: Callable[[str], SecretValue] | None = None
-    approve: Callable[[str], bool] = lambda question: False
-    who: str = ""
-    dry_run: bool = False
-    extra_roots_pem: list[bytes] = field(default_factory=list)
-    resolve: Callable[[str], str] | None = None
-    include_cloudwatch: bool = False
-    hooks: Any = None  # migrator.hooks.Hooks (optional)
-    retry_stuck: bool = False
-    postpone: bool = False  # wait before the disconnect until `xksmigrate proceed` (or the flag file is gone)
-    postpone_flag_file: str | None = None
-    cutover_at: float | None = None  # epoch seconds: wait before the disconnect until then
-    heartbeat_seconds: float = 10.0
-
-
-@dataclass
-class StoreResult:
-    ref: str
-    id: str
-    state: str
-    outcome: str
-    original: dict[str, Any] | None
-    final: dict[str, Any] | None
-    disconnected_seconds: float | None
-    api_calls: dict[str, int]
-    error: str | None
-    manual: dict[str, Any] | None = None  # for a stuck store: its state and the commands to run by hand
-
-    def to_dict(self, simulated: bool) -> dict[str, Any]:
-        data = {"id": self.id, "ref": self.ref, "state": self.state, "outcome": self.outcome,
-                "original": self.original, "final": self.final,
-                "disconnected_seconds": self.disconnected_seconds, "simulated": simulated,
-                "api_calls": self.api_calls, "error": self.error}
-        if self.manual:
-            data["manual"] = self.manual
-        return data
-
-
-@dataclass
-class RunResult:
-    run_id: str
-    outcome: str
-    exit_code: int
-    stores: list[StoreResult]
-    message: str = ""
-    simulated: bool = False
-
-    def summary(self) -> dict[str, Any]:
-        calls: Counter[str] = Counter()
-        for s in self.stores:
-            calls.update(s.api_calls)
-        return {"type": "summary", "run_id": self.run_id, "outcome": self.outcome, "exit_code": self.exit_code,
-                "message": self.message, "simulated": self.simulated,
-                "keystores": [s.to_dict(self.simulated) for s in self.stores], "api_calls": dict(calls)}
-
-
+# The configuration fields a summary shows for `original` and `final`.
 CONFIG_KEYS = ("connectivity", "uri_endpoint", "uri_path", "vpc_endpoint_service_name", "access_key_id")
 
 
-# ---------------------------------------------------------------------------------------------
 def start(plan: Plan, env: Environment) -> RunResult:
     """Record a new run of `plan`, then drive it."""
     run_id = env.journal.create_run(
@@ -128,8 +55,8 @@ def rollback(plan: Plan, env: Environment, run_id: str) -> RunResult:
     return _drive(plan, env, run_id, resumed=True, operator_rollback=True)
 
 
-def _run_options(env: Environment) -> dict[str, Any]:
-    options: dict[str, Any] = {"time_scale": env.clock.scale}
+def _run_options(env: Environment) -> dict[str, object]:
+    options: dict[str, object] = {"time_scale": env.clock.scale}
     if env.postpone:
         options["postpone"] = True
     if env.postpone_flag_file:
@@ -139,27 +66,59 @@ def _run_options(env: Environment) -> dict[str, Any]:
     return options
 
 
-def _target_record(ks: KeystorePlan) -> dict[str, Any]:
+def _target_record(ks: KeystorePlan) -> dict[str, object]:
     t = ks.target
-    record = {k: v for k, v in t.as_config().items() if v is not None}
+    record: dict[str, object] = {k: v for k, v in t.as_config().items() if v is not None}
     if t.credential:
         record["credential_secret"] = t.credential.secret_ref  # the reference, never the value
     return record
 
 
+class _Heartbeat:
+    """Keeps this runner's locks fresh; a lock found gone sets `ctx.lock_lost` (no further AWS call)."""
+
+    def __init__(self, env: Environment, ctx: RunContext):
+        self.env, self.ctx = env, ctx
+        self.locks: list[LockInfo] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def hold(self, lock: LockInfo) -> None:
+        self.locks.append(lock)
+        if not self._thread.is_alive():
+            self._thread.start()
+
+    def _beat(self) -> None:
+        from migrator.journal.models import LockLost
+
+        while not self._stop.wait(self.env.heartbeat_seconds):
+            for lock in list(self.locks):
+                try:
+                    self.env.journal.heartbeat(lock)
+                except LockLost:
+                    self.ctx.lock_lost = True
+                except Exception:  # a passing database hiccup: the next beat tries again
+                    pass
+
+    def release_all(self) -> None:
+        self._stop.set()
+        for lock in self.locks:
+            with contextlib.suppress(Exception):
+                self.env.journal.release_lock(lock)
+
+
 def _drive(plan: Plan, env: Environment, run_id: str, resumed: bool = False,
            operator_rollback: bool = False) -> RunResult:
-    ctx = RunContext(env, plan, run_id)
     run = env.journal.get_run(run_id)
-    ctx.options = dict(run.options or {})
+    ctx = RunContext(env, plan, run_id, options=dict(run.options or {}))
     migrations = list(run.migrations)
     if operator_rollback:  # undo in reverse order, and only what completed
         migrations = [m for m in reversed(migrations) if m.state == "completed"]
     by_ref = {ks.ref: ks for ks in plan.keystores}
-    locks: list[Any] = []
-    stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(env, ctx, locks, stop), daemon=True)
+    heartbeat = _Heartbeat(env, ctx)
+    last_seen: dict[int, Observation] = {}
     outcome, message = "completed", ""
+    driver: Driver | None = None
     try:
         if resumed:
             ctx.record(None, kind="note", detail={"message": "resumed", "pid": os.getpid(),
@@ -168,23 +127,23 @@ def _drive(plan: Plan, env: Environment, run_id: str, resumed: bool = False,
             ks = by_ref[migration.keystore_ref]
             store_id = migration.keystore_id or _resolve_id(ctx, ks)
             if store_id:
-                lock = _lock(env, ctx, run_id, store_id, migration.id)
+                lock, held_message = _lock(env, ctx, run_id, store_id, migration.id)
                 if lock is None:
-                    outcome, message = "locked", ctx.lock_message
+                    outcome, message = "locked", held_message
                     break
-                locks.append(lock)
-                if not beat.is_alive():
-                    beat.start()
+                heartbeat.hold(lock)
             ctx.track(migration.id, migration.api_calls)
             driver = Driver(ctx, migration, ks)
             if operator_rollback:
                 try:
-                    driver.begin_operator_rollback()
+                    driver.enter_operator_rollback()
                 except Blocked as exc:
                     outcome, message = "blocked", str(exc)
                     break
             final = driver.run()
-            outcome = _worse(outcome, "stuck" if final == "stuck" else final)
+            if driver.last_seen is not None:
+                last_seen[driver.mid] = driver.last_seen
+            outcome = worse(outcome, final)
             if final != "completed":
                 break  # never start the next store after one that did not complete
     except KeyboardInterrupt:
@@ -196,14 +155,13 @@ def _drive(plan: Plan, env: Environment, run_id: str, resumed: bool = False,
                    f"check `xksmigrate status {run_id}` before resuming")
         ctx.record(None, kind="note", outcome="lock_lost", detail={"message": message})
     finally:
-        stop.set()
-        for lock in locks:
-            with contextlib.suppress(Exception):
-                env.journal.release_lock(lock)
+        heartbeat.release_all()
+        if driver is not None and driver.last_seen is not None:  # the store an interruption stopped
+            last_seen.setdefault(driver.mid, driver.last_seen)
     exit_code = EXIT_CODES.get(outcome, 1)
     if not (resumed and outcome == "locked"):  # the lock holder drives this run: its outcome is not ours to end
         env.journal.finish_run(run_id, outcome, exit_code)
-    return _result(ctx, run_id, outcome, exit_code, message)
+    return _result(ctx, run_id, outcome, exit_code, message, last_seen)
 
 
 def _resolve_id(ctx: RunContext, ks: KeystorePlan) -> str | None:
@@ -213,64 +171,50 @@ def _resolve_id(ctx: RunContext, ks: KeystorePlan) -> str | None:
     return found.id if found else None
 
 
-def _lock(env: Environment, ctx: RunContext, run_id: str, store_id: str, mid: int) -> Any:
-    from migrator.journal.repository import LockHeld
+def _lock(env: Environment, ctx: RunContext, run_id: str, store_id: str,
+          mid: int) -> tuple[LockInfo | None, str]:
+    """This runner's lock on the store, or (None, why) when another runner holds it."""
+    from migrator.journal.models import LockHeld
 
     try:
         lock = env.journal.acquire_lock(f"keystore/{ctx.plan.region}/{store_id}", run_id=run_id, owner=env.who)
     except LockHeld as held:
-        ctx.lock_message = str(held)
         ctx.record(mid, kind="note", outcome="locked", detail={"message": str(held)})
-        return None
-    if getattr(lock, "reclaimed_from", None):
+        return None, str(held)
+    if lock.reclaimed_from:
         ctx.record(mid, kind="note", detail={"message": f"reclaimed lock of a dead runner ({lock.reclaimed_from})"})
-    return lock
+    return lock, ""
 
 
-def _heartbeat(env: Environment, ctx: RunContext, locks: list[Any], stop: threading.Event) -> None:
-    from migrator.journal.repository import LockLost
-
-    while not stop.wait(env.heartbeat_seconds):
-        for lock in list(locks):
-            try:
-                env.journal.heartbeat(lock)
-            except LockLost:
-                ctx.lock_lost = True
-            except Exception:  # a passing database hiccup: the next beat tries again
-                pass
+def _config_view(config: StoreConfig) -> dict[str, object]:
+    values = config.to_dict()
+    return {k: values[k] for k in CONFIG_KEYS}
 
 
-def _worse(a: str, b: str) -> str:
-    rank = {o: i for i, o in enumerate(SEVERITY)}
-    return a if rank.get(a, len(SEVERITY)) >= rank.get(b, len(SEVERITY)) else b
+def _store_result(ctx: RunContext, m: MigrationView, last: Observation | None) -> StoreResult:
+    if last is None and m.keystore_id and m.state in ("completed", "rolled_back"):  # resumed after the last look
+        with contextlib.suppress(Exception):
+            last = ctx.kms.describe(m.keystore_id)
+    original_config = StoreConfig.from_dict(m.snapshot) if m.snapshot else None
+    original: dict[str, object] | None = {k: m.snapshot.get(k) for k in CONFIG_KEYS} if m.snapshot else None
+    final = _config_view(last.config) if last else None
+    if final is None and m.state == "blocked":  # nothing changed: the snapshot is the last look
+        final = original
+    store_outcome = m.outcome or (m.state if m.state in machine.TERMINAL else "unfinished")
+    window = m.window_seconds
+    if window is None and m.disconnected_at is not None:  # still disconnected (stuck, interrupted)
+        window = round(ctx.clock.elapsed(m.disconnected_at), 3)
+    manual = (runbook.stuck_help(ctx.plan.region, m.keystore_id or m.keystore_ref, original_config, last)
+              if m.state == "stuck" else None)
+    return StoreResult(ref=m.keystore_ref, id=m.keystore_id or "", state=m.state, outcome=store_outcome,
+                       original=original, final=final, disconnected_seconds=window,
+                       api_calls=dict(m.api_calls or {}), error=m.error, manual=manual)
 
 
-def _stuck_help(ctx: RunContext, m: Any) -> dict[str, Any]:
-    from migrator.engine import runbook
-
-    return runbook.stuck_help(ctx.plan.region, m.keystore_id or m.keystore_ref, m.snapshot, ctx.last_seen.get(m.id))
-
-
-def _result(ctx: RunContext, run_id: str, outcome: str, exit_code: int, message: str) -> RunResult:
+def _result(ctx: RunContext, run_id: str, outcome: str, exit_code: int, message: str,
+            last_seen: dict[int, Observation]) -> RunResult:
     run = ctx.journal.get_run(run_id)
-    stores = []
-    for m in run.migrations:
-        last = ctx.last_seen.get(m.id)
-        if last is None and m.keystore_id and m.state in ("completed", "rolled_back"):  # resumed after the last look
-            with contextlib.suppress(Exception):
-                last = ctx.kms.describe(m.keystore_id)
-        original = {k: (m.snapshot or {}).get(k) for k in CONFIG_KEYS} if m.snapshot else None
-        final = {k: getattr(last.config, k) for k in CONFIG_KEYS} if last else None
-        if final is None and m.state == "blocked":  # nothing changed: the snapshot is the last look
-            final = original
-        store_outcome = m.outcome or (m.state if m.state in machine.TERMINAL else "unfinished")
-        window = m.window_seconds
-        if window is None and m.disconnected_at is not None:  # still disconnected (stuck, interrupted)
-            window = round(ctx.clock.elapsed(m.disconnected_at), 3)
-        stores.append(StoreResult(ref=m.keystore_ref, id=m.keystore_id or "", state=m.state, outcome=store_outcome,
-                                  original=original, final=final, disconnected_seconds=window,
-                                  api_calls=dict(m.api_calls or {}), error=m.error,
-                                  manual=_stuck_help(ctx, m) if m.state == "stuck" else None))
+    stores = [_store_result(ctx, m, last_seen.get(m.id)) for m in run.migrations]
     if not message:
         message = next((s.error for s in stores if s.error), "") or outcome
     return RunResult(run_id, outcome, exit_code, stores, message, simulated=ctx.clock.simulated)

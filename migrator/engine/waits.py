@@ -17,18 +17,11 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, retry_if_resu
 
 from migrator.aws.kms import AwsCallError
 from migrator.engine.clock import Clock
+from migrator.engine.errors import DeadlineExceeded
 
 T = TypeVar("T")
 
 MIN_POLL = 1.0  # never poll DescribeCustomKeyStores faster than once a second per runner (quota: 5 rps shared)
-
-
-class DeadlineExceeded(Exception):
-    """The budget ran out while waiting; `last` is the last observation (if any)."""
-
-    def __init__(self, what: str, last: object = None):
-        super().__init__(f"budget exhausted while {what}")
-        self.what, self.last = what, last
 
 
 def _stop_at(clock: Clock, deadline: float | None) -> Callable[[RetryCallState], bool]:

@@ -195,7 +195,9 @@ class Journal:
             result = tx.execute(insert(migrations).values(
                 run_id=run_id, keystore_ref=keystore_ref, state="pending", target=dict(target), attempts={},
                 api_calls={}, updated_at=time.time()))
-            return int(result.inserted_primary_key[0])
+            key = result.inserted_primary_key
+            assert key is not None
+            return int(key[0])
 
     def _check_fields(self, fields: dict[str, Any]) -> dict[str, Any]:
         unknown = set(fields) - MIGRATION_FIELDS

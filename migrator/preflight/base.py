@@ -1,18 +1,19 @@
-"""Shared types and helpers of the preflight inspector (`migrator.inspect` re-exports the public ones).
+"""Shared types and helpers of the preflight inspector (`migrator.preflight.inspector` re-exports the public ones).
 
-Kept apart from `inspect.py` so the check modules (inspect_store, inspect_vpc, inspect_tls,
-inspect_proxy, inspect_keys) can import them without a cycle. Nothing here imports boto3.
+Kept apart from `inspector.py` so the check modules (store, vpc, tls, proxy, keys) can import them
+without a cycle. Nothing here imports boto3. Every check reads the store as one `Observation`
+(`snapshot.config.<field>`, `snapshot.state`, `snapshot.id`): the same object the engine journals.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import urlsplit
 
 from migrator.aws.clients import ClientFactory, aws_error_code
 from migrator.aws.secret_refs import SecretValue
+from migrator.aws.store_config import KeyInfo, Observation, StoreConfig
 from migrator.plan import VPC, KeystorePlan, Plan
 
 PASS, WARN, BLOCK = "pass", "warn", "block"
@@ -24,45 +25,63 @@ class Finding:
     status: str  # "pass" | "warn" | "block"
     message: str  # one line, for an operator
     remedy: str = ""  # the AWS CLI command or console action that fixes it ("" for pass)
-    detail: dict = field(default_factory=dict)  # JSON-safe, never secrets
+    detail: dict[str, object] = field(default_factory=dict)  # JSON-safe, never secrets
+
+
+def blocked(findings: Sequence[Finding]) -> bool:
+    """Any `block` stops the run with nothing changed."""
+    return any(f.status == BLOCK for f in findings)
+
+
+@dataclass
+class Answers:
+    """Answers shared between checks: one AWS call, not one per check."""
+
+    caller: dict[str, str] | None = None  # sts GetCallerIdentity: Account, Arn
+    store_keys: list[KeyInfo] | None = None  # every KMS key in the store
+    verify_keys: list[tuple[str, KeyInfo | None]] | None = None  # (key id asked for, its key or None: not found)
+    tls_findings: list[Finding] | None = None  # the target's tls.* findings (the proxy probe reads them)
 
 
 @dataclass
 class PreflightContext:
     plan: Plan
     keystore: KeystorePlan
-    snapshot: dict | None  # the DescribeCustomKeyStores entry (None if the store was not found)
+    snapshot: Observation | None  # the store as observed (None if it was not found)
     clients: ClientFactory
     secret_resolver: Callable[[str], SecretValue]
-    extra_roots_pem: list[bytes] = field(default_factory=list)
-    resolve: Callable[[str], str] | None = None  # host -> "ip:port"; None = DNS + 443
-    unfinished_runs: list[str] = field(default_factory=list)
+    extra_roots_pem: Sequence[bytes] = ()
+    resolve: Callable[[str], str | None] | None = None  # host -> "ip:port"; None = DNS + 443
+    unfinished_runs: Sequence[str] = ()
     include_cloudwatch: bool = False
-    # Answers shared between checks (caller identity, the store's keys): one AWS call, not one per check.
-    cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    cache: Answers = field(default_factory=Answers, repr=False, compare=False)
 
 
-def ok(check: str, message: str, **detail: Any) -> Finding:
+def ok(check: str, message: str, **detail: object) -> Finding:
     return Finding(check, PASS, message, "", detail)
 
 
-def warn(check: str, message: str, remedy: str = "", **detail: Any) -> Finding:
+def warn(check: str, message: str, remedy: str = "", **detail: object) -> Finding:
     return Finding(check, WARN, message, remedy, detail)
 
 
-def block(check: str, message: str, remedy: str = "", **detail: Any) -> Finding:
+def block(check: str, message: str, remedy: str = "", **detail: object) -> Finding:
     return Finding(check, BLOCK, message, remedy, detail)
 
 
 # -- AWS errors ------------------------------------------------------------------------------------
 
-def is_aws_or_network_error(exc: BaseException) -> bool:
-    """Errors preflight turns into findings rather than raising (the contract: never raise for these)."""
+def _aws_errors() -> tuple[type[BaseException], ...]:
     try:
         from botocore.exceptions import BotoCoreError, ClientError
     except ImportError:  # pragma: no cover - botocore is a dependency
-        return isinstance(exc, OSError)
-    return isinstance(exc, BotoCoreError | ClientError | OSError)
+        return (OSError,)
+    return (BotoCoreError, ClientError, OSError)
+
+
+def is_aws_or_network_error(exc: BaseException) -> bool:
+    """Errors preflight turns into findings rather than raising (the contract: never raise for these)."""
+    return isinstance(exc, _aws_errors())
 
 
 def short_error(exc: BaseException) -> str:
@@ -70,7 +89,8 @@ def short_error(exc: BaseException) -> str:
     code = aws_error_code(exc)
     response = getattr(exc, "response", None)
     if isinstance(response, dict):
-        message = response.get("Error", {}).get("Message") or ""
+        error = response.get("Error", {})
+        message = (error.get("Message") if isinstance(error, Mapping) else "") or ""
         return f"{code}: {message}".strip().rstrip(":")[:300]
     return f"{code}: {exc}"[:300]
 
@@ -87,18 +107,20 @@ def host_of(uri_endpoint: str) -> str:
 
 
 def store_id(ctx: PreflightContext) -> str:
-    if ctx.snapshot and ctx.snapshot.get("CustomKeyStoreId"):
-        return str(ctx.snapshot["CustomKeyStoreId"])
+    if ctx.snapshot and ctx.snapshot.id:
+        return ctx.snapshot.id
     return ctx.keystore.id or ""
 
 
-def xks_config(snapshot: dict | None) -> dict[str, Any]:
-    return dict((snapshot or {}).get("XksProxyConfiguration") or {})
+def current_config(ctx: PreflightContext) -> StoreConfig | None:
+    """The store's configuration as observed (None if the store was not found)."""
+    return ctx.snapshot.config if ctx.snapshot else None
 
 
 def target_path(ctx: PreflightContext) -> str:
     """The URI path after the update: the plan's, or the current one when the plan keeps it."""
-    return ctx.keystore.target.uri_path or xks_config(ctx.snapshot).get("UriPath") or "/kms/xks/v1"
+    current = current_config(ctx)
+    return ctx.keystore.target.uri_path or (current.uri_path if current else "") or "/kms/xks/v1"
 
 
 def target_owner(ctx: PreflightContext) -> str | None:
@@ -108,17 +130,17 @@ def target_owner(ctx: PreflightContext) -> str | None:
         return None
     if t.vpc_endpoint_service_owner:
         return t.vpc_endpoint_service_owner
-    cfg = xks_config(ctx.snapshot)
+    current = current_config(ctx)
     # UpdateCustomKeyStore leaves the owner unchanged when not given (facts §0).
-    return cfg.get("VpcEndpointServiceOwner") if cfg.get("Connectivity") == VPC else None
+    return (current.vpc_endpoint_service_owner or None) if current and current.connectivity == VPC else None
 
 
 def caller_identity(ctx: PreflightContext) -> dict[str, str]:
     """sts GetCallerIdentity, once per context."""
-    if "caller" not in ctx.cache:
+    if ctx.cache.caller is None:
         ident = ctx.clients.client("sts").get_caller_identity()
-        ctx.cache["caller"] = {"Account": ident.get("Account", ""), "Arn": ident.get("Arn", "")}
-    return ctx.cache["caller"]
+        ctx.cache.caller = {"Account": str(ident.get("Account", "")), "Arn": str(ident.get("Arn", ""))}
+    return ctx.cache.caller
 
 
 def address_for(ctx: PreflightContext, host: str, *, use_probe: bool) -> tuple[str | None, str]:

@@ -9,13 +9,15 @@ run and of its rollback is simulated up front.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any  # boto3 clients and responses carry no types
 
+from migrator.aws.clients import aws_error_code
+from migrator.aws.store_config import KeyInfo
 from migrator.plan import VPC
 from migrator.preflight.base import (
     Finding,
     PreflightContext,
-    aws_error_code,
     block,
     caller_identity,
     is_access_denied,
@@ -25,7 +27,6 @@ from migrator.preflight.base import (
     store_id,
     target_owner,
     warn,
-    xks_config,
 )
 
 MAX_AUTO_VERIFY_KEYS = 3
@@ -36,58 +37,68 @@ RUN_ACTIONS = (
 VPC_ACTIONS = ("ec2:DescribeVpcEndpointServiceConfigurations", "ec2:DescribeVpcEndpointServicePermissions")
 
 
-def store_keys(ctx: PreflightContext) -> list[dict[str, Any]]:
-    """KeyMetadata of every KMS key in the store (ListKeys has no store filter: DescribeKey each), cached."""
-    if "store_keys" not in ctx.cache:
+def _key_info(meta: Mapping[str, Any]) -> KeyInfo:
+    """DescribeKey's KeyMetadata, the parts preflight reads."""
+    xks = meta.get("XksKeyConfiguration") or {}
+    return KeyInfo(key_id=str(meta.get("KeyId") or ""), arn=str(meta.get("Arn") or ""),
+                   state=str(meta.get("KeyState") or ""), custom_key_store_id=str(meta.get("CustomKeyStoreId") or ""),
+                   xks_key_id=str(xks.get("Id") or ""))
+
+
+def store_keys(ctx: PreflightContext) -> list[KeyInfo]:
+    """Every KMS key in the store (ListKeys has no store filter: DescribeKey each), cached."""
+    if ctx.cache.store_keys is None:
         kms, sid, keys = ctx.clients.client("kms"), store_id(ctx), []
         for page in kms.get_paginator("list_keys").paginate():
             for entry in page.get("Keys", []):
-                meta = kms.describe_key(KeyId=entry["KeyId"]).get("KeyMetadata", {})
-                if meta.get("CustomKeyStoreId") == sid:
-                    keys.append(meta)
-        ctx.cache["store_keys"] = keys
-    return ctx.cache["store_keys"]
+                info = _key_info(kms.describe_key(KeyId=entry["KeyId"]).get("KeyMetadata", {}))
+                if info.custom_key_store_id == sid:
+                    keys.append(info)
+        ctx.cache.store_keys = keys
+    return ctx.cache.store_keys
 
 
-def verify_key_metadata(ctx: PreflightContext) -> list[dict[str, Any]]:
-    """KeyMetadata of the keys the run will verify with: the plan's, or up to 3 Enabled keys of the store."""
-    if "verify_keys" not in ctx.cache:
+def verify_keys(ctx: PreflightContext) -> list[tuple[str, KeyInfo | None]]:
+    """The keys the run will verify with, as (key id, key or None when it does not exist): the plan's, or up
+    to 3 Enabled keys of the store."""
+    if ctx.cache.verify_keys is None:
+        chosen: list[tuple[str, KeyInfo | None]] = []
         if ctx.keystore.verify_key_ids:
-            kms, metas = ctx.clients.client("kms"), []
+            kms = ctx.clients.client("kms")
             for key_id in ctx.keystore.verify_key_ids:
                 try:
-                    metas.append(kms.describe_key(KeyId=key_id).get("KeyMetadata", {}))
+                    chosen.append((key_id, _key_info(kms.describe_key(KeyId=key_id).get("KeyMetadata", {}))))
                 except Exception as exc:
                     if aws_error_code(exc) != "NotFoundException":
                         raise
-                    metas.append({"KeyId": key_id, "_missing": True})
+                    chosen.append((key_id, None))
         else:
-            metas = [k for k in store_keys(ctx) if k.get("KeyState") == "Enabled"][:MAX_AUTO_VERIFY_KEYS]
-        ctx.cache["verify_keys"] = metas
-    return ctx.cache["verify_keys"]
+            enabled = [k for k in store_keys(ctx) if k.state == "Enabled"]
+            chosen.extend((k.key_id, k) for k in enabled[:MAX_AUTO_VERIFY_KEYS])
+        ctx.cache.verify_keys = chosen
+    return ctx.cache.verify_keys
 
 
 def external_ids_to_verify(ctx: PreflightContext) -> list[str]:
     """XksKeyConfiguration.Id of the verify keys that belong to the store (for GetKeyMetadata)."""
     try:
-        metas = verify_key_metadata(ctx)
+        chosen = verify_keys(ctx)
     except Exception as exc:
         if not is_aws_or_network_error(exc):
             raise
         return []
     sid = store_id(ctx)
-    return [m["XksKeyConfiguration"]["Id"] for m in metas
-            if m.get("CustomKeyStoreId") == sid and (m.get("XksKeyConfiguration") or {}).get("Id")]
+    return [k.xks_key_id for _, k in chosen if k is not None and k.custom_key_store_id == sid and k.xks_key_id]
 
 
 def check_keys(ctx: PreflightContext) -> list[Finding]:
     if ctx.snapshot is None:
         return []
-    sid, state = store_id(ctx), ctx.snapshot.get("ConnectionState", "")
+    sid, state = store_id(ctx), ctx.snapshot.state
     keys = store_keys(ctx)
     counts: dict[str, int] = {}
     for k in keys:
-        counts[k.get("KeyState", "?")] = counts.get(k.get("KeyState", "?"), 0) + 1
+        counts[k.state or "?"] = counts.get(k.state or "?", 0) + 1
     found = [ok("keys.blast_radius", f"{len(keys)} KMS key(s) in {sid} will be Unavailable during the window "
                 f"({counts.get('PendingDeletion', 0)} pending deletion, {counts.get('Enabled', 0)} Enabled)",
                 total=len(keys), by_state=counts)]
@@ -106,21 +117,21 @@ def check_keys(ctx: PreflightContext) -> list[Finding]:
                                "connection with a round trip", "create or enable a key in the store, or name one in "
                                "[keystores.verify] key_ids"))
         return found
-    for meta in verify_key_metadata(ctx):
-        found.append(_judge_verify_key(meta, sid, state, disconnected))
+    for asked, key in verify_keys(ctx):
+        found.append(_judge_verify_key(asked, key, sid, state, disconnected))
     return found
 
 
-def _judge_verify_key(meta: dict[str, Any], sid: str, state: str, disconnected: bool) -> Finding:
-    key_id = meta.get("KeyId", "")
-    if meta.get("_missing"):
-        return block("keys.verify_keys", f"verify key {key_id} does not exist", "fix [keystores.verify] key_ids",
-                     key_id=key_id)
-    if meta.get("CustomKeyStoreId") != sid:
+def _judge_verify_key(asked: str, key: KeyInfo | None, sid: str, state: str, disconnected: bool) -> Finding:
+    if key is None:
+        return block("keys.verify_keys", f"verify key {asked} does not exist", "fix [keystores.verify] key_ids",
+                     key_id=asked)
+    key_id = key.key_id
+    if key.custom_key_store_id != sid:
         return block("keys.verify_keys", f"verify key {key_id} is not in {sid} (it is in "
-                     f"{meta.get('CustomKeyStoreId') or 'no custom key store'})", "name keys of this store in "
+                     f"{key.custom_key_store_id or 'no custom key store'})", "name keys of this store in "
                      "[keystores.verify] key_ids", key_id=key_id)
-    key_state = meta.get("KeyState", "")
+    key_state = key.state
     if key_state == "Enabled":
         return ok("keys.verify_keys", f"verify key {key_id} is Enabled", key_id=key_id)
     if key_state == "Unavailable" and disconnected:
@@ -141,7 +152,7 @@ def role_arn(arn: str) -> str:
 
 def needed_actions(ctx: PreflightContext) -> list[str]:
     actions = list(RUN_ACTIONS)
-    original_vpc = xks_config(ctx.snapshot).get("Connectivity") == VPC
+    original_vpc = ctx.snapshot is not None and ctx.snapshot.config.connectivity == VPC
     if ctx.keystore.target.connectivity == VPC or original_vpc:
         actions += VPC_ACTIONS
     owner = target_owner(ctx)
@@ -188,14 +199,14 @@ def check_permissions(ctx: PreflightContext) -> list[Finding]:
 def _role_with_path(ctx: PreflightContext, arn: str) -> str:
     """The role's real ARN (with its path) when iam:GetRole allows; else the path-less form."""
     try:
-        return ctx.clients.client("iam").get_role(RoleName=arn.rsplit("/", 1)[-1])["Role"]["Arn"]
+        return str(ctx.clients.client("iam").get_role(RoleName=arn.rsplit("/", 1)[-1])["Role"]["Arn"])
     except Exception as exc:
         if not is_aws_or_network_error(exc):
             raise
         return arn
 
 
-METRICS = {  # name -> (statistic, predicate of a worrying value, message)
+METRICS: dict[str, tuple[str, Callable[[float], bool], str]] = {  # name -> (statistic, worrying?, message)
     "XksProxyErrors": ("Sum", lambda v: v > 0, "proxy errors in the last hour: {v:.0f}"),
     "XksProxyLatency": ("Average", lambda v: v > 200,
                         "average proxy latency {v:.0f} ms in the last hour (alarm > 200)"),

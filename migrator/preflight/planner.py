@@ -7,22 +7,23 @@ read, to report other unfinished runs in the same Region.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
+from migrator.aws.clients import ClientFactory
 from migrator.aws.kms import AwsCallError, KmsApplier
 from migrator.aws.secret_refs import SecretValue
-from migrator.aws.store_config import StoreConfig
-from migrator.plan import KeystorePlan, Plan
-from migrator.preflight import gate
-from migrator.preflight.base import Finding, block
+from migrator.plan import Plan
+from migrator.preflight import calls, gate, inspector
+from migrator.preflight.base import Finding, PreflightContext, block
 
 
 @dataclass
 class StorePlan:
     ref: str
     store_id: str | None
-    current: dict[str, Any] | None
+    current: dict[str, str] | None  # Observation.to_dict() (snake_case), as the CLI renders it
     findings: list[Finding]
     calls: list[str]
     rollback: list[str]
@@ -46,40 +47,52 @@ class PlanReport:
         return 3 if self.blocked else 0
 
 
-class _View:
-    """What gate.essential_checks reads from a Driver, for a store that is only looked at."""
+class _Run(Protocol):
+    @property
+    def id(self) -> str: ...
 
-    def __init__(self, ks: KeystorePlan, snapshot: dict[str, Any]):
-        self.ks, self.snapshot = ks, snapshot
+
+class _Journal(Protocol):
+    def unfinished_runs(self, region: str, account_id: str | None = None) -> Sequence[_Run]: ...
+
+
+class PlanEnvironment(Protocol):
+    """What `make_report` reads from the engine's `Environment` (preflight never imports the engine)."""
 
     @property
-    def original(self) -> StoreConfig:
-        return StoreConfig.from_dict(self.snapshot)
-
+    def journal(self) -> _Journal: ...
     @property
-    def desired(self) -> StoreConfig:
-        return StoreConfig.for_target(self.ks.target, self.original)
+    def clients(self) -> ClientFactory: ...
+    @property
+    def secret_resolver(self) -> Callable[[str], SecretValue] | None: ...
+    @property
+    def extra_roots_pem(self) -> Sequence[bytes]: ...
+    @property
+    def resolve(self) -> Callable[[str], str] | None: ...
+    @property
+    def include_cloudwatch(self) -> bool: ...
 
 
-class _Context:
-    """What gate.* reads from a RunContext, without a run."""
-
-    run_id = ""
-
-    def __init__(self, plan: Plan, env: Any):
-        self.plan, self.env, self.journal = plan, env, env.journal
-
-    def secret(self, ref: str) -> SecretValue:
-        if self.env.secret_resolver is None:
+def _secret(env: PlanEnvironment) -> Callable[[str], SecretValue]:
+    def secret(ref: str) -> SecretValue:
+        if env.secret_resolver is None:
             raise ValueError(f"no way to resolve {ref}")
-        return self.env.secret_resolver(ref)
+        return env.secret_resolver(ref)
+
+    return secret
 
 
-def make_report(plan: Plan, env: Any) -> PlanReport:
-    from migrator.preflight import inspector as inspect
+def _unfinished_runs(plan: Plan, env: PlanEnvironment) -> tuple[str, ...]:
+    """Other unfinished runs in the Region (read-only; a journal that cannot answer reports none)."""
+    try:
+        return tuple(r.id for r in env.journal.unfinished_runs(plan.region, plan.account_id))
+    except Exception:
+        return ()
 
+
+def make_report(plan: Plan, env: PlanEnvironment) -> PlanReport:
     kms = KmsApplier(env.clients.client("kms"))
-    ctx = _Context(plan, env)
+    secret = _secret(env)
     report = PlanReport(plan)
     for ks in plan.keystores:
         try:
@@ -88,16 +101,15 @@ def make_report(plan: Plan, env: Any) -> PlanReport:
             report.stores.append(StorePlan(ks.ref, None, None, [block("keystore.readable", str(exc))], [], []))
             continue
         if obs is None:
-            pctx = inspect.PreflightContext(plan=plan, keystore=ks, snapshot=None, clients=env.clients,
-                                            secret_resolver=ctx.secret)
-            report.stores.append(StorePlan(ks.ref, None, None, list(inspect.preflight(pctx)), [], []))
+            ctx = PreflightContext(plan=plan, keystore=ks, snapshot=None, clients=env.clients, secret_resolver=secret)
+            report.stores.append(StorePlan(ks.ref, None, None, inspector.preflight(ctx), [], []))
             continue
-        snapshot = obs.to_dict()
-        view = _View(ks, snapshot)
-        findings = gate.essential_checks(ctx, view) + gate.inspector_checks(ctx, view)
-        entry = gate.describe_entry(snapshot)
-        calls, rollback = inspect.mutating_calls(plan, ks, entry), inspect.rollback_calls(plan, ks, entry)
-        report.stores.append(StorePlan(ks.ref, obs.id, snapshot, findings, calls, rollback))
+        inputs = gate.GateInputs(plan=plan, keystore=ks, snapshot=obs, clients=env.clients, secret=secret,
+                                 extra_roots_pem=tuple(env.extra_roots_pem), resolve=env.resolve,
+                                 include_cloudwatch=env.include_cloudwatch,
+                                 unfinished_runs=_unfinished_runs(plan, env))
+        report.stores.append(StorePlan(ks.ref, obs.id, obs.to_dict(), gate.run_gate(inputs),
+                                       calls.mutating_calls(plan, ks, obs), calls.rollback_calls(plan, ks, obs)))
     return report
 
 

@@ -8,8 +8,9 @@ the spec's `errorName` (facts §7.4) and mapped to what KMS would do with them (
 from __future__ import annotations
 
 import ssl
-from typing import Any
+from collections.abc import Sequence
 
+from migrator.aws.secret_refs import SecretValue
 from migrator.aws.xks_client import ProxyError, ProxyResponse, XksProxyClient
 from migrator.plan import VPC
 from migrator.preflight.base import (
@@ -26,7 +27,6 @@ from migrator.preflight.base import (
     resolve_secret_safely,
     target_path,
     warn,
-    xks_config,
 )
 from migrator.preflight.tls import probe_tls, tls_ok
 
@@ -72,8 +72,8 @@ def _error_finding(check: str, what: str, resp: ProxyResponse) -> Finding:
                 status=resp.status, error_name=resp.error_name)
 
 
-def probe_proxy(ctx: PreflightContext, *, uri_endpoint: str, uri_path: str, access_key_id: str, secret: Any,
-                key_ids: list[str], use_probe: bool, prefix: str) -> list[Finding]:
+def probe_proxy(ctx: PreflightContext, *, uri_endpoint: str, uri_path: str, access_key_id: str,
+                secret: SecretValue, key_ids: Sequence[str], use_probe: bool, prefix: str) -> list[Finding]:
     """GetHealthStatus, then GetKeyMetadata for each external key id."""
     host = host_of(uri_endpoint)
     address, _how = address_for(ctx, host, use_probe=use_probe)
@@ -155,12 +155,13 @@ def _key_metadata(client: XksProxyClient, key_id: str, principal: str, prefix: s
 
 def _target_credential(ctx: PreflightContext) -> tuple[str, str | None]:
     """(access key id, secret ref or None) of the credential the store will use after the update."""
-    ks, cfg = ctx.keystore, xks_config(ctx.snapshot)
+    ks = ctx.keystore
+    current = ctx.snapshot.config.access_key_id if ctx.snapshot else ""
     if ks.target.credential:
-        return ks.target.credential.access_key_id or cfg.get("AccessKeyId", ""), ks.target.credential.secret_ref
+        return ks.target.credential.access_key_id or current, ks.target.credential.secret_ref
     if ks.original_credential:
-        return ks.original_credential.access_key_id or cfg.get("AccessKeyId", ""), ks.original_credential.secret_ref
-    return cfg.get("AccessKeyId", ""), None
+        return ks.original_credential.access_key_id or current, ks.original_credential.secret_ref
+    return current, None
 
 
 def check_proxy(ctx: PreflightContext) -> list[Finding]:
@@ -180,7 +181,7 @@ def check_proxy(ctx: PreflightContext) -> list[Finding]:
         return [make("proxy.credential", f"cannot resolve {ref}: {why}", "make the secret reference resolvable "
                      "where xksmigrate runs", ref=ref)]
     found = [ok("proxy.credential", f"secret {ref} resolved for access key id {access_key_id}")]
-    tls = [f for f in ctx.cache.get("tls_findings", []) if f.check.startswith("tls.")]
+    tls = [f for f in ctx.cache.tls_findings or [] if f.check.startswith("tls.")]
     if tls and not tls_ok(tls):
         unreachable = any(f.check == "tls.reachable" and f.status != "pass" for f in tls)
         why = ("it cannot be reached from here (see tls.reachable)" if unreachable
@@ -195,11 +196,12 @@ def check_proxy(ctx: PreflightContext) -> list[Finding]:
 
 def check_rollback(ctx: PreflightContext) -> list[Finding]:
     """The recorded configuration must still work, and the run must be able to put it back."""
-    ks, cfg = ctx.keystore, xks_config(ctx.snapshot)
-    if not cfg:
+    ks = ctx.keystore
+    if ctx.snapshot is None:
         return []
+    original = ctx.snapshot.config
     found: list[Finding] = []
-    old_secret = None
+    old_secret: SecretValue | None = None
     if ks.target.credential:
         if ks.original_credential is None:
             found.append(_no_rollback(ctx, "the credential changes and the plan gives no original_credential: "
@@ -217,14 +219,14 @@ def check_rollback(ctx: PreflightContext) -> list[Finding]:
     else:
         found.append(ok("rollback.original_secret", "the credential does not change: rollback needs no secret"))
 
-    endpoint, path = cfg.get("UriEndpoint", ""), cfg.get("UriPath", "/kms/xks/v1")
+    endpoint, path = original.uri_endpoint, original.uri_path or "/kms/xks/v1"
     if not endpoint:
         return found
-    private = cfg.get("Connectivity") == VPC
+    private = original.connectivity == VPC
     tls = probe_tls(ctx, endpoint, private=private, use_probe=False, prefix="rollback.tls")
     found += [_soften(ctx, f) for f in tls]
     if old_secret is not None and tls_ok(tls):
-        access = (ks.original_credential.access_key_id if ks.original_credential else "") or cfg.get("AccessKeyId", "")
+        access = (ks.original_credential.access_key_id if ks.original_credential else "") or original.access_key_id
         probed = probe_proxy(ctx, uri_endpoint=endpoint, uri_path=path, access_key_id=access, secret=old_secret,
                              key_ids=[], use_probe=False, prefix="rollback.proxy")
         found += [_soften(ctx, f) for f in probed]

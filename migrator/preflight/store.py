@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from migrator.aws.store_config import Observation, StoreConfig
 from migrator.plan import PUBLIC, VPC
 from migrator.preflight.base import (
     Finding,
@@ -19,7 +20,6 @@ from migrator.preflight.base import (
     target_owner,
     target_path,
     warn,
-    xks_config,
 )
 
 _ENDPOINT = re.compile(r"^https://[a-zA-Z0-9.-]+$")
@@ -48,49 +48,41 @@ def check_keystore(ctx: PreflightContext) -> list[Finding]:
                       "aws kms describe-custom-key-stores --region " + ctx.plan.region
                       + "  # check the id/name and the Region in the plan", keystore=ks.ref)]
     sid = store_id(ctx)
-    found = [ok("keystore.exists", f"key store {sid} ({snap.get('CustomKeyStoreName', '')}) found",
-                keystore=sid)]
-    kind = snap.get("CustomKeyStoreType", "")
-    if kind != "EXTERNAL_KEY_STORE":
+    found = [ok("keystore.exists", f"key store {sid} ({snap.name}) found", keystore=sid)]
+    kind = snap.type
+    if not snap.is_external:
         found.append(block("keystore.type", f"{sid} is {kind or 'of unknown type'}, not EXTERNAL_KEY_STORE: "
                            "there is no proxy connectivity to switch", "use an external key store id in the plan",
                            type=kind))
         return found
     found.append(ok("keystore.type", f"{sid} is an external key store"))
-    state = snap.get("ConnectionState", "")
+    state = snap.state
     if state == "CONNECTED":
         found.append(ok("keystore.state", f"{sid} is CONNECTED", state=state))
     elif state in STATE_MEANING:
-        detail = {"state": state}
+        detail: dict[str, object] = {"state": state}
         extra = ""
-        if state == "FAILED" and snap.get("ConnectionErrorCode"):
-            detail["connection_error_code"] = snap["ConnectionErrorCode"]
-            extra = f" (ConnectionErrorCode {snap['ConnectionErrorCode']})"
+        if state == "FAILED" and snap.error_code:
+            detail["connection_error_code"] = snap.error_code
+            extra = f" (ConnectionErrorCode {snap.error_code})"
         found.append(warn("keystore.state", f"{sid} {STATE_MEANING[state]}{extra}",
                           "" if state != "FAILED" else "fix the cause of the failed connect if it was the "
                           "current configuration, or proceed: the run replaces it", **detail))
     else:
         found.append(warn("keystore.state", f"{sid} reports an unknown connection state {state!r}", state=state))
-    found.append(_target_differs(ctx))
+    found.append(_target_differs(ctx, snap))
     return found
 
 
-def _target_differs(ctx: PreflightContext) -> Finding:
-    cfg, t = xks_config(ctx.snapshot), ctx.keystore.target
-    changes: dict[str, list[str | None]] = {}
-
-    def compare(name: str, current: str | None, wanted: str | None) -> None:
-        if wanted is not None and (current or "") != (wanted or ""):
-            changes[name] = [current or "", wanted or ""]
-
-    compare("connectivity", cfg.get("Connectivity"), t.connectivity)
-    compare("uri_endpoint", cfg.get("UriEndpoint"), t.uri_endpoint)
-    compare("uri_path", cfg.get("UriPath"), t.uri_path)
-    wanted_service = t.vpc_endpoint_service_name or "" if t.connectivity == VPC else ""
-    compare("vpc_endpoint_service_name", cfg.get("VpcEndpointServiceName"), wanted_service)
-    compare("vpc_endpoint_service_owner", cfg.get("VpcEndpointServiceOwner"), t.vpc_endpoint_service_owner)
-    if t.credential:
-        compare("access_key_id", cfg.get("AccessKeyId"), t.credential.access_key_id or None)
+def _target_differs(ctx: PreflightContext, snap: Observation) -> Finding:
+    t, current = ctx.keystore.target, snap.config
+    found = {c.field: [c.before, c.after] for c in current.diff(StoreConfig.for_target(t, current))}
+    # `diff` ignores an empty owner (KMS fills in the caller's account), but naming one for a store that
+    # reports none is still a field the update sends.
+    owner = t.vpc_endpoint_service_owner
+    if owner and owner != current.vpc_endpoint_service_owner:
+        found.setdefault("vpc_endpoint_service_owner", [current.vpc_endpoint_service_owner, owner])
+    changes = {name: found[name] for name in StoreConfig.FIELDS if name in found}
     if not changes and not t.credential:
         return block("keystore.target_differs", f"the target equals the current configuration of {store_id(ctx)}: "
                      "a run would disconnect the store for nothing", "change [keystores.target] or drop the store "
@@ -136,8 +128,8 @@ def check_target(ctx: PreflightContext) -> list[Finding]:
     elif t.connectivity not in (PUBLIC, VPC):
         found.append(block("target.connectivity", f"unknown connectivity {t.connectivity!r}"))
     else:
-        cfg = xks_config(ctx.snapshot)
-        if ctx.snapshot and cfg.get("Connectivity") != t.connectivity and cfg.get("UriEndpoint") == t.uri_endpoint:
+        cur = ctx.snapshot.config if ctx.snapshot else None
+        if cur and cur.connectivity != t.connectivity and cur.uri_endpoint == t.uri_endpoint:
             found.append(warn("target.connectivity", "connectivity changes but the endpoint stays the same; KMS "
                               "documents that a connectivity change must also change XksProxyUriEndpoint",
                               "use the private DNS name (to VPC) or the public name (to public) as uri_endpoint"))
@@ -150,19 +142,19 @@ def check_target(ctx: PreflightContext) -> list[Finding]:
 def _uniqueness(ctx: PreflightContext) -> list[Finding]:
     """facts §5: endpoint+path unique; VPC endpoint and service per store; public != any VPC endpoint."""
     t, sid = ctx.keystore.target, store_id(ctx)
-    others = []
+    others: list[tuple[str, StoreConfig]] = []
     for page in ctx.clients.client("kms").get_paginator("describe_custom_key_stores").paginate():
         for entry in page.get("CustomKeyStores", []):
-            if entry.get("CustomKeyStoreId") != sid and entry.get("CustomKeyStoreType") == "EXTERNAL_KEY_STORE":
-                others.append((entry["CustomKeyStoreId"], xks_config(entry)))
+            other = Observation.from_describe(entry)
+            if other.id != sid and other.is_external:
+                others.append((other.id, other.config))
     uri = t.uri_endpoint.rstrip("/") + target_path(ctx)
-    same_uri = [oid for oid, c in others if (c.get("UriEndpoint", "") + c.get("UriPath", "")) == uri]
+    same_uri = [oid for oid, c in others if (c.uri_endpoint + c.uri_path) == uri]
     if t.connectivity == VPC:
-        same_host = [oid for oid, c in others if c.get("UriEndpoint") == t.uri_endpoint]
+        same_host = [oid for oid, c in others if c.uri_endpoint == t.uri_endpoint]
         host_rule = "each VPC-connected store needs its own private DNS name"
     else:
-        same_host = [oid for oid, c in others
-                     if c.get("Connectivity") == VPC and c.get("UriEndpoint") == t.uri_endpoint]
+        same_host = [oid for oid, c in others if c.connectivity == VPC and c.uri_endpoint == t.uri_endpoint]
         host_rule = "a public endpoint cannot equal a VPC-connected store's endpoint"
     found = [
         block("target.uri_unique", f"{uri} is already used by {', '.join(same_uri)} (XksProxyUriInUseException)",
@@ -176,8 +168,8 @@ def _uniqueness(ctx: PreflightContext) -> list[Finding]:
     if t.connectivity == VPC:
         owner = target_owner(ctx)
         # Service ids are unique; an owner only tells two services apart when both sides name one.
-        same_svc = [oid for oid, c in others if c.get("VpcEndpointServiceName") == t.vpc_endpoint_service_name
-                    and not (owner and c.get("VpcEndpointServiceOwner") and c["VpcEndpointServiceOwner"] != owner)]
+        same_svc = [oid for oid, c in others if c.vpc_endpoint_service_name == t.vpc_endpoint_service_name
+                    and not (owner and c.vpc_endpoint_service_owner and c.vpc_endpoint_service_owner != owner)]
         found.append(
             block("target.vpc_service_unique", f"{t.vpc_endpoint_service_name} is already used by "
                   f"{', '.join(same_svc)}: each store needs its own endpoint service "
@@ -191,7 +183,7 @@ def check_quota(ctx: PreflightContext) -> list[Finding]:
     """DescribeCustomKeyStores is 5 requests/s per account and Region, shared by everyone (facts §8.1)."""
     interval, stores = ctx.plan.poll_interval, max(1, len(ctx.plan.keystores))
     rate = stores / interval if interval > 0 else float("inf")
-    found = []
+    found: list[Finding] = []
     if interval < 2.0:
         found.append(warn("quota.poll_interval", f"poll_interval {interval:g}s polls DescribeCustomKeyStores "
                           f"{rate:.1f}/s against a 5/s account-wide quota shared with every other caller",

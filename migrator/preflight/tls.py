@@ -17,13 +17,18 @@ import datetime as dt
 import hashlib
 import socket
 import ssl
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from migrator.aws.xks_client import parse_hostport
 from migrator.plan import VPC
 from migrator.preflight.base import BLOCK, Finding, PreflightContext, address_for, block, host_of, ok, warn
 from migrator.preflight.trusted_roots import TrustedRoot, root_by_name, trusted_fingerprints
+
+if TYPE_CHECKING:
+    from cryptography.x509 import Certificate
 
 EXPIRY_WARN_DAYS = 30
 KMS_TLS12_CIPHERS = {"ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-ECDSA-AES256-GCM-SHA384"}
@@ -99,7 +104,7 @@ def system_roots() -> tuple[bytes, ...]:
 
 
 @lru_cache(maxsize=4)
-def _parse_lenient(ders: tuple[bytes, ...]) -> tuple:
+def _parse_lenient(ders: tuple[bytes, ...]) -> tuple[Certificate, ...]:
     """Parse store certificates, skipping any this `cryptography` refuses (some OS roots break RFC 5280)."""
     import warnings
 
@@ -116,7 +121,7 @@ def _parse_lenient(ders: tuple[bytes, ...]) -> tuple:
     return tuple(out)
 
 
-def pem_to_der(pems: list[bytes]) -> list[bytes]:
+def pem_to_der(pems: Sequence[bytes]) -> list[bytes]:
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -143,7 +148,7 @@ def hostname_matches(host: str, names: list[str]) -> bool:
     return False
 
 
-def cert_names(cert) -> tuple[list[str], list[str]]:
+def cert_names(cert: Certificate) -> tuple[list[str], list[str]]:
     """(CN values, SAN DNS names)."""
     from cryptography import x509
     from cryptography.x509.oid import NameOID
@@ -157,7 +162,7 @@ def cert_names(cert) -> tuple[list[str], list[str]]:
     return cns, sans
 
 
-def _issued_by(cert, issuer) -> bool:
+def _issued_by(cert: Certificate, issuer: Certificate) -> bool:
     if cert.issuer != issuer.subject:
         return False
     try:
@@ -167,14 +172,14 @@ def _issued_by(cert, issuer) -> bool:
         return False
 
 
-def _name(cert) -> str:
+def _name(cert: Certificate) -> str:
     cns, _ = cert_names(cert)
     return cns[0] if cns else cert.subject.rfc4514_string()
 
 
 def judge_chain(host: str, chain_der: list[bytes], *, now: dt.datetime | None = None,
-                extra_roots_der: list[bytes] = (), system_roots_der: tuple[bytes, ...] | list[bytes] = (),
-                trusted: dict[str, TrustedRoot] | None = None, prefix: str = "tls") -> list[Finding]:
+                extra_roots_der: Sequence[bytes] = (), system_roots_der: Sequence[bytes] = (),
+                trusted: Mapping[str, TrustedRoot] | None = None, prefix: str = "tls") -> list[Finding]:
     """Judge a served chain the way KMS will: trusted root by fingerprint, host name, dates."""
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
@@ -189,7 +194,7 @@ def judge_chain(host: str, chain_der: list[bytes], *, now: dt.datetime | None = 
     extra_fps = {hashlib.sha256(d).hexdigest() for d in extra_roots_der}
     pool = served[1:] + extras + list(_parse_lenient(tuple(system_roots_der)))
 
-    def fp(cert) -> str:
+    def fp(cert: Certificate) -> str:
         return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
 
     path, root = [served[0]], None
@@ -250,7 +255,7 @@ def judge_chain(host: str, chain_der: list[bytes], *, now: dt.datetime | None = 
     return findings
 
 
-def _expiry(path: list, now: dt.datetime, prefix: str) -> Finding:
+def _expiry(path: Sequence[Certificate], now: dt.datetime, prefix: str) -> Finding:
     soonest = min(path, key=lambda c: c.not_valid_after_utc)
     leaf = path[0]
     for cert in path:
@@ -321,10 +326,10 @@ def check_tls(ctx: PreflightContext) -> list[Finding]:
     """The target endpoint's TLS."""
     t = ctx.keystore.target
     findings = probe_tls(ctx, t.uri_endpoint, private=t.connectivity == VPC, use_probe=True)
-    ctx.cache["tls_findings"] = findings  # the proxy probe skips a target whose TLS already failed
+    ctx.cache.tls_findings = findings  # the proxy probe skips a target whose TLS already failed
     return findings
 
 
-def tls_ok(findings: list[Finding]) -> bool:
+def tls_ok(findings: Sequence[Finding]) -> bool:
     return not any(f.status == BLOCK for f in findings) and any(f.check.endswith(".reachable") and f.status == "pass"
                                                                  for f in findings)

@@ -7,13 +7,14 @@ the same requirements are read with the EC2/ELBv2 describe calls (facts §4.3) b
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any  # boto3 clients and responses carry no types
 
+from migrator.aws.clients import aws_error_code
 from migrator.plan import VPC
 from migrator.preflight.base import (
     Finding,
     PreflightContext,
-    aws_error_code,
     block,
     caller_identity,
     host_of,
@@ -60,10 +61,10 @@ def check_vpc(ctx: PreflightContext) -> list[Finding]:
     return found
 
 
-def _service_fields(ctx: PreflightContext, svc: dict[str, Any], sid: str) -> list[Finding]:
+def _service_fields(ctx: PreflightContext, svc: Mapping[str, Any], sid: str) -> list[Finding]:
     """State, type, acceptance and private DNS: the same fields in the provider and consumer views."""
     region, host = ctx.plan.region, host_of(ctx.keystore.target.uri_endpoint)
-    found = []
+    found: list[Finding] = []
     state = svc.get("ServiceState", "")
     found.append(ok("vpc.service_state", f"{sid} is Available") if state == "Available" else
                  block("vpc.service_state", f"{sid} is {state or 'in an unknown state'}, not Available",
@@ -133,7 +134,7 @@ def _permissions(ctx: PreflightContext, ec2: Any, sid: str) -> list[Finding]:
                   "with XKS_VPC_ENDPOINT_SERVICE_NOT_FOUND", add_cmd, allowed=allowed)]
 
 
-def _load_balancers(ctx: PreflightContext, svc: dict[str, Any], sid: str) -> list[Finding]:
+def _load_balancers(ctx: PreflightContext, svc: Mapping[str, Any], sid: str) -> list[Finding]:
     """A network (not gateway/application) load balancer in two AZs; internal with TCP 443 (warnings)."""
     if svc.get("GatewayLoadBalancerArns"):
         return [block("vpc.load_balancer", f"{sid} is backed by a gateway load balancer: KMS needs a network "
@@ -174,7 +175,7 @@ def _load_balancers(ctx: PreflightContext, svc: dict[str, Any], sid: str) -> lis
     return found
 
 
-def _listener(elbv2: Any, lb: dict[str, Any]) -> Finding:
+def _listener(elbv2: Any, lb: Mapping[str, Any]) -> Finding:
     name = lb.get("LoadBalancerName", "")
     try:
         listeners = elbv2.describe_listeners(LoadBalancerArn=lb["LoadBalancerArn"]).get("Listeners", [])

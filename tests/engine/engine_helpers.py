@@ -35,7 +35,7 @@ def make_env(server: Any, journal: Any, *, approve: bool = True, observer: Any =
     from migrator.aws.secret_refs import resolve_secret
     from migrator.dryrun import DUMMY_CREDENTIALS
     from migrator.engine.clock import Clock
-    from migrator.engine.runner import Environment, Observer
+    from migrator.engine.environment import Environment, Observer
 
     clients = ClientFactory(region=server.world.region, endpoint_url=server.endpoint_url,
                             credentials=dict(DUMMY_CREDENTIALS))

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from migrator.aws.store_config import Observation
 from migrator.plan import PUBLIC, VPC, CredentialRef, KeystorePlan, Plan, Target
-from migrator.preflight.inspector import Finding, blocked, mutating_calls, rollback_calls
+from migrator.preflight.calls import mutating_calls, rollback_calls
+from migrator.preflight.inspector import Finding, blocked
 from migrator.preflight.keys import role_arn
 
-SNAP_VPC = {"CustomKeyStoreId": "cks-0fedcba9876543210", "ConnectionState": "DISCONNECTED",
-            "CustomKeyStoreType": "EXTERNAL_KEY_STORE",
-            "XksProxyConfiguration": {"Connectivity": VPC, "UriEndpoint": "https://ledger-private.example.org",
-                                      "UriPath": "/kms/xks/v1", "AccessKeyId": "LEDGERXKSACCESSKEY234",
-                                      "VpcEndpointServiceName": "com.amazonaws.vpce.eu-west-1.vpce-svc-0fed",
-                                      "VpcEndpointServiceOwner": "444455556666"}}
+SNAP_VPC = Observation.from_describe({
+    "CustomKeyStoreId": "cks-0fedcba9876543210", "ConnectionState": "DISCONNECTED",
+    "CustomKeyStoreType": "EXTERNAL_KEY_STORE",
+    "XksProxyConfiguration": {"Connectivity": VPC, "UriEndpoint": "https://ledger-private.example.org",
+                              "UriPath": "/kms/xks/v1", "AccessKeyId": "LEDGERXKSACCESSKEY234",
+                              "VpcEndpointServiceName": "com.amazonaws.vpce.eu-west-1.vpce-svc-0fed",
+                              "VpcEndpointServiceOwner": "444455556666"}})
 
 
 def plan_for(ks: KeystorePlan) -> Plan:

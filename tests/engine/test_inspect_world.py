@@ -18,8 +18,10 @@ from misconfigured_worlds import SECRET, WORLD_MISCONFIGURATIONS, add_other_stor
 
 from migrator.aws.clients import ClientFactory
 from migrator.aws.secret_refs import SecretError, SecretValue
+from migrator.aws.store_config import Observation
 from migrator.plan import PUBLIC, CredentialRef, Plan, load_plan
-from migrator.preflight.inspector import Finding, PreflightContext, blocked, mutating_calls, preflight, rollback_calls
+from migrator.preflight.calls import mutating_calls, rollback_calls
+from migrator.preflight.inspector import Finding, PreflightContext, blocked, preflight
 from migrator.rehearsal.server import RehearsalServer
 from migrator.rehearsal.world import model
 from migrator.rehearsal.world.model import load_world_file
@@ -85,7 +87,7 @@ def world_resolver(server: RehearsalServer, *, private: bool = True) -> Callable
 class Result:
     findings: list[Finding]
     server: RehearsalServer
-    snapshot: dict | None
+    snapshot: Observation | None
 
     def by_check(self, check: str) -> list[Finding]:
         return [f for f in self.findings if f.check == check]
@@ -121,7 +123,7 @@ def run() -> Iterator[Callable[..., Result]]:
         kms = clients.client("kms")
         try:
             args = {"CustomKeyStoreId": ks.id} if ks.id else {"CustomKeyStoreName": ks.name}
-            snap = kms.describe_custom_key_stores(**args)["CustomKeyStores"][0]
+            snap = Observation.from_describe(kms.describe_custom_key_stores(**args)["CustomKeyStores"][0])
         except kms.exceptions.CustomKeyStoreNotFoundException:
             snap = None
         ctx = PreflightContext(plan=plan, keystore=ks, snapshot=snap, clients=clients,

@@ -13,7 +13,7 @@ from engine_helpers import ROOMY_BUDGET, example_plan, load_world, make_env, mut
 
 from migrator.aws.kms import KmsApplier
 from migrator.engine import runner as engine
-from migrator.engine.hooks import Hooks
+from migrator.engine.hooks import Hooks, facts_for
 
 EVENTS = ["before-disconnect", "after-disconnect", "after-connect", "verified", "completed"]
 
@@ -88,13 +88,9 @@ def test_hooks_never_see_the_plans_secret_variables(tmp_path, monkeypatch):
     monkeypatch.setenv("XKS_NEW_SECRET", "s" * 44)
     monkeypatch.setenv("XKS_OLD", "o" * 44)
 
-    class Ctx:
-        run_id, env = "run-x", type("E", (), {"dry_run": True})()
-
-    Ctx.plan = plan
-    driver = type("D", (), {"store_id": "cks-1", "state": "approved", "ks": plan.keystores[0],
-                            "window": lambda self: None})()
-    variables = Hooks(str(tmp_path)).environment("before-disconnect", Ctx(), driver)
+    facts = facts_for(plan, plan.keystores[0], run_id="run-x", store_id="cks-1", store_state="approved",
+                      window_seconds=None, dry_run=True)
+    variables = facts.environment("before-disconnect", dict(os.environ))
     assert "XKS_NEW_SECRET" not in variables and "XKS_OLD" not in variables
     assert variables["XKSMIGRATE_EVENT"] == "before-disconnect"
 

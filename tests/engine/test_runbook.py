@@ -29,7 +29,7 @@ from engine_helpers import REPO, ROOMY_BUDGET, example_plan, load_world, make_en
 
 from migrator.aws.kms import KmsApplier
 from migrator.engine import runner as engine
-from migrator.engine.runner import Observer
+from migrator.engine.environment import Observer
 
 pytestmark = pytest.mark.slow
 

@@ -92,7 +92,7 @@ def _old_runner(url: str, endpoint_url: str, ca_bundle: str, region: str) -> Non
     from migrator.dryrun import DUMMY_CREDENTIALS
     from migrator.engine import runner as engine
     from migrator.engine.clock import Clock
-    from migrator.engine.runner import Environment
+    from migrator.engine.environment import Environment
 
     journal = Journal(*_engines(url))
     assert journal.schema_revision() == "0001"

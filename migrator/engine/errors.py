@@ -1,0 +1,29 @@
+"""How a step says it cannot go on: the exceptions the driver's loop routes through the machine table.
+
+A leaf module (it imports nothing of the engine), so every other engine module can raise them.
+`Blocked`, `StepFailed` and `DeadlineExceeded` are ordinary exceptions the loop turns into a move
+(block, roll back, stuck: the row's `on_failure`); `LockLostStop` is a BaseException so that,
+like Ctrl-C, it passes every `except Exception` and stops the run before its next AWS call.
+"""
+
+from __future__ import annotations
+
+
+class Blocked(Exception):
+    """Preflight (or the operator) stopped the run before anything changed."""
+
+
+class StepFailed(Exception):
+    """The forward path cannot continue; the store must go back to its original configuration."""
+
+
+class DeadlineExceeded(Exception):
+    """The budget ran out while waiting; `last` is the last observation (if any)."""
+
+    def __init__(self, what: str, last: object = None):
+        super().__init__(f"budget exhausted while {what}")
+        self.what, self.last = what, last
+
+
+class LockLostStop(BaseException):
+    """Our lock was removed (xksmigrate unlock) or its session died: stop before the next side effect."""

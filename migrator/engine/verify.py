@@ -1,0 +1,92 @@
+"""Verify means crypto, not state: which keys prove a store works, and the round trips that prove it.
+
+`CONNECTED` "does not indicate that the connection is operating properly" (AWS), so a store is done
+only when DescribeKey says `Enabled` and an Encrypt+Decrypt round trip succeeds for every verify key.
+The keys are chosen at snapshot time, while they are still usable, and proven in parallel: the window
+ends when the slowest key works, not after the sum of all round trips.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from migrator.aws.kms import AwsCallError, KmsApplier
+from migrator.aws.store_config import Observation
+from migrator.engine.clock import Clock
+from migrator.engine.errors import Blocked, StepFailed
+from migrator.engine.waits import poll_until
+
+VerifyKey = dict[str, str]  # {"key_id", "arn", "state"} as journaled in the snapshot
+OnPoll = Callable[[object, float], None]
+
+
+def select_verify_keys(kms: KmsApplier, store: Observation, named: tuple[str, ...]) -> list[VerifyKey]:
+    """The plan's verify keys (each must belong to the store), or up to 3 usable keys of the store."""
+    if named:
+        chosen = []
+        for key_id in named:
+            info = kms.describe_key(key_id)
+            if info.custom_key_store_id != store.id:
+                owner = info.custom_key_store_id or "no custom key store"
+                raise Blocked(f"keys.verify_keys: verify key {key_id} belongs to {owner}, not to {store.id}")
+            chosen.append({"key_id": info.key_id, "arn": info.arn, "state": info.state})
+        return chosen
+    connected = store.state == "CONNECTED"
+    keys = kms.keys_of_store(store.id, want_enabled=3,
+                             states=("Enabled",) if connected else ("Enabled", "Unavailable"))
+    if not keys:
+        raise Blocked(f"keys.verifiable: key store {store.id} has no Enabled KMS key to verify with; "
+                      "name one in verify.key_ids")
+    return [{"key_id": k.key_id, "arn": k.arn, "state": k.state} for k in keys]
+
+
+class KeyProver:
+    """Round trips for a set of keys, each journaled through `record_ok(key_id, encrypt_rid, decrypt_rid)`."""
+
+    def __init__(self, kms: KmsApplier, clock: Clock, *, run_id: str, interval: float,
+                 record_ok: Callable[[str, str | None, str | None], None], on_poll: OnPoll):
+        self.kms, self.clock, self.run_id, self.interval = kms, clock, run_id, interval
+        self.record_ok, self.on_poll = record_ok, on_poll
+
+    def prove_all(self, key_ids: list[str], deadline: float | None) -> None:
+        """Every key, in parallel (daemon threads, so Ctrl-C is never held up); the first error is raised."""
+        if not key_ids:
+            raise StepFailed("no key to verify with")
+        errors: dict[str, BaseException] = {}
+        threads = [threading.Thread(target=self._prove_into, args=(key_id, deadline, errors), daemon=True,
+                                    name=f"verify-{key_id}") for key_id in key_ids]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)
+        if errors:
+            key_id, exc = next(iter(errors.items()))
+            raise exc if isinstance(exc, Exception) else StepFailed(f"verifying {key_id}: {exc}")
+
+    def _prove_into(self, key_id: str, deadline: float | None, errors: dict[str, BaseException]) -> None:
+        try:
+            self.prove(key_id, deadline)
+        except BaseException as exc:  # reported by the caller's thread
+            errors[key_id] = exc
+
+    def prove(self, key_id: str, deadline: float | None) -> None:
+        """Until one round trip works (changes take up to 5 minutes to be fully effective), within the deadline."""
+        context = {"xksmigrate-run": self.run_id}
+
+        def attempt() -> str:
+            try:
+                info = self.kms.describe_key(key_id)
+                if info.state != "Enabled":
+                    return f"KeyState {info.state}"
+                encrypt_rid, decrypt_rid = self.kms.round_trip(key_id, context)
+            except AwsCallError as exc:
+                if exc.code == "KMSInvalidStateException" or exc.retryable:
+                    return f"{exc.code}: {exc.message}"
+                raise
+            self.record_ok(key_id, encrypt_rid, decrypt_rid)
+            return "ok"
+
+        poll_until(attempt, lambda result: result == "ok", clock=self.clock, interval=self.interval,
+                   deadline=deadline, what=f"verifying key {key_id}", on_poll=self.on_poll)

@@ -1,0 +1,303 @@
+"""The engine core as pure logic: the machine table, the driver's loop over it, the poll schedule and
+the UpdateCustomKeyStore parameters. A manual clock and a recording applier stand in at the edges
+(core_fakes.py), so these run in milliseconds; the AWS conversation itself is tested against the
+rehearsal world elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from core_fakes import (
+    ORIGINAL,
+    STORE_ID,
+    ManualClock,
+    MemoryServices,
+    RecordingApplier,
+    core_plan,
+    migration,
+    snapshot_of,
+)
+from tenacity import RetryCallState
+
+from migrator.aws.kms import AwsCallError, needs_disconnect, update_parameters
+from migrator.aws.store_config import StoreConfig
+from migrator.engine import machine
+from migrator.engine.driver import Driver
+from migrator.engine.errors import Blocked
+from migrator.engine.hooks import HookFailed
+from migrator.engine.machine import Budget, OnFailure
+from migrator.engine.waits import MIN_POLL, poll_schedule
+from migrator.preflight.base import Finding
+
+VPC_TARGET = StoreConfig("VPC_ENDPOINT_SERVICE", "https://private.xks.example.com", "/kms/xks/v1",
+                         "com.amazonaws.vpce.us-east-1.vpce-svc-0123456789abcdef0", "", ORIGINAL.access_key_id)
+
+
+# -- the table -----------------------------------------------------------------------------------------
+
+# The transitions as they stood before the table drove the run: the table may only grow on purpose.
+EXPECTED_TRANSITIONS = {
+    ("take_snapshot", "pending", "snapshotted"), ("pass_preflight", "snapshotted", "preflighted"),
+    ("approve", "preflighted", "approved"), ("start_disconnect", "approved", "disconnecting"),
+    ("observe_disconnected", "disconnecting", "disconnected"), ("start_update", "disconnected", "updating"),
+    ("observe_updated", "updating", "updated"), ("start_connect", "updated", "connecting"),
+    ("observe_connected", "connecting", "connected"), ("start_verify", "connected", "verifying"),
+    ("verify_ok", "verifying", "completed"), ("operator_rollback", "completed", "rolling_back"),
+    ("rollback_ok", "rolling_back", "rolled_back"), ("rollback_failed", "rolling_back", "stuck"),
+    ("retry_rollback", "stuck", "rolling_back"),
+    *(("block", s, "blocked") for s in ("pending", "snapshotted", "preflighted", "approved")),
+    *(("fail", s, "rolling_back") for s in ("disconnecting", "disconnected", "updating", "updated", "connecting",
+                                            "connected", "verifying")),
+}
+
+
+def test_the_table_holds_exactly_the_procedures_transitions() -> None:
+    assert set(machine.TABLE) == EXPECTED_TRANSITIONS
+    assert len(machine.TABLE) == len(EXPECTED_TRANSITIONS)
+
+
+def test_every_step_a_row_names_is_a_driver_method() -> None:
+    for row in machine.ROWS:
+        for name in row.steps:
+            assert callable(getattr(Driver, f"step_{name}", None)), f"{row.state}: no Driver.step_{name}"
+
+
+def test_the_forward_path_is_the_advance_chain() -> None:
+    assert machine.FORWARD == ("pending", "snapshotted", "preflighted", "approved", "disconnecting", "disconnected",
+                               "updating", "updated", "connecting", "connected", "verifying", "completed")
+
+
+@pytest.mark.parametrize("row", machine.ROWS, ids=lambda r: r.state)
+def test_each_row_is_consistent(row: machine.Row) -> None:
+    """One row says everything: terminal rows do nothing; the rest advance and know what a failure means."""
+    if row.terminal:
+        assert row.advance is None and row.on_failure is None and row.budget is Budget.NONE
+        return
+    assert row.advance is not None and row.advance[1] in machine.STATES and row.on_failure is not None
+    assert row.doc
+    if row.state in ("pending", "snapshotted", "preflighted", "approved"):
+        # Nothing changed yet: a failure blocks, transient AWS errors are retried, no budget runs.
+        assert (row.on_failure, row.budget, row.retry_transient) == (OnFailure.BLOCK, Budget.NONE, True)
+    elif row.state in ("disconnecting", "disconnected", "updating", "updated"):
+        # Past the budget no forward call may start from here: straight back.
+        assert (row.on_failure, row.budget, row.retry_transient) == (OnFailure.ROLL_BACK, Budget.REFUSE_PAST, False)
+    elif row.state in ("connecting", "connected", "verifying"):
+        assert (row.on_failure, row.budget, row.retry_transient) == (OnFailure.ROLL_BACK, Budget.BOUNDS, False)
+    else:
+        assert row.state == "rolling_back"
+        assert (row.on_failure, row.budget) == (OnFailure.STUCK, Budget.ROLLBACK)
+        assert row.steps == ("rollback_begin", "rollback_disconnect", "rollback_restore", "rollback_connect",
+                             "rollback_verify")
+
+
+def test_destination_answers_from_the_table() -> None:
+    assert machine.destination("approved", "block") == "blocked"
+    assert machine.destination("disconnecting", "block") is None
+    assert machine.destination("completed", "operator_rollback") == "rolling_back"
+    assert machine.destination("rolled_back", "operator_rollback") is None
+
+
+def test_the_graph_is_drawn_from_the_table() -> None:
+    text = machine.mermaid()
+    for trigger, source, dest in machine.TABLE:
+        assert f"{source} --> {dest}: {trigger}" in text
+
+
+# -- the driver's loop ---------------------------------------------------------------------------------
+
+def _driver(state: str = "pending", *, applier: RecordingApplier | None = None, **fields: object
+            ) -> tuple[Driver, MemoryServices, RecordingApplier]:
+    clock = ManualClock()
+    kms = applier or RecordingApplier(clock)
+    kms.clock = clock
+    services = MemoryServices(core_plan(), clock, kms)
+    return Driver(services, migration(state, **fields), services.plan.keystores[0]), services, kms
+
+
+def test_a_clean_run_walks_the_forward_path_and_calls_each_mutation_once() -> None:
+    driver, services, kms = _driver()
+    assert driver.run() == "completed"
+    assert services.states() == list(machine.FORWARD[1:])
+    assert kms.mutating() == ["DisconnectCustomKeyStore", "UpdateCustomKeyStore", "ConnectCustomKeyStore"]
+    assert kms.config == VPC_TARGET and kms.state == "CONNECTED"
+    done = services.transitions[-1][2]
+    # The window: two 300 s changes, polled with a floor of one second around the expected end.
+    assert done["outcome"] == "completed" and 600 <= done["window_seconds"] <= 600 + 2 * 5
+    assert services.hooks_fired == ["before-disconnect", "after-disconnect", "after-connect", "verified", "completed"]
+
+
+def test_a_blocking_finding_stops_before_anything_changes() -> None:
+    driver, services, kms = _driver()
+    services.findings = [Finding("vpc.private_dns_verified", "block", "not verified")]
+    assert driver.run() == "blocked"
+    assert services.states() == ["snapshotted", "blocked"] and kms.mutating() == []
+    assert "vpc.private_dns_verified: not verified" in services.transitions[-1][2]["error"]
+
+
+def test_a_declined_approval_blocks() -> None:
+    driver, services, kms = _driver()
+    services.approve_answer = False
+    assert driver.run() == "blocked" and kms.mutating() == []
+    assert "declined" in services.transitions[-1][2]["error"]
+
+
+def test_a_failing_before_disconnect_hook_blocks() -> None:
+    driver, services, kms = _driver()
+    services.hook_failures["before-disconnect"] = HookFailed("hook x exited 1")
+    assert driver.run() == "blocked" and kms.mutating() == []
+
+
+def test_transient_errors_before_the_disconnect_are_retried() -> None:
+    driver, services, kms = _driver()
+    original_find = kms.find_store
+    failures = {"left": 2}
+
+    def flaky(*args: object, **kwargs: object) -> object:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise AwsCallError("DescribeCustomKeyStores", "ThrottlingException", "slow down")
+        return original_find(*args, **kwargs)
+
+    kms.find_store = flaky  # type: ignore[method-assign]
+    assert driver.run() == "completed"
+    assert [e["outcome"] for e in services.events if e["outcome"] == "retry"] == ["retry", "retry"]
+
+
+def test_a_bug_before_the_disconnect_is_not_a_block() -> None:
+    """An unexpected exception where nothing changed is an internal error, not 'blocked'."""
+    driver, services, kms = _driver()
+    kms.find_store = lambda **kw: (_ for _ in ()).throw(ZeroDivisionError("bug"))  # type: ignore[method-assign]
+    with pytest.raises(ZeroDivisionError):
+        driver.run()
+    assert services.states() == []
+
+
+def test_a_failed_connect_rolls_back_to_the_snapshot_and_verifies_it() -> None:
+    kms = RecordingApplier(ManualClock(), connect_outcomes=["XKS_PROXY_INVALID_TLS_CONFIGURATION"])
+    driver, services, kms = _driver(applier=kms)
+    assert driver.run() == "rolled_back"
+    assert services.states()[-2:] == ["rolling_back", "rolled_back"]
+    assert kms.mutating() == ["DisconnectCustomKeyStore", "UpdateCustomKeyStore", "ConnectCustomKeyStore",
+                              "DisconnectCustomKeyStore", "UpdateCustomKeyStore", "ConnectCustomKeyStore"]
+    assert kms.config == ORIGINAL and kms.state == "CONNECTED"
+    assert "rolling-back" in services.hooks_fired and "rolled-back" in services.hooks_fired
+
+
+def test_a_transient_failed_connect_gets_one_more_disconnect_and_connect() -> None:
+    kms = RecordingApplier(ManualClock(), connect_outcomes=["NETWORK_ERRORS"])
+    driver, services, kms = _driver(applier=kms)
+    services.plan = dataclasses.replace(services.plan, max_disconnected=3600.0)
+    driver.plan = services.plan
+    assert driver.run() == "completed"
+    assert kms.mutating() == ["DisconnectCustomKeyStore", "UpdateCustomKeyStore", "ConnectCustomKeyStore",
+                              "DisconnectCustomKeyStore", "ConnectCustomKeyStore"]
+
+
+def test_a_resume_past_the_budget_makes_no_forward_call() -> None:
+    """Resumed in `updated` after the budget is gone: straight back, no Connect to the target first."""
+    clock = ManualClock()
+    kms = RecordingApplier(clock, config=VPC_TARGET, state="DISCONNECTED")
+    driver, services, kms = _driver("updated", applier=kms, keystore_id=STORE_ID, snapshot=snapshot_of(),
+                                    disconnected_at=clock.now() - 901)
+    assert driver.run() == "rolled_back"
+    assert "budget exhausted" in services.transitions[0][2]["error"]
+    assert kms.mutating() == ["UpdateCustomKeyStore", "ConnectCustomKeyStore"] and kms.config == ORIGINAL
+
+
+def test_a_rollback_that_fails_ends_stuck_with_the_manual_commands() -> None:
+    kms = RecordingApplier(ManualClock(), connect_outcomes=["XKS_PROXY_NOT_REACHABLE", "XKS_PROXY_NOT_REACHABLE"])
+    driver, services, kms = _driver(applier=kms)
+    assert driver.run() == "stuck"
+    stuck = services.transitions[-1][2]
+    assert stuck["outcome"] == "stuck" and "connect FAILED" in stuck["error"]
+    assert services.hooks_fired[-1] == "stuck"
+
+
+def test_operator_rollback_and_retry_stuck_enter_through_the_table() -> None:
+    clock = ManualClock()
+    kms = RecordingApplier(clock, config=VPC_TARGET)
+    driver, services, kms = _driver("completed", applier=kms, keystore_id=STORE_ID, snapshot=snapshot_of())
+    driver.enter_operator_rollback()
+    assert driver.run() == "rolled_back" and kms.config == ORIGINAL
+    assert services.states() == ["rolling_back", "rolled_back"]
+
+    driver, services, kms = _driver("stuck", keystore_id=STORE_ID, snapshot=snapshot_of(),
+                                    disconnected_at=1.0, attempts={"rollback_started_at": 1.0})
+    services.retry_stuck = True
+    assert driver.run() == "rolled_back"
+    assert services.states()[0] == "rolling_back"
+
+
+def test_an_operator_who_declines_the_rollback_changes_nothing() -> None:
+    driver, services, kms = _driver("completed", keystore_id=STORE_ID, snapshot=snapshot_of())
+    services.approve_answer = False
+    with pytest.raises(Blocked):
+        driver.enter_operator_rollback()
+    assert services.states() == [] and kms.mutating() == []
+
+
+# -- the poll schedule -----------------------------------------------------------------------------------
+
+def _wait(schedule: object, attempt: int) -> float:
+    state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+    state.attempt_number = attempt
+    return schedule(state)  # type: ignore[operator]
+
+
+def test_poll_schedule_first_poll_is_short_then_the_interval() -> None:
+    schedule = poll_schedule(10.0)
+    assert _wait(schedule, 1) == 2.0  # a fifth of the interval, at least the floor
+    assert _wait(schedule, 2) == 10.0
+
+
+def test_poll_schedule_lands_on_the_expected_end_then_polls_at_the_floor() -> None:
+    elapsed = {"now": 0.0}
+    schedule = poll_schedule(5.0, expected=300.0, elapsed=lambda: elapsed["now"])
+    elapsed["now"] = 100.0
+    assert _wait(schedule, 2) == 5.0  # far from the end: the plan's interval
+    elapsed["now"] = 296.0
+    assert _wait(schedule, 2) == pytest.approx(3.0)  # one floor-poll before the expected end
+    elapsed["now"] = 300.0
+    assert _wait(schedule, 2) == MIN_POLL  # around the end: once a second
+    elapsed["now"] = 311.0
+    assert _wait(schedule, 2) == 5.0  # long past it: back to the interval
+
+
+def test_poll_schedule_never_polls_faster_than_the_floor() -> None:
+    schedule = poll_schedule(0.1)
+    assert _wait(schedule, 1) == MIN_POLL and _wait(schedule, 2) == MIN_POLL
+
+
+# -- UpdateCustomKeyStore parameters ------------------------------------------------------------------
+
+def test_update_parameters_public_to_vpc_carry_endpoint_and_service() -> None:
+    params = update_parameters(STORE_ID, VPC_TARGET, ORIGINAL)
+    assert params == {"CustomKeyStoreId": STORE_ID, "XksProxyConnectivity": "VPC_ENDPOINT_SERVICE",
+                      "XksProxyUriEndpoint": VPC_TARGET.uri_endpoint,
+                      "XksProxyVpcEndpointServiceName": VPC_TARGET.vpc_endpoint_service_name}
+    assert needs_disconnect(params)
+
+
+def test_update_parameters_vpc_to_public_omit_the_service_name() -> None:
+    params = update_parameters(STORE_ID, ORIGINAL, VPC_TARGET)
+    assert params == {"CustomKeyStoreId": STORE_ID, "XksProxyConnectivity": "PUBLIC_ENDPOINT",
+                      "XksProxyUriEndpoint": ORIGINAL.uri_endpoint}
+
+
+def test_update_parameters_send_only_what_changes() -> None:
+    moved = dataclasses.replace(VPC_TARGET, uri_path="/tenant/kms/xks/v1", vpc_endpoint_service_owner="444455556666")
+    params = update_parameters(STORE_ID, moved, VPC_TARGET)
+    assert params == {"CustomKeyStoreId": STORE_ID, "XksProxyUriPath": "/tenant/kms/xks/v1",
+                      "XksProxyVpcEndpointServiceOwner": "444455556666"}
+    assert update_parameters(STORE_ID, VPC_TARGET, VPC_TARGET) == {"CustomKeyStoreId": STORE_ID}
+    assert not needs_disconnect({"CustomKeyStoreId": STORE_ID, "XksProxyUriPath": "/x/kms/xks/v1"})
+
+
+def test_store_config_diff_ignores_an_unconstrained_owner() -> None:
+    owned = dataclasses.replace(VPC_TARGET, vpc_endpoint_service_owner="444455556666")
+    assert VPC_TARGET.matches(owned) and owned.diff(VPC_TARGET) == []
+    other = dataclasses.replace(owned, vpc_endpoint_service_owner="777788889999")
+    assert [c.field for c in owned.diff(other)] == ["vpc_endpoint_service_owner"]
+    assert "uri_endpoint: https://public.xks.example.com -> https://private" in ORIGINAL.describe_diff(VPC_TARGET)
