@@ -1,5 +1,6 @@
 """(d) `xksmigrate --help` start-up against `python -c "import typer"` (median of N runs each), and proof
-(`python -X importtime`) that --help imports neither boto3 nor botocore.
+(`python -X importtime`) that --help imports none of boto3, botocore, SQLAlchemy, DBOS, rich or the engine,
+preflight and rehearsal packages (typer's plain help formatter needs none of them).
 
 Usage: python bench/bench_startup.py [--runs 15]
 """
@@ -14,7 +15,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BIN, median_seconds, save, table
 
-HEAVY = ("boto3", "botocore", "sqlalchemy", "migrator.engine", "migrator.rehearsal")
+HEAVY = ("boto3", "botocore", "sqlalchemy", "dbos", "rich", "migrator.engine", "migrator.preflight",
+         "migrator.rehearsal")
 
 
 def imported_by_help() -> set[str]:
@@ -47,7 +49,7 @@ def main() -> None:
                  ["command", "median ms", "import typer ms", "ratio", "ratio above bare python"], rows,
                  [f"bare `python -c pass`: {bare * 1000:.1f} ms; the last column compares the time each adds on "
                   "top of the interpreter",
-                  f"--help imports boto3/botocore/sqlalchemy/engine/rehearsal: {', '.join(heavy) or 'none'} "
+                  f"--help imports {'/'.join(HEAVY)}: {', '.join(heavy) or 'none'} "
                   f"({len(names)} modules in all, by python -X importtime)"])
     print(text)
     print(f"saved {save('startup', text)}", file=sys.stderr)

@@ -1,13 +1,16 @@
-"""The `xksmigrate` command line: parsing, prompts, exit codes and the choice of renderer.
+"""The `xksmigrate` command line: the typer app, its options, and the exit code of every outcome.
 
-Commands are thin: they build an `engine.Environment` and hand over. Heavy modules (boto3, the
-engine, the rehearsal wing) are imported inside the command bodies so `xksmigrate --help` starts
-fast. Errors are one line on stderr with a stable exit code (README: 0 ok, 1 internal, 2 usage or
-invalid plan, 3 blocked, 4 rolled back, 5 stuck, 6 locked, 130 interrupted); tracebacks appear only
-with XKSMIGRATE_DEBUG=1 and never show local variables.
+Commands are thin: each parses its arguments, calls one function (`actions.py`, `views.py`) and exits
+with the code it returns. Everything those import (boto3, SQLAlchemy, rich, the engine, preflight, the
+rehearsal wing) is imported inside the command bodies so `xksmigrate --help` starts fast; typer's plain
+help formatter is used (`rich_markup_mode=None`) because its rich one imports rich, markdown-it and
+pygments, which cost more than typer itself. This module has no `from __future__ import annotations` on
+purpose: with it typer would `eval` every annotation string of every command on each start (~20 ms).
+
+Errors are one line on stderr with a stable exit code (README: 0 ok, 1 internal, 2 usage or invalid
+plan, 3 blocked, 4 rolled back, 5 stuck, 6 locked, 130 interrupted); tracebacks appear only with
+XKSMIGRATE_DEBUG=1 and never show local variables.
 """
-
-from __future__ import annotations
 
 import os
 import sys
@@ -15,13 +18,13 @@ from typing import Annotated
 
 import typer
 
-from migrator.cli import environment as support
 from migrator.cli.environment import DEFAULT_STATE, CliError
 
 app = typer.Typer(name="xksmigrate", add_completion=False, no_args_is_help=True,
-                  pretty_exceptions_show_locals=False,
+                  pretty_exceptions_show_locals=False, rich_markup_mode=None,
                   help="Safely switch an AWS KMS external key store between public and VPC endpoint connectivity.")
-sim_app = typer.Typer(help="The rehearsal world: a local AWS endpoint and XKS proxies.", no_args_is_help=True)
+sim_app = typer.Typer(help="The rehearsal world: a local AWS endpoint and XKS proxies.", no_args_is_help=True,
+                      rich_markup_mode=None)
 app.add_typer(sim_app, name="sim")
 
 
@@ -38,7 +41,7 @@ ScaleOpt = Annotated[float | None, typer.Option("--time-scale", envvar="XKSMIGRA
                                                 help="Simulated seconds per real second (rehearsal endpoints only)")]
 
 
-# -- commands ----------------------------------------------------------------------------------
+# -- commands: parse, call one function in actions.py or views.py, exit with its code -----------
 @app.command()
 def run(plan_file: Annotated[str, typer.Argument(metavar="PLAN", help="plan.toml")],
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Rehearse against an in-process world")] = False,
@@ -56,19 +59,13 @@ def run(plan_file: Annotated[str, typer.Argument(metavar="PLAN", help="plan.toml
             "--cutover-at", help="Wait before the disconnect until this local time (HH:MM or ISO 8601)")] = None
         ) -> None:
     """Migrate the key stores of PLAN: snapshot, preflight, disconnect, update, connect, verify."""
-    from migrator.engine import runner as engine
+    from migrator.cli import actions
 
-    plan = support.load_plan(plan_file)
-    when = support.parse_cutover_at(cutover_at) if cutover_at else None
-    support.require_consent(yes)
-    support.interruptible()
-    with support.environment(plan, dry_run=dry_run, json_output=json_output, command="run", yes=yes, state=state,
-                      world=world, faults=faults, profile=profile, region=region, endpoint_url=endpoint_url,
-                      time_scale=time_scale) as env:
-        env.hooks = support.make_hooks(hooks)
-        env.postpone, env.postpone_flag_file, env.cutover_at = postpone_cutover, postpone_flag_file, when
-        code = support.finish(env.observer, engine.start(plan, env))
-    raise typer.Exit(code)
+    raise typer.Exit(actions.run(plan_file, dry_run=dry_run, yes=yes, json_output=json_output, state=state,
+                                 world=world, faults=faults, profile=profile, region=region,
+                                 endpoint_url=endpoint_url, time_scale=time_scale, hooks=hooks,
+                                 postpone_cutover=postpone_cutover, postpone_flag_file=postpone_flag_file,
+                                 cutover_at=cutover_at))
 
 
 @app.command("plan")
@@ -79,15 +76,10 @@ def plan_command(plan_file: Annotated[str, typer.Argument(metavar="PLAN", help="
                  faults: Annotated[str | None, typer.Option("--faults", help="Fault file for --dry-run")] = None,
                  profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None) -> None:
     """Read-only: snapshot, every preflight check, the exact call sequence and the rollback sequence."""
-    from migrator.preflight import planner
+    from migrator.cli import actions
 
-    plan = support.load_plan(plan_file)
-    with support.environment(plan, dry_run=dry_run, json_output=json_output, command="plan", yes=False, state=state,
-                      world=world, faults=faults, profile=profile, region=region, endpoint_url=endpoint_url,
-                      time_scale=None) as env:
-        report = planner.make_report(plan, env)
-        planner.render(report, json_output)
-    raise typer.Exit(report.exit_code)
+    raise typer.Exit(actions.plan(plan_file, dry_run=dry_run, json_output=json_output, state=state, world=world,
+                                  faults=faults, profile=profile, region=region, endpoint_url=endpoint_url))
 
 
 @app.command()
@@ -98,25 +90,19 @@ def resume(run_id: Annotated[str | None, typer.Argument(help="Run id (default: t
            profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None,
            time_scale: ScaleOpt = None, hooks: HooksOpt = None) -> None:
     """Continue an interrupted run exactly where it stood (it re-observes the key store first)."""
-    from migrator.engine import runner as engine
+    from migrator.cli import actions
 
-    journal = support.open_journal(state)
-    run_view = support.find_run(journal, run_id, unfinished=True, allow_stuck=retry_stuck)
-    plan, env = support.recorded_run_env(journal, run_view, command="resume", json_output=json_output, yes=yes,
-                                         profile=profile, region=region, endpoint_url=endpoint_url,
-                                         time_scale=time_scale, hooks=hooks, retry_stuck=retry_stuck)
-    raise typer.Exit(support.finish(env.observer, engine.resume(plan, env, run_view.id)))
+    raise typer.Exit(actions.resume(run_id, yes=yes, json_output=json_output, state=state, retry_stuck=retry_stuck,
+                                    profile=profile, region=region, endpoint_url=endpoint_url,
+                                    time_scale=time_scale, hooks=hooks))
 
 
 @app.command()
 def proceed(run_id: Annotated[str, typer.Argument(help="The postponed run")], state: StateOpt = None) -> None:
     """Release a postponed cut-over: the waiting run re-checks preflight and disconnects."""
-    journal = support.open_journal(state)
-    run_view = support.find_run(journal, run_id)
-    if run_view.outcome not in ("running", "interrupted"):
-        raise support.fail(f"{run_id} already ended: {run_view.outcome}")
-    journal.record(run_id, kind="note", outcome="proceed", detail={"message": f"released by {support.who()}"})
-    typer.echo(f"{run_id}: cut-over released; the runner re-runs preflight, then disconnects")
+    from migrator.cli import actions
+
+    raise typer.Exit(actions.proceed(run_id, state=state))
 
 
 @app.command()
@@ -125,17 +111,10 @@ def rollback(run_id: Annotated[str, typer.Argument(help="A completed run")], yes
              region: RegionOpt = None, endpoint_url: EndpointOpt = None, time_scale: ScaleOpt = None,
              hooks: HooksOpt = None) -> None:
     """Return a completed run's key stores to their recorded original configuration, verified."""
-    from migrator.engine import runner as engine
+    from migrator.cli import actions
 
-    journal = support.open_journal(state)
-    run_view = support.find_run(journal, run_id)
-    if run_view.outcome != "completed":
-        raise support.fail(f"{run_id} is {run_view.outcome}; only a completed run can be rolled back "
-                           "(an unfinished one: xksmigrate resume)")
-    plan, env = support.recorded_run_env(journal, run_view, command="rollback", json_output=json_output, yes=yes,
-                                         profile=profile, region=region, endpoint_url=endpoint_url,
-                                         time_scale=time_scale, hooks=hooks)
-    raise typer.Exit(support.finish(env.observer, engine.rollback(plan, env, run_view.id)))
+    raise typer.Exit(actions.rollback(run_id, yes=yes, json_output=json_output, state=state, profile=profile,
+                                      region=region, endpoint_url=endpoint_url, time_scale=time_scale, hooks=hooks))
 
 
 @app.command()
@@ -146,14 +125,7 @@ def status(run_id: Annotated[str | None, typer.Argument(help="Run id (default: t
     """Where a run stands, from the journal (works while another process runs it)."""
     from migrator.cli import views
 
-    journal = support.open_journal(state)
-    if run_id is None:
-        runs = journal.list_runs(limit=1)
-        if not runs:
-            raise support.fail(f"no runs in {journal.url_for_display}")
-        run_id = runs[0].id
-    support.find_run(journal, run_id)
-    raise typer.Exit(views.status(journal, run_id, watch=watch, timeout=timeout, json_output=json_output))
+    raise typer.Exit(views.status(state, run_id, watch=watch, timeout=timeout, json_output=json_output))
 
 
 @app.command()
@@ -162,7 +134,7 @@ def history(limit: Annotated[int, typer.Option("--limit", help="How many runs")]
     """Past runs with their outcome and disconnected window."""
     from migrator.cli import views
 
-    views.history(support.open_journal(state), limit=limit, json_output=json_output)
+    raise typer.Exit(views.history(state, limit=limit, json_output=json_output))
 
 
 @app.command()
@@ -171,24 +143,17 @@ def unlock(lock_id: Annotated[str, typer.Argument(help="The lock id printed by t
                                                                "then stops before its next AWS call)")] = False,
            state: StateOpt = None) -> None:
     """Remove a lock left by a runner that is gone; refused (exit 6) while the runner is seen alive."""
-    from migrator.journal.repository import HolderAlive
+    from migrator.cli import actions
 
-    journal = support.open_journal(state)
-    try:
-        removed = journal.force_unlock(lock_id, force=force)
-    except HolderAlive as alive:
-        raise support.fail(str(alive), code=6) from None
-    if removed is None:
-        raise support.fail(f"no lock {lock_id} in {journal.url_for_display}")
-    typer.echo(f"removed {lock_id} ({removed.resource}, held by {removed.owner}@{removed.host} pid {removed.pid})")
+    raise typer.Exit(actions.unlock(lock_id, force=force, state=state))
 
 
 @app.command()
 def graph() -> None:
     """The state machine as a mermaid stateDiagram-v2."""
-    from migrator.engine import machine
+    from migrator.cli import actions
 
-    typer.echo(machine.mermaid())
+    raise typer.Exit(actions.graph())
 
 
 @sim_app.command("serve")
@@ -198,9 +163,9 @@ def sim_serve(world: Annotated[str | None, typer.Option("--world", help="World f
               log: Annotated[str | None, typer.Option("--log", help="Append the world's call log here")] = None
               ) -> None:
     """Start the rehearsal world: KMS, EC2, ELBv2, IAM, STS and Secrets Manager on loopback."""
-    from migrator.rehearsal.serve_main import run_serve
+    from migrator.cli import actions
 
-    raise typer.Exit(run_serve(world, port, faults, log))
+    raise typer.Exit(actions.sim_serve(world, port, faults, log))
 
 
 @sim_app.command("proxy")
@@ -216,14 +181,12 @@ def sim_proxy(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
               ca_dir: Annotated[str | None, typer.Option("--ca-dir")] = None,
               no_tls: Annotated[bool, typer.Option("--no-tls", help="Plain HTTP")] = False) -> None:
     """Start one XKS proxy that follows the XKS proxy API spec to the letter."""
-    from migrator.rehearsal.proxy_main import run_proxy
+    from migrator.cli import actions
 
-    ids, secrets = access_key_id or [], secret or []
-    if len(ids) != len(secrets):
-        raise support.fail("--access-key-id and --secret come in pairs")
-    raise typer.Exit(run_proxy(host=host, port=port, uri_path_prefix=uri_path_prefix, region=region,
-                               credentials=list(zip(ids, secrets, strict=True)), keys=key or [], tls=not no_tls,
-                               hostnames=hostname or [], ca_dir=ca_dir, key_manager=key_manager))
+    raise typer.Exit(actions.sim_proxy(host=host, port=port, uri_path_prefix=uri_path_prefix, region=region,
+                                       access_key_ids=access_key_id or [], secrets=secret or [], keys=key or [],
+                                       hostnames=hostname or [], key_manager=key_manager, ca_dir=ca_dir,
+                                       tls=not no_tls))
 
 
 # -- entry point -------------------------------------------------------------------------------

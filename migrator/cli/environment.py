@@ -11,10 +11,18 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from migrator.cli.output import Renderer
+    from migrator.engine.hooks import Hooks
+    from migrator.engine.runner import Environment, RunResult
+    from migrator.journal.repository import Journal, RunView
+    from migrator.plan import Plan
 
 DEFAULT_STATE = "sqlite:///state/xksmigrate.db"
 
@@ -30,7 +38,7 @@ def fail(message: str, code: int = 2) -> CliError:
 
 
 # -- shared plumbing ---------------------------------------------------------------------------
-def open_journal(url: str | None, *, rehearsal: bool = False) -> Any:
+def open_journal(url: str | None, *, rehearsal: bool = False) -> Journal:
     from migrator.journal.repository import Journal, JournalError
 
     try:
@@ -43,7 +51,7 @@ def open_journal(url: str | None, *, rehearsal: bool = False) -> Any:
     return journal
 
 
-def load_plan(path: str) -> Any:
+def load_plan(path: str) -> Plan:
     from migrator.plan import PlanError, load_plan
 
     try:
@@ -52,18 +60,15 @@ def load_plan(path: str) -> Any:
         raise fail(str(exc)) from None
 
 
-def approver(yes: bool, renderer: Any) -> Any:
+def approver(yes: bool, renderer: Renderer) -> Callable[[str], bool]:
     def approve(question: str) -> bool:
         if yes:
             return True
-        pause, unpause = getattr(renderer, "pause", None), getattr(renderer, "unpause", None)
-        if pause:
-            pause()
+        renderer.pause()
         try:
             return typer.confirm(question, default=False, err=True)
         finally:
-            if unpause:
-                unpause()
+            renderer.unpause()
     return approve
 
 
@@ -75,7 +80,7 @@ def require_consent(yes: bool) -> None:
 def interruptible() -> None:
     """SIGTERM behaves like Ctrl-C: the engine journals the interruption and exits 130."""
 
-    def raise_interrupt(signum: int, frame: Any) -> None:
+    def raise_interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, raise_interrupt)
@@ -90,8 +95,8 @@ def who() -> str:
         return "unknown"
 
 
-def real_env(plan: Any, *, journal: Any, renderer: Any, yes: bool, profile: str | None, region: str | None,
-              endpoint_url: str | None, time_scale: float | None, retry_stuck: bool = False) -> Any:
+def real_env(plan: Plan, *, journal: Journal, renderer: Renderer, yes: bool, profile: str | None, region: str | None,
+             endpoint_url: str | None, time_scale: float | None, retry_stuck: bool = False) -> Environment:
     from migrator.aws.clients import ClientFactory
     from migrator.aws.secret_refs import resolve_secret
     from migrator.engine.clock import Clock
@@ -109,7 +114,7 @@ def real_env(plan: Any, *, journal: Any, renderer: Any, yes: bool, profile: str 
                        extra_roots_pem=extra_roots(plan))
 
 
-def extra_roots(plan: Any) -> list[bytes]:
+def extra_roots(plan: Plan) -> list[bytes]:
     roots = []
     for path in plan.extra_trusted_roots:
         try:
@@ -128,26 +133,33 @@ def is_loopback(url: str | None) -> bool:
 
 
 @contextlib.contextmanager
-def environment(plan: Any, *, dry_run: bool, json_output: bool, command: str, yes: bool, state: str | None,
-                 world: str | None, faults: str | None, profile: str | None, region: str | None,
-                 endpoint_url: str | None, time_scale: float | None) -> Iterator[Any]:
-    """The Environment for a real account, or for an in-process rehearsal world (--dry-run)."""
-    from migrator.cli import output as report
+def environment(plan: Plan, *, dry_run: bool, json_output: bool, command: str, yes: bool, state: str | None,
+                world: str | None, faults: str | None, profile: str | None, region: str | None,
+                endpoint_url: str | None, time_scale: float | None,
+                observe: bool = True) -> Iterator[tuple[Environment, Renderer]]:
+    """The Environment for a real account, or for an in-process rehearsal world (--dry-run), and its renderer.
+
+    `observe=False` (plan) gives the engine a renderer that shows nothing: the command renders its own report.
+    """
+    from migrator.cli import output
+
+    def make_renderer() -> Renderer:
+        return output.make_renderer(json_output, command) if observe else output.Renderer()
 
     if (world or faults) and not dry_run:
         raise fail("--world and --faults belong to --dry-run")
     if not dry_run:
         journal = open_journal(state)
-        renderer = report.make_renderer(json_output, command)
+        renderer = make_renderer()
         yield real_env(plan, journal=journal, renderer=renderer, yes=yes, profile=profile, region=region,
-                        endpoint_url=endpoint_url, time_scale=time_scale)
+                       endpoint_url=endpoint_url, time_scale=time_scale), renderer
         return
     from migrator import dryrun
     from migrator.aws.secret_refs import SecretError, resolve_secret
     from migrator.engine.runner import Environment
 
     journal = open_journal(state or os.environ.get("XKSMIGRATE_REHEARSAL_STATE") or dryrun.DEFAULT_REHEARSAL_STATE,
-                            rehearsal=True)
+                           rehearsal=True)
     known: dict[str, str] = {}
     for ks in plan.keystores:
         for cred in (ks.target.credential, ks.original_credential):
@@ -157,22 +169,23 @@ def environment(plan: Any, *, dry_run: bool, json_output: bool, command: str, ye
     try:
         with dryrun.rehearsal(plan, world_path=world, faults_path=faults, secrets=known,
                               time_scale=time_scale) as rh:
-            renderer = report.make_renderer(json_output, command)
+            renderer = make_renderer()
             yield Environment(journal=journal, clients=rh.clients, clock=rh.clock, observer=renderer,
                               secret_resolver=lambda ref: resolve_secret(ref, client_factory=rh.clients),
                               approve=approver(yes, renderer), who=who(), dry_run=True,
-                              extra_roots_pem=rh.extra_roots_pem + extra_roots(plan), resolve=rh.resolve)
+                              extra_roots_pem=rh.extra_roots_pem + extra_roots(plan), resolve=rh.resolve), renderer
     except dryrun.RehearsalError as exc:
         raise fail(str(exc)) from None
 
 
-def finish(renderer: Any, result: Any) -> int:
+def finish(renderer: Renderer, result: RunResult) -> int:
+    """Hand the run's summary to the renderer; the run's exit code."""
     summary = result.summary()
     renderer.finish(summary)
     return int(result.exit_code)
 
 
-def make_hooks(directory: str | None) -> Any:
+def make_hooks(directory: str | None) -> Hooks | None:
     if directory is None:
         return None
     from migrator.engine.hooks import Hooks
@@ -204,7 +217,7 @@ def parse_cutover_at(value: str) -> float:
     return when.timestamp()
 
 
-def find_run(journal: Any, run_id: str | None, *, unfinished: bool = False, allow_stuck: bool = False) -> Any:
+def find_run(journal: Journal, run_id: str | None, *, unfinished: bool = False, allow_stuck: bool = False) -> RunView:
     from migrator.journal.repository import JournalError
 
     if run_id:
@@ -216,17 +229,17 @@ def find_run(journal: Any, run_id: str | None, *, unfinished: bool = False, allo
                 allow_stuck and run_view.outcome == "stuck"):
             raise fail(f"{run_id} already ended: {run_view.outcome}", 2)
         return run_view
-    run_view = journal.latest_unfinished_run()
-    if run_view is None:
+    latest = journal.latest_unfinished_run()
+    if latest is None:
         raise fail(f"no unfinished run in {journal.url_for_display}")
-    return run_view
+    return latest
 
 
-def recorded_run_env(journal: Any, run_view: Any, *, command: str, json_output: bool, yes: bool,
+def recorded_run_env(journal: Journal, run_view: RunView, *, command: str, json_output: bool, yes: bool,
                      profile: str | None, region: str | None, endpoint_url: str | None, time_scale: float | None,
-                     hooks: str | None, retry_stuck: bool = False) -> tuple[Any, Any]:
-    """The plan recorded with a run and an Environment to continue it (resume, rollback)."""
-    from migrator.cli import output as report
+                     hooks: str | None, retry_stuck: bool = False) -> tuple[Plan, Environment, Renderer]:
+    """The plan recorded with a run, an Environment to continue it (resume, rollback) and its renderer."""
+    from migrator.cli import output
     from migrator.plan import PlanError, parse_plan
 
     if run_view.dry_run and not endpoint_url:
@@ -239,8 +252,8 @@ def recorded_run_env(journal: Any, run_view: Any, *, command: str, json_output: 
     require_consent(yes)
     interruptible()
     scale = time_scale or float((run_view.options or {}).get("time_scale") or 1.0)
-    renderer = report.make_renderer(json_output, command)
+    renderer = output.make_renderer(json_output, command)
     env = real_env(plan, journal=journal, renderer=renderer, yes=yes, profile=profile, region=region,
                    endpoint_url=endpoint_url, time_scale=scale, retry_stuck=retry_stuck)
     env.hooks = make_hooks(hooks)
-    return plan, env
+    return plan, env, renderer

@@ -10,15 +10,33 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from migrator.engine.runner import VERSION, Observer
+from migrator import __version__
+from migrator.engine.runner import Observer
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 SCHEMA = 1
 
 
-def _json_default(value: Any) -> Any:
-    return repr(value)
+def _json_default(value: object) -> object:
+    """What `json` cannot encode itself: an object's `to_dict()` if it has one, else its `str()` (never a repr)."""
+    to_dict = getattr(value, "to_dict", None)
+    if callable(to_dict):
+        return to_dict()
+    return str(value)
+
+
+def json_line(obj: dict[str, Any]) -> str:
+    """One NDJSON line (with its newline)."""
+    return json.dumps(obj, default=_json_default) + "\n"
+
+
+def write_version(stream: TextIO, command: str) -> None:
+    """The first line of every NDJSON stream: which xksmigrate, which schema, which command."""
+    stream.write(json_line({"type": "version", "xksmigrate": __version__, "schema": SCHEMA, "command": command}))
 
 
 def fmt_seconds(value: float | None) -> str:
@@ -92,15 +110,29 @@ def describe_summary(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-class JsonLines(Observer):
-    """NDJSON: {"type":"version"} first, then events and progress, then {"type":"summary"}."""
+class Renderer(Observer):
+    """An engine Observer the CLI also hands the summary to, and pauses around a prompt."""
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """The run's summary (the engine's `RunResult.summary()`), last."""
+
+    def pause(self) -> None:
+        """Stop drawing (before a prompt)."""
+
+    def unpause(self) -> None:
+        """Draw again (after a prompt)."""
+
+
+class JsonLines(Renderer):
+    """NDJSON: the version line first (`write_version`), then events and progress, then the summary."""
 
     def __init__(self, stream: TextIO | None = None, command: str = ""):
         self.stream = stream or sys.stdout
-        self.write({"type": "version", "xksmigrate": VERSION, "schema": SCHEMA, "command": command})
+        write_version(self.stream, command)
+        self.stream.flush()
 
     def write(self, obj: dict[str, Any]) -> None:
-        self.stream.write(json.dumps(obj, default=_json_default, sort_keys=False) + "\n")
+        self.stream.write(json_line(obj))
         self.stream.flush()
 
     def event(self, event: dict[str, Any]) -> None:
@@ -110,7 +142,7 @@ class JsonLines(Observer):
         self.write(summary)
 
 
-class PlainLines(Observer):
+class PlainLines(Renderer):
     """One line per meaningful event, for logs and pipes (no colour, no cursor movement)."""
 
     def __init__(self, stream: TextIO | None = None):
@@ -130,7 +162,7 @@ class PlainLines(Observer):
         self.stream.flush()
 
 
-class LiveView(Observer):
+class LiveView(Renderer):
     """A rich live panel: phase, window timer against the budget, last state, next poll."""
 
     def __init__(self) -> None:
@@ -142,7 +174,7 @@ class LiveView(Observer):
         self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=True)
         self.live.start()
 
-    def _render(self) -> Any:
+    def _render(self) -> Table:
         from rich.table import Table
 
         s = self.status
@@ -183,7 +215,7 @@ class LiveView(Observer):
             self.console.print(line, highlight=False, markup=False)
 
 
-def make_renderer(json_output: bool, command: str) -> Any:
+def make_renderer(json_output: bool, command: str) -> Renderer:
     if json_output:
         return JsonLines(command=command)
     if sys.stdout.isatty():

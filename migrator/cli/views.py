@@ -8,18 +8,21 @@ dead, with the resume command.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from migrator.cli.output import describe_event, fmt_seconds
+from migrator.cli import environment as support
+from migrator.cli.output import describe_event, fmt_seconds, json_line, write_version
 from migrator.engine.machine import TERMINAL
+
+if TYPE_CHECKING:
+    from migrator.journal.repository import EventView, Journal, RunView
 
 STALE_AFTER = 60.0  # seconds without a heartbeat before a running run is called probably dead
 
 
-def _run_dict(run: Any) -> dict[str, Any]:
+def _run_dict(run: RunView) -> dict[str, Any]:
     return {"run_id": run.id, "plan": run.plan_name, "outcome": run.outcome, "exit_code": run.exit_code,
             "dry_run": run.dry_run, "region": run.region, "started_at": run.started_at,
             "finished_at": run.finished_at, "who": run.who, "host": run.host,
@@ -41,13 +44,13 @@ def _original(snapshot: dict[str, Any] | None) -> dict[str, Any] | None:
                                                                       snapshot.get("verify_keys") or []]}
 
 
-def _event_dict(e: Any) -> dict[str, Any]:
+def _event_dict(e: EventView) -> dict[str, Any]:
     return {"type": "event", "run_id": e.run_id, "migration": e.migration_id, "seq": e.seq, "at": e.at,
             "kind": e.kind, "from_state": e.from_state, "to_state": e.to_state, "operation": e.operation,
             "request_id": e.request_id, "outcome": e.outcome, "detail": e.detail}
 
 
-def _liveness(journal: Any, run: Any) -> str | None:
+def _liveness(journal: Journal, run: RunView) -> str | None:
     """None if the runner looks alive (or the run ended); else a sentence saying why not."""
     if run.outcome != "running":
         return None
@@ -60,12 +63,24 @@ def _liveness(journal: Any, run: Any) -> str | None:
     return None
 
 
-def status(journal: Any, run_id: str, *, watch: bool, timeout: float, json_output: bool) -> int:
+def status(state: str | None, run_id: str | None, *, watch: bool, timeout: float, json_output: bool) -> int:
+    """`status`: where RUN_ID (default: the latest run) stands; with `watch`, follow it until it ends."""
+    journal = support.open_journal(state)
+    if run_id is None:
+        runs = journal.list_runs(limit=1)
+        if not runs:
+            raise support.fail(f"no runs in {journal.url_for_display}")
+        run_id = runs[0].id
+    support.find_run(journal, run_id)
+    return _status(journal, run_id, watch=watch, timeout=timeout, json_output=json_output)
+
+
+def _status(journal: Journal, run_id: str, *, watch: bool, timeout: float, json_output: bool) -> int:
     out = sys.stdout
     started = time.monotonic()
     last_seq = 0
     if json_output:
-        out.write(json.dumps({"type": "version", "xksmigrate": "0.1.0", "schema": 1, "command": "status"}) + "\n")
+        write_version(out, "status")
     while True:
         run = journal.get_run(run_id)
         events = journal.events(run_id, after_seq=last_seq)
@@ -73,7 +88,7 @@ def status(journal: Any, run_id: str, *, watch: bool, timeout: float, json_outpu
             last_seq = events[-1].seq
         if json_output:
             for e in events if watch else []:
-                out.write(json.dumps(_event_dict(e), default=repr) + "\n")
+                out.write(json_line(_event_dict(e)))
         elif watch:
             for e in events:
                 line = describe_event(_event_dict(e))
@@ -86,14 +101,14 @@ def status(journal: Any, run_id: str, *, watch: bool, timeout: float, json_outpu
         out.flush()
         time.sleep(1.0)
     if json_output:
-        out.write(json.dumps({"type": "summary", **_run_dict(run), "warning": warning}, default=repr) + "\n")
+        out.write(json_line({"type": "summary", **_run_dict(run), "warning": warning}))
     else:
         _print_status(run, journal, warning, show_recent=not watch)
     out.flush()
     return 0
 
 
-def _print_status(run: Any, journal: Any, warning: str | None, show_recent: bool) -> None:
+def _print_status(run: RunView, journal: Journal, warning: str | None, show_recent: bool) -> None:
     out = sys.stdout
     kind = " (rehearsal)" if run.dry_run else ""
     out.write(f"run {run.id}{kind}: {run.outcome}  plan {run.plan_name}  region {run.region}  "
@@ -114,21 +129,24 @@ def _print_status(run: Any, journal: Any, warning: str | None, show_recent: bool
         out.write(f"warning: {warning}\n")
 
 
-def history(journal: Any, *, limit: int, json_output: bool) -> None:
+def history(state: str | None, *, limit: int, json_output: bool) -> int:
+    """`history`: the latest LIMIT runs, newest first."""
+    journal = support.open_journal(state)
     runs = journal.list_runs(limit=limit)
     out = sys.stdout
     if json_output:
-        out.write(json.dumps({"type": "version", "xksmigrate": "0.1.0", "schema": 1, "command": "history"}) + "\n")
+        write_version(out, "history")
         for run in runs:
-            out.write(json.dumps({"type": "run", **_run_dict(run)}, default=repr) + "\n")
-        out.write(json.dumps({"type": "summary", "runs": len(runs)}) + "\n")
-        return
+            out.write(json_line({"type": "run", **_run_dict(run)}))
+        out.write(json_line({"type": "summary", "runs": len(runs)}))
+        return 0
     if not runs:
         out.write(f"no runs in {journal.url_for_display}\n")
-        return
+        return 0
     for run in runs:
         windows = ", ".join(fmt_seconds(m.window_seconds) for m in run.migrations if m.window_seconds is not None)
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started_at))
         kind = " rehearsal" if run.dry_run else ""
         out.write(f"{run.id}  {started}  {run.outcome:<12} {run.plan_name}{kind}"
                   + (f"  window {windows}" if windows else "") + "\n")
+    return 0
