@@ -13,64 +13,28 @@ hooks, cut-over wait, preflight). Those services never receive the Driver back.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from migrator.aws.kms import AwsCallError, KmsApplier, update_parameters
-from migrator.aws.secret_refs import SecretValue
+from migrator.aws.kms import AwsCallError
 from migrator.aws.store_config import Observation, StoreConfig
 from migrator.engine import machine, runbook
-from migrator.engine.clock import Clock
-from migrator.engine.errors import Blocked, DeadlineExceeded, LockLostStop, StepFailed
-from migrator.engine.hooks import HookFacts, HookFailed, facts_for
+from migrator.engine.errors import Blocked, DeadlineExceeded, StepFailed
+from migrator.engine.hooks import HookFailed, facts_for
 from migrator.engine.machine import Budget, OnFailure, Row
+from migrator.engine.services import RunServices
+from migrator.engine.store_ops import Credential, StoreOps
 from migrator.engine.verify import KeyProver, select_verify_keys
-from migrator.engine.waits import poll_until, retry_step
-from migrator.plan import KeystorePlan, Plan
+from migrator.engine.waits import retry_step
+from migrator.plan import KeystorePlan
 
 if TYPE_CHECKING:
+    from transitions import EventData
+
     from migrator.journal.models import MigrationView
     from migrator.preflight.base import Finding
 
 TRANSIENT_CONNECT_ERRORS = ("INTERNAL_ERROR", "NETWORK_ERRORS")  # worth one more disconnect+connect
 Fields = dict[str, object]  # what a move journals on the migration row (and its event's `detail`)
-Credential = tuple[str, SecretValue]
-
-
-class RunServices(Protocol):
-    """What a Driver may use from the run around it (engine/run_context.py implements it)."""
-
-    @property
-    def run_id(self) -> str: ...
-    @property
-    def plan(self) -> Plan: ...
-    @property
-    def clock(self) -> Clock: ...
-    @property
-    def who(self) -> str: ...
-    @property
-    def dry_run(self) -> bool: ...
-    @property
-    def retry_stuck(self) -> bool: ...
-    @property
-    def rollback_budget(self) -> float: ...
-    @property
-    def kms(self) -> KmsApplier: ...
-    @property
-    def lock_lost(self) -> bool: ...
-    expected_change_seconds: float  # how long a connect or disconnect takes; learned by every wait
-
-    def record(self, mid: int | None, *, kind: str, operation: str | None = None, outcome: str | None = None,
-               request_id: str | None = None, detail: dict[str, object] | None = None) -> int: ...
-    def transition(self, mid: int, from_state: str, to_state: str, *, detail: object = None,
-                   **fields: object) -> int: ...
-    def update(self, mid: int, **fields: object) -> None: ...
-    def api_calls_for(self, mid: int) -> dict[str, int]: ...
-    def progress(self, event: dict[str, object]) -> None: ...
-    def hook(self, mid: int, event: str, facts: HookFacts) -> None: ...
-    def approve(self, question: str) -> bool: ...
-    def wait_for_cutover(self, mid: int, on_postponed: Callable[[], None]) -> bool: ...
-    def secret(self, ref: str) -> SecretValue: ...
-    def preflight(self, mid: int, keystore: KeystorePlan, snapshot: Observation) -> list[Finding]: ...
 
 
 class Driver:
@@ -80,12 +44,12 @@ class Driver:
         self.services, self.ks = services, keystore_plan
         self.plan, self.clock, self.kms = services.plan, services.clock, services.kms
         self.mid: int = migration.id
-        self.store_id: str = migration.keystore_id or ""
+        self.ops = StoreOps(services, migration.id, migration.keystore_id or "", window=self.window,
+                            state=lambda: self.state)
         self.snapshot: dict[str, object] | None = migration.snapshot
         self.disconnected_at: float | None = migration.disconnected_at
         self.attempts: dict[str, object] = dict(migration.attempts or {})
         self.state: str = migration.state
-        self.last_seen: Observation | None = None
         self._restore_needed = False  # rollback_disconnect's finding, for rollback_restore in the same pass
         self._steps: dict[str, Callable[[], Fields | None]] = {
             name: getattr(self, f"step_{name}") for row in machine.ROWS for name in row.steps}
@@ -112,7 +76,7 @@ class Driver:
         for name in row.steps:
             step = self._steps[name]
             if row.retry_transient:  # nothing changed yet: transient AWS errors get retries
-                fields = retry_step(step, clock=self.clock, deadline=None, max_attempts=4, on_retry=self._on_retry)
+                fields = retry_step(step, clock=self.clock, deadline=None, max_attempts=4, on_retry=self.ops.on_retry)
             else:
                 fields = step()
         assert row.advance is not None
@@ -144,12 +108,13 @@ class Driver:
 
     def move(self, trigger: str, **fields: object) -> None:
         """Fire a trigger of the machine table; `_persist` journals it before the state changes."""
-        self.trigger(trigger, **fields)  # bound by transitions
+        self._machine.events[trigger].trigger(self, **fields)
 
-    def _persist(self, event: object) -> None:
+    def _persist(self, event: EventData) -> None:
         """Journal a state move before it happens in memory (transitions' before_state_change)."""
-        fields = dict(getattr(event, "kwargs", {}))
+        fields = dict(event.kwargs)
         transition = event.transition
+        assert transition is not None and transition.dest is not None  # every row of the table has one
         detail = fields.pop("detail", None)
         fields["api_calls"] = self.services.api_calls_for(self.mid)
         self.services.transition(self.mid, transition.source, transition.dest, detail=detail, **fields)
@@ -171,37 +136,18 @@ class Driver:
         self.move("retry_rollback", outcome=None, detail={"reason": "operator asked to retry the rollback"})
 
     # -- journal and output plumbing --------------------------------------------------------------
-    def call(self, operation: str, action: Callable[[], str | None], **detail: object) -> str | None:
-        """Journal the intent, make the call, journal the outcome (request id or error)."""
-        self.services.record(self.mid, kind="call", operation=operation, outcome="started", detail=detail or None)
-        try:
-            request_id = action()
-        except AwsCallError as exc:
-            self.services.record(self.mid, kind="result", operation=operation, outcome="error",
-                                 request_id=exc.request_id, detail={"code": exc.code, "message": exc.message})
-            raise
-        self.services.record(self.mid, kind="result", operation=operation, outcome="ok", request_id=request_id)
-        return request_id
+    @property
+    def store_id(self) -> str:
+        return self.ops.store_id
 
-    def note(self, message: str, **detail: object) -> None:
-        self.services.record(self.mid, kind="note", detail={"message": message, **detail})
+    @property
+    def last_seen(self) -> Observation | None:
+        return self.ops.last_seen
 
     def hook(self, event: str) -> None:
         facts = facts_for(self.plan, self.ks, run_id=self.services.run_id, store_id=self.store_id,
                           store_state=self.state, window_seconds=self.window(), dry_run=self.services.dry_run)
         self.services.hook(self.mid, event, facts)
-
-    def _on_retry(self, exc: AwsCallError, attempt: int) -> None:
-        self.services.record(self.mid, kind="note", operation=exc.operation, outcome="retry",
-                             request_id=exc.request_id, detail={"code": exc.code, "attempt": attempt})
-
-    def _on_poll(self, observation: object, next_sleep: float) -> None:
-        last = self.last_seen
-        self.services.progress({
-            "type": "progress", "run_id": self.services.run_id, "migration": self.mid, "state": self.state,
-            "connection_state": last.state if last else None, "waiting_on": str(observation)[:120],
-            "window_seconds": self.window(), "budget_seconds": self.plan.max_disconnected,
-            "next_poll_seconds": next_sleep, "simulated": self.clock.simulated})
 
     def manual_help(self) -> dict[str, object]:
         original = self.original if self.snapshot else None
@@ -240,17 +186,6 @@ class Driver:
             return None
         return round(self.clock.elapsed(self.disconnected_at, until), 3)
 
-    def observe(self) -> Observation:
-        if self.services.lock_lost:
-            raise LockLostStop
-        obs = self.kms.describe(self.store_id)
-        previous, self.last_seen = self.last_seen, obs
-        if previous is None or (previous.state, previous.error_code) != (obs.state, obs.error_code):
-            self.services.record(self.mid, kind="note", operation="DescribeCustomKeyStores",
-                                 detail={"connection_state": obs.state, "connection_error_code": obs.error_code or None,
-                                         "window_seconds": self.window()})
-        return obs
-
     # -- before the disconnect ---------------------------------------------------------------------
     def step_snapshot(self) -> Fields:
         obs = self.kms.find_store(store_id=self.ks.id, name=None if self.ks.id else self.ks.name)
@@ -258,7 +193,7 @@ class Driver:
             raise Blocked(f"keystore.exists: key store {self.ks.ref} does not exist in {self.plan.region}")
         if not obs.is_external:
             raise Blocked(f"keystore.type: key store {obs.id} is {obs.type}, not an external key store")
-        self.store_id = obs.id
+        self.ops.store_id = obs.id
         keys = select_verify_keys(self.kms, obs, self.ks.verify_key_ids)
         self.snapshot = {**obs.to_dict(), "verify_keys": keys, "region": self.plan.region,
                          "observed_at": self.clock.now()}
@@ -292,7 +227,7 @@ class Driver:
                 f"budget {self.plan.max_disconnected:g} s, then automatic rollback.")
 
     def step_begin_disconnect(self) -> Fields:
-        live = self.observe()
+        live = self.ops.observe()
         if not live.config.matches(self.original):
             raise Blocked("keystore.unchanged: the key store changed since the snapshot: "
                           f"{self.original.describe_diff(live.config)}; start a new run")
@@ -305,14 +240,14 @@ class Driver:
 
     # -- the critical section ----------------------------------------------------------------------
     def step_disconnect(self) -> Fields:
-        self.ensure_disconnected(self.budget_deadline())
+        self.ops.ensure_disconnected(self.budget_deadline())
         return {"detail": {"window_seconds": self.window()}}
 
     def step_begin_update(self) -> Fields:
         return {"detail": {"target": self.desired.to_dict()}}
 
     def step_update(self) -> Fields:
-        self.apply_config(self.desired, self.target_credential(), self.budget_deadline())
+        self.ops.apply_config(self.desired, self.target_credential(), self.budget_deadline())
         return {"detail": {"config": self.desired.to_dict()}}
 
     def step_begin_connect(self) -> Fields:
@@ -343,15 +278,15 @@ class Driver:
             self.services.update(self.mid, disconnected_at=self.disconnected_at)
 
     def step_rollback_disconnect(self) -> None:
-        obs = self.observe()
+        obs = self.ops.observe()
         self._restore_needed = not obs.config.matches(self.original)
         if self._restore_needed and obs.state != "DISCONNECTED":
-            self.ensure_disconnected(self.budget_deadline())
+            self.ops.ensure_disconnected(self.budget_deadline())
 
     def step_rollback_restore(self) -> None:
         if self._restore_needed:
-            self.apply_config(self.original, self.original_credential(), self.budget_deadline())
-            self.note("original configuration restored", config=self.original.to_dict())
+            self.ops.apply_config(self.original, self.original_credential(), self.budget_deadline())
+            self.ops.note("original configuration restored", config=self.original.to_dict())
 
     def step_rollback_connect(self) -> None:
         self.ensure_connected(self.budget_deadline())
@@ -365,90 +300,25 @@ class Driver:
                 "detail": {"window_seconds": self.window(now)}}
 
     # -- observe-before-act building blocks ---------------------------------------------------------
-    def ensure_disconnected(self, deadline: float | None) -> None:
-        """Disconnect unless the store is already disconnected or on its way; wait for DISCONNECTED."""
-        def step() -> Observation:
-            obs = self.observe()
-            if obs.state in ("CONNECTED", "CONNECTING", "FAILED"):
-                try:
-                    self.call("DisconnectCustomKeyStore", lambda: self.kms.disconnect(self.store_id),
-                              observed=obs.state)
-                except AwsCallError as exc:
-                    if exc.code != "CustomKeyStoreInvalidStateException":  # already on its way: observe again
-                        raise
-            return obs
-
-        retry_step(step, clock=self.clock, deadline=deadline, on_retry=self._on_retry)
-        self.wait_for(("DISCONNECTED",), deadline, "waiting for DISCONNECTED")
-
-    def apply_config(self, want: StoreConfig, credential: Credential | None, deadline: float | None) -> None:
-        """Make KMS hold `want`, then prove it with DescribeCustomKeyStores (a rollback point)."""
-        def step() -> None:
-            obs = self.observe()
-            if obs.config.matches(want):
-                return
-            if obs.state != "DISCONNECTED":
-                raise StepFailed(f"the store is {obs.state}, not DISCONNECTED, so its connectivity cannot change")
-            params = update_parameters(self.store_id, want, obs.config, credential is not None)
-            shown: dict[str, object] = {k: v for k, v in params.items() if k != "CustomKeyStoreId"}
-            if credential is not None:
-                shown["XksProxyAuthenticationCredential"] = {"AccessKeyId": credential[0],
-                                                             "RawSecretAccessKey": credential[1].ref}
-            self.call("UpdateCustomKeyStore",
-                      lambda: self.kms.update(self.store_id, want, obs.config, credential), parameters=shown)
-            after = self.observe()
-            if not after.config.matches(want):
-                raise StepFailed("after UpdateCustomKeyStore KMS shows a configuration other than the requested one "
-                                 f"(requested -> shown: {want.describe_diff(after.config)})")
-
-        retry_step(step, clock=self.clock, deadline=deadline, on_retry=self._on_retry)
-
     def ensure_connected(self, deadline: float | None) -> None:
         """Connect and wait for CONNECTED; a transient FAILED gets one more disconnect+connect if it fits."""
         retries_left = int(str(self.attempts.get("connect_retries_left", 1)))
         while True:
-            def step() -> Observation:
-                obs = self.observe()
-                if obs.state == "DISCONNECTED":
-                    self.call("ConnectCustomKeyStore", lambda: self.kms.connect(self.store_id))
-                elif obs.state == "DISCONNECTING":
-                    self.wait_for(("DISCONNECTED",), deadline, "waiting for DISCONNECTED before connecting")
-                    self.call("ConnectCustomKeyStore", lambda: self.kms.connect(self.store_id))
-                return obs
-
-            first = retry_step(step, clock=self.clock, deadline=deadline, on_retry=self._on_retry)
-            obs = first if first.state in ("CONNECTED", "FAILED") else self.wait_for(
+            first = self.ops.start_connect(deadline)
+            obs = first if first.state in ("CONNECTED", "FAILED") else self.ops.wait_for(
                 ("CONNECTED", "FAILED"), deadline, "waiting for CONNECTED")
             if obs.state == "CONNECTED":
                 return
-            if obs.error_code in TRANSIENT_CONNECT_ERRORS and retries_left > 0 and self.retry_fits(deadline):
+            if obs.error_code in TRANSIENT_CONNECT_ERRORS and retries_left > 0 and self.ops.retry_fits(deadline):
                 retries_left -= 1
                 self.attempts["connect_retries_left"] = retries_left
                 self.services.update(self.mid, attempts=self.attempts)
-                self.note(f"connect FAILED with {obs.error_code}; disconnecting to try once more")
-                self.ensure_disconnected(deadline)
+                self.ops.note(f"connect FAILED with {obs.error_code}; disconnecting to try once more")
+                self.ops.ensure_disconnected(deadline)
                 continue
             raise StepFailed(f"connect FAILED with ConnectionErrorCode {obs.error_code}"
                              + ("; no budget left for another disconnect+connect"
                                 if obs.error_code in TRANSIENT_CONNECT_ERRORS and retries_left > 0 else ""))
-
-    def retry_fits(self, deadline: float | None) -> bool:
-        """Is there budget for another disconnect+connect? If not, going back now returns the keys sooner."""
-        if deadline is None:
-            return True
-        left = (deadline - self.clock.now()) * self.clock.scale
-        return left > 2 * self.services.expected_change_seconds + 2 * self.plan.poll_interval
-
-    def wait_for(self, states: tuple[str, ...], deadline: float | None, what: str) -> Observation:
-        """Poll until the store reaches one of `states`; learns how long such a change takes."""
-        started = self.clock.now()
-        obs = poll_until(self.observe, lambda o: o.state in states, clock=self.clock,
-                         interval=self.plan.poll_interval, deadline=deadline, what=what,
-                         expected=self.services.expected_change_seconds, on_poll=self._on_poll)
-        took = self.clock.elapsed(started)
-        if took > 2 * self.plan.poll_interval:  # a real transition, not an already-finished one
-            self.services.expected_change_seconds = took
-        return obs
 
     def prove_keys(self, deadline: float | None) -> None:
         """DescribeKey Enabled plus an Encrypt+Decrypt round trip per verify key, inside the budget."""
@@ -456,7 +326,7 @@ class Driver:
         verify_keys = self.snapshot.get("verify_keys")
         keys = [str(k["key_id"]) for k in verify_keys] if isinstance(verify_keys, list) else []
         prover = KeyProver(self.kms, self.clock, run_id=self.services.run_id, interval=self.plan.poll_interval,
-                           record_ok=self._record_round_trip, on_poll=self._on_poll)
+                           record_ok=self._record_round_trip, on_poll=self.ops.on_poll)
         prover.prove_all(keys, deadline)
 
     def _record_round_trip(self, key_id: str, encrypt_rid: str | None, decrypt_rid: str | None) -> None:

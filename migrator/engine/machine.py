@@ -19,7 +19,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from transitions import Machine
+    from transitions import EventData, Machine
 
 
 class OnFailure(Enum):
@@ -149,7 +149,7 @@ def destination(state: str, trigger: str) -> str | None:
     return next((dest for name, source, dest in TABLE if name == trigger and source == state), None)
 
 
-def build(model: object, initial: str, persist: Callable[[object], None]) -> Machine:
+def build(model: object, initial: str, persist: Callable[[EventData], None]) -> Machine:
     """Attach the machine to `model`, starting at the persisted `initial` state.
 
     `persist(event)` runs before every state change; `event.transition.dest` is the new state and
