@@ -313,6 +313,11 @@ def key_text(path: tuple[Any, ...]) -> str:
     return out
 
 
+def _toml_escape(c: str) -> str:
+    """TOML's escape of one character: \\uXXXX inside the BMP, \\UXXXXXXXX above it (\\u only takes 4 digits)."""
+    return f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}"
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -322,7 +327,7 @@ def _toml_value(value: Any) -> str:
         return "nan" if value != value else ("inf" if value > 0 else "-inf") if value in (float("inf"), -float(
             "inf")) else repr(value)
     if isinstance(value, str):
-        return '"' + "".join(c if c.isprintable() and c not in '"\\' else f"\\u{ord(c):04x}" for c in value) + '"'
+        return '"' + "".join(c if c.isprintable() and c not in '"\\' else _toml_escape(c) for c in value) + '"'
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return "{" + ", ".join(f"{_toml_value(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"

@@ -232,4 +232,4 @@ def test_head_is_what_the_tests_expect():
     from alembic.script import ScriptDirectory
 
     assert ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head() == HEAD
-    assert (REPO / "migrator" / "migrations" / "versions" / "0002_runs_started_index.py").exists()
+    assert (REPO / "migrator" / "journal" / "migrations" / "versions" / "0002_runs_started_index.py").exists()
