@@ -28,8 +28,9 @@ from migrator.rehearsal.kms.api import JSON_CONTENT_TYPE, handle_kms
 from migrator.rehearsal.kms.checks import connect_check
 from migrator.rehearsal.kms.errors import KmsError
 from migrator.rehearsal.secrets_api import handle_secrets
-from migrator.rehearsal.world import model
+from migrator.rehearsal.world import balancing, model
 from migrator.rehearsal.world.ca import WorldCA
+from migrator.rehearsal.world.reader import Reader
 from migrator.rehearsal.world.state import WorldState
 from migrator.rehearsal.xks.proxy import FaultHook, XksProxyServer
 
@@ -122,6 +123,8 @@ def public_view(obj: Any) -> dict[str, Any]:
             value = [c.access_key_id for c in value] if f.name == "credentials" else "***"
         elif is_dataclass(value):
             value = public_view(value)
+        elif isinstance(value, list) and value and is_dataclass(value[0]):
+            value = [public_view(v) for v in value]
         out[f.name] = value
     return out
 
@@ -272,29 +275,40 @@ def _faults(raw: list[Any]) -> list[model.Fault]:
     """Fault dicts (same keys as `[[faults]]`) validated by the world-file loader."""
     if not all(isinstance(d, dict) for d in raw):
         raise ValueError("faults must be a JSON list of objects")
-    return [model._fault(model._Reader("<faults>", f"faults[{i}]", d)) for i, d in enumerate(raw)]
+    return [model._fault(Reader("<faults>", f"faults[{i}]", d)) for i, d in enumerate(raw)]
+
+
+def _find_target(world: model.World, ident: str) -> model.Target | None:
+    group_name, _, target_id = ident.partition("/")
+    groups = [g for lb in world.load_balancers for g in lb.target_groups if g.name == group_name]
+    return next((t for g in groups for t in g.targets if t.id == target_id), None)
 
 
 def mutate(world: WorldState, request: dict[str, Any]) -> dict[str, Any]:
     """Change one world object at run time: {"kind", "id", "set": {field: value}}; returns it (no secrets)."""
     kind, ident, changes = request.get("kind"), request.get("id"), request.get("set")
-    if kind not in _MUTABLE or not isinstance(changes, dict):
-        raise ValueError(f"kind must be one of {', '.join(_MUTABLE)} and set an object")
-    collection, id_field = _MUTABLE[kind]
+    if kind not in (*_MUTABLE, "target") or not isinstance(changes, dict):
+        raise ValueError(f"kind must be one of {', '.join(_MUTABLE)}, target and set an object")
+    collection, id_field = _MUTABLE.get(kind, ("", "id"))
     with world.lock:
         world.advance()
-        obj = next((o for o in getattr(world.world, collection) if getattr(o, id_field) == ident), None)
+        if kind == "target":  # id "<target group name>/<target id>", e.g. to turn a target unhealthy
+            obj = _find_target(world.world, str(ident))
+        else:
+            obj = next((o for o in getattr(world.world, collection) if getattr(o, id_field) == ident), None)
         if obj is None:
             raise KeyError(f"no {kind} {ident!r}")
         names = {f.name for f in fields(obj)}
         for name, value in changes.items():
             current = getattr(obj, name) if name in names else None
-            if name not in names or name == id_field:
+            if name not in names or name == id_field or name == "target_groups":  # targets: kind "target"
                 raise ValueError(f"{kind} has no mutable field {name!r}")
             if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
             if current is not None and type(current) is not type(value):
                 raise ValueError(f"{kind}.{name} must be {type(current).__name__}")
+            if kind == "target" and name == "health" and value not in balancing.TARGET_HEALTH_STATES:
+                raise ValueError(f"target.health must be one of {', '.join(balancing.TARGET_HEALTH_STATES)}")
         for name, value in changes.items():
             before = getattr(obj, name)
             setattr(obj, name, float(value) if isinstance(before, float) else value)

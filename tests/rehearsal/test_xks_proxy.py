@@ -324,9 +324,13 @@ def test_validation_exception(server: XksProxyServer, operation: str, body: dict
     assert error_name(result) == (400, "ValidationException")
 
 
-def test_health_never_answers_validation_exception(server: XksProxyServer) -> None:
-    assert send(server, f"{BASE}/health", b"not json")[0] == 200
-    assert send(server, f"{BASE}/health", {})[0] == 200
+@pytest.mark.parametrize("body", [b"not json", {}, {"requestMetadata": {}},
+                                  {"requestMetadata": {"kmsRequestId": "r-1"}},
+                                  {"requestMetadata": {"kmsOperation": "KmsHealthCheck", "kmsRequestId": ""}}])
+def test_health_without_its_request_metadata_is_a_validation_exception(server: XksProxyServer,
+                                                                       body: dict[str, Any] | bytes) -> None:
+    """The spec's GetHealthStatus request schema requires requestMetadata.kmsRequestId and .kmsOperation."""
+    assert error_name(send(server, f"{BASE}/health", body)) == (400, "ValidationException")
 
 
 def test_unknown_kms_operation_is_accepted(server: XksProxyServer) -> None:

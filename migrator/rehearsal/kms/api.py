@@ -30,6 +30,8 @@ HANDLERS: dict[str, Handler] = {
     "CreateKey": kms_keys.create_key,
     "DescribeKey": kms_keys.describe_key,
     "ListKeys": kms_keys.list_keys,
+    "ScheduleKeyDeletion": kms_keys.schedule_key_deletion,
+    "CancelKeyDeletion": kms_keys.cancel_key_deletion,
     "Encrypt": kms_keys.encrypt,
     "Decrypt": kms_keys.decrypt,
     "GenerateDataKey": kms_keys.generate_data_key,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from migrator.rehearsal.kms import proxy_client as pc
-from migrator.rehearsal.world import model
+from migrator.rehearsal.world import balancing, model
 from migrator.rehearsal.world.state import StoreRuntime, WorldState
 
 PUBLIC = "PUBLIC_ENDPOINT"
@@ -119,8 +119,12 @@ def resolve(state: WorldState, target: Target) -> tuple[model.Proxy | None, Outc
         return None, _out(_UNREACHABLE, f"KMS cannot resolve or reach {target.host} on the internet.")
     svc = find_service(world, target.service_name, target.service_owner)
     lb = next((b for b in world.load_balancers if svc and b.name == svc.load_balancer), None)
-    proxy = next((p for p in world.proxies if lb and p.name == lb.proxy), None)
+    routed = balancing.routed_proxy(lb) if lb is not None else ""
+    proxy = next((p for p in world.proxies if routed and p.name == routed), None)
     if svc is None or lb is None or proxy is None or lb.state not in ("active", "active_impaired"):
+        # No target answers behind the NLB (none healthy, and none of a failed-open group reaches a proxy).
+        # UNCONFIRMED: AWS documents no ConnectionErrorCode for this; XKS_PROXY_NOT_REACHABLE ("KMS can't
+        # communicate with your external key store proxy", facts §2.4) is the closest.
         return None, _out(_UNREACHABLE, f"The load balancer behind {target.service_name} has no healthy target.")
     return proxy, FINE
 
@@ -156,6 +160,8 @@ def classify(result: pc.ProxyResult) -> Outcome:
                            "The external key store proxy rejected the request because of an invalid URI path. "
                            "Verify the URI path for your external key store and update if necessary.")
         if name in ("ThrottlingException", "DependencyTimeoutException"):
+            # Create/Update: XksProxyUriUnreachableException (facts §1.3, the spec's "KMS Considerations").
+            # Connect: UNCONFIRMED, no documented code; XKS_PROXY_NOT_REACHABLE is the connect-side twin.
             return _out(_UNREACHABLE, f"The external key store proxy answered {name}.")
         return Outcome("XKS_PROXY_INVALID_RESPONSE", "XksProxyInvalidResponseException",
                        f"The external key store proxy answered {name}.")

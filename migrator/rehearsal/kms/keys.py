@@ -52,12 +52,39 @@ def metadata(state: WorldState, key: model.Key) -> dict[str, Any]:
         "EncryptionAlgorithms": ["SYMMETRIC_DEFAULT"], "MultiRegion": False,
         "XksKeyConfiguration": {"Id": key.xks_key_id}}
     if key.state == "PendingDeletion":
-        meta["DeletionDate"] = state.started_wall + 7 * 86400
+        scheduled = state.key_deletions.get(key.key_id)
+        meta["DeletionDate"] = scheduled[1] if scheduled else state.started_wall + 7 * 86400
     return meta
 
 
 def describe_key(state: WorldState, p: dict[str, Any]) -> dict[str, Any]:
     return {"KeyMetadata": metadata(state, _find_key(state, require(p, "KeyId")))}
+
+
+def schedule_key_deletion(state: WorldState, p: dict[str, Any]) -> dict[str, Any]:
+    """ScheduleKeyDeletion: PendingDeletion for PendingWindowInDays (7-30, default 30) simulated days, then the
+    key is gone (so DeleteCustomKeyStore can succeed, facts "Where the documents disagree" 3). Valid while
+    the key is Unavailable, i.e. with the store disconnected (facts §3, key-state table)."""
+    key = _find_key(state, require(p, "KeyId"))
+    days = p.get("PendingWindowInDays", 30)
+    if isinstance(days, bool) or not isinstance(days, int) or not 7 <= days <= 30:
+        raise KmsError("ValidationException", f"1 validation error detected: Value '{days}' at "
+                                              f"'pendingWindowInDays' failed to satisfy constraint: Member must "
+                                              f"have value between 7 and 30")
+    if key.state == "PendingDeletion":
+        raise KmsError("KMSInvalidStateException", f"{state.key_arn(key.key_id)} is pending deletion.")
+    deletion_date = state.schedule_key_deletion(key, days)
+    return {"KeyId": state.key_arn(key.key_id), "DeletionDate": deletion_date, "KeyState": "PendingDeletion",
+            "PendingWindowInDays": days}
+
+
+def cancel_key_deletion(state: WorldState, p: dict[str, Any]) -> dict[str, Any]:
+    """CancelKeyDeletion: only for a key pending deletion; it becomes Disabled (the API reference)."""
+    key = _find_key(state, require(p, "KeyId"))
+    if key.state != "PendingDeletion":
+        raise KmsError("KMSInvalidStateException", f"{state.key_arn(key.key_id)} is not pending deletion.")
+    state.cancel_key_deletion(key)
+    return {"KeyId": state.key_arn(key.key_id)}
 
 
 def list_keys(state: WorldState, p: dict[str, Any]) -> dict[str, Any]:
@@ -79,8 +106,9 @@ def list_keys(state: WorldState, p: dict[str, Any]) -> dict[str, Any]:
 def create_key(state: WorldState, p: dict[str, Any]) -> dict[str, Any]:
     """CreateKey(Origin=EXTERNAL_KEY_STORE): the store must be CONNECTED; KMS asks the proxy GetKeyMetadata.
 
-    Approximation: proxy transport failures map to DependencyTimeoutException (timeouts, unreachable) or
-    KMSInternalException; the model lists no XKS-specific exception for them.
+    Approximation: proxy transport failures and the proxy's retryable answers (ThrottlingException,
+    DependencyTimeoutException) map to DependencyTimeoutException, other failures to KMSInternalException;
+    the model lists no XKS-specific exception for them.
     """
     if p.get("Origin") != "EXTERNAL_KEY_STORE":
         raise KmsError("UnsupportedOperationException", "The rehearsal world models only EXTERNAL_KEY_STORE keys.")
@@ -102,8 +130,10 @@ def create_key(state: WorldState, p: dict[str, Any]) -> dict[str, Any]:
         "GetKeyMetadata")
     if result.failure == pc.HTTP_ERROR and result.error_name == "KeyNotFoundException":
         raise KmsError("XksKeyNotFoundException", f"The external key store proxy cannot find {xks_key_id}.")
-    if result.failure in (pc.TIMEOUT, pc.UNREACHABLE):
-        raise KmsError("DependencyTimeoutException", f"The external key store proxy is unavailable: {result.detail}")
+    if result.failure in (pc.TIMEOUT, pc.UNREACHABLE) or result.error_name in ("ThrottlingException",
+                                                                              "DependencyTimeoutException"):
+        raise KmsError("DependencyTimeoutException", f"The external key store proxy is unavailable: "
+                                                     f"{result.error_name or result.detail}")
     if not result.ok:
         raise KmsError("KMSInternalException", "The external key store proxy rejected GetKeyMetadata.")
     body = result.body

@@ -1,9 +1,12 @@
 """KMS custom key store operations of the rehearsal world (facts §1 and §2), external key stores only.
 
 Rules modelled (with the choices made where the references say UNCONFIRMED):
-- Update: name, credential and path may change in any state; connectivity, endpoint, VPC service name
-  and owner need DISCONNECTED. A parameter that is *present* counts as a change (we do not compare it to the
-  current value), which is the stricter reading of "to change this value, the store must be disconnected".
+- Update: connectivity, endpoint, VPC service name and owner need DISCONNECTED; in which states name,
+  credential and path may change is `[world] update_state_rule` (UPDATE_STATE_RULES quotes the three AWS
+  texts; default: the UpdateCustomKeyStore operation doc of the API reference). A parameter that is *present*
+  counts as a change (we do not compare it to the current value), which is the stricter reading of "to
+  change this value, the store must be disconnected".
+- A connectivity change must come with a *different* XksProxyUriEndpoint (ValidationException otherwise).
 - Update with proxy-related values sends GetHealthStatus with the NEW values before applying them. For a
   switch to VPC_ENDPOINT_SERVICE (UNCONFIRMED, facts open item 1) the world checks the endpoint service and
   then reaches the proxy through it, i.e. the same checks a connect makes.
@@ -34,6 +37,27 @@ PROXY_FIELDS = ("XksProxyConnectivity", "XksProxyUriEndpoint", "XksProxyUriPath"
 NEEDS_DISCONNECTED = ("XksProxyConnectivity", "XksProxyUriEndpoint", "XksProxyVpcEndpointServiceName",
                       "XksProxyVpcEndpointServiceOwner")
 MAX_STORES = 10
+_ANY_STATE = ("CONNECTED", "CONNECTING", "FAILED", "DISCONNECTED", "DISCONNECTING")
+# The states in which each of the other properties may change, per `[world] update_state_rule`. The AWS texts
+# disagree (aws-xks-facts.md "Where the documents disagree" 1 and §1.1); the default is the API reference.
+UPDATE_STATE_RULES: dict[str, dict[str, tuple[str, ...]]] = {
+    # API reference, UpdateCustomKeyStore: "you can update the CustomKeyStoreName,
+    # XksProxyAuthenticationCredential, and XksProxyUriPath of an external key store when it is in the
+    # CONNECTED or DISCONNECTED state."
+    "api_operation": {"NewCustomKeyStoreName": ("CONNECTED", "DISCONNECTED"),
+                      "XksProxyAuthenticationCredential": ("CONNECTED", "DISCONNECTED"),
+                      "XksProxyUriPath": ("CONNECTED", "DISCONNECTED")},
+    # API reference, CustomKeyStoreInvalidStateException: "UpdateCustomKeyStore can be called on a custom key
+    # store in the CONNECTED state only to update NewCustomKeyStoreName. For all other properties, the custom
+    # key store ConnectionState must be DISCONNECTED." (the strictest reading)
+    "api_exception": {"NewCustomKeyStoreName": ("CONNECTED", "DISCONNECTED"),
+                      "XksProxyAuthenticationCredential": ("DISCONNECTED",),
+                      "XksProxyUriPath": ("DISCONNECTED",)},
+    # Developer Guide, update-xks-keystore: name, credential and path "Any connection state" (the world's
+    # behaviour before this option existed).
+    "developer_guide": {"NewCustomKeyStoreName": _ANY_STATE, "XksProxyAuthenticationCredential": _ANY_STATE,
+                        "XksProxyUriPath": _ANY_STATE},
+}
 
 
 def _store(state: WorldState, store_id: Any) -> StoreRuntime:
@@ -214,11 +238,19 @@ def update(state: WorldState, p: dict[str, Any]) -> dict[str, Any]:
         _name_in_use(state, p["NewCustomKeyStoreName"], exclude=ks.id)
     if any(k in p for k in NEEDS_DISCONNECTED) and ks.state != "DISCONNECTED":
         raise invalid_state(ks, "UpdateCustomKeyStore")
+    allowed = UPDATE_STATE_RULES[state.world.update_state_rule]
+    if any(k in p and ks.state not in states for k, states in allowed.items()):
+        raise invalid_state(ks, "UpdateCustomKeyStore")
     _validate(p)
     connectivity = p.get("XksProxyConnectivity", ks.connectivity)
     service = p.get("XksProxyVpcEndpointServiceName")
-    if connectivity != ks.connectivity and "XksProxyUriEndpoint" not in p:
-        raise KmsError("ValidationException", "Changing XksProxyConnectivity requires a new XksProxyUriEndpoint.")
+    # API reference, XksProxyConnectivity: "If you change the XksProxyConnectivity to VPC_ENDPOINT_SERVICE,
+    # you must also change the XksProxyUriEndpoint" (and the same "to PUBLIC_ENDPOINT"). The exception name
+    # is UNCONFIRMED (no documented one); ValidationException is what the model offers for a bad parameter.
+    new_endpoint = p.get("XksProxyUriEndpoint")
+    if connectivity != ks.connectivity and (new_endpoint is None or new_endpoint.lower() == ks.uri_endpoint.lower()):
+        raise KmsError("ValidationException", f"Changing XksProxyConnectivity to {connectivity} requires changing "
+                                              f"the XksProxyUriEndpoint too.")
     if connectivity == checks.VPC:
         service = ks.vpc_endpoint_service_name if service is None else service
         owner = p.get("XksProxyVpcEndpointServiceOwner",

@@ -1,9 +1,17 @@
 """The rehearsal world's certificate authority.
 
 Real KMS only talks to a proxy whose certificate chains to a public CA and names the endpoint host.
-The world needs the failure cases too (expired, wrong host, unknown CA, self-signed), so one CA here
-issues every kind on demand, and `client_context()` is the one trust anchor the world's KMS uses.
-Keys are EC P-256 because they are fast to generate; trustme cannot back-date certificates.
+The world needs the failure cases too (expired, wrong host, unknown CA, self-signed, a chain that lacks
+its intermediate), so one CA here issues every kind on demand, and `client_context()` is the one trust
+anchor the world's KMS uses. Keys are EC P-256 because they are fast to generate; trustme cannot
+back-date certificates.
+
+Intermediates: "via_intermediate" and "missing_intermediate" leaves are signed by an intermediate CA
+(itself signed by the root); the first is served as leaf + intermediate, the second as the leaf alone, so a
+client that trusts only the root cannot build the chain ("unable to get local issuer certificate"), the
+"incorrect certificate chaining" of the KMS troubleshooting page (aws-xks-facts.md §5).
+
+`server_tls_context()` also makes the TLS-version-limited servers of `Proxy.tls_max_version`.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import secrets
 import ssl
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 from cryptography import x509
@@ -23,11 +32,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from migrator.rehearsal.world.model import CERTIFICATE_KINDS
+from migrator.rehearsal.world.model import CERTIFICATE_KINDS, TLS_VERSIONS
 
 WRONG_HOST = "wrong-host.invalid.example"
 _ROOT_NAME = "xksmigrate rehearsal root CA"
 _UNTRUSTED_NAME = "xksmigrate rehearsal untrusted CA"
+_INTERMEDIATE_NAME = "xksmigrate rehearsal intermediate CA"
+_VIA_INTERMEDIATE = ("via_intermediate", "missing_intermediate")
 _CN_MAX = 64  # X.520 upper bound on commonName; longer names live only in the SAN
 
 
@@ -69,30 +80,38 @@ def _name(common_name: str) -> x509.Name:
 class _Authority:
     """One CA key and certificate, loaded from `directory` or created there."""
 
-    def __init__(self, directory: Path, stem: str, common_name: str):
+    def __init__(self, directory: Path, stem: str, common_name: str, parent: _Authority | None = None):
         self.cert_path = directory / f"{stem}.pem"
         key_path = directory / f"{stem}.key"
+        self.key: ec.EllipticCurvePrivateKey
         if self.cert_path.exists() and key_path.exists():
-            self.key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+            loaded = serialization.load_pem_private_key(key_path.read_bytes(), None)
             self.cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
-            if not isinstance(self.key, ec.EllipticCurvePrivateKey):
+            if not isinstance(loaded, ec.EllipticCurvePrivateKey):
                 raise ValueError(f"{key_path}: not an EC private key")
+            self.key = loaded
             return
         self.key = ec.generate_private_key(ec.SECP256R1())
         now = _now()
         ski = x509.SubjectKeyIdentifier.from_public_key(self.key.public_key())
-        self.cert = (
+        # A root may sign one intermediate (path length 1); an intermediate signs leaves only.
+        issuer_name = parent.cert.subject if parent else _name(common_name)
+        signer = parent.key if parent else self.key
+        builder = (
             x509.CertificateBuilder()
-            .subject_name(_name(common_name)).issuer_name(_name(common_name))
+            .subject_name(_name(common_name)).issuer_name(issuer_name)
             .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0 if parent else 1), critical=True)
             .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
                                          data_encipherment=False, key_agreement=False, key_cert_sign=True,
                                          crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
             .add_extension(ski, critical=False)
-            .sign(self.key, hashes.SHA256())
         )
+        if parent is not None:
+            builder = builder.add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(parent.key.public_key()), critical=False)
+        self.cert = builder.sign(signer, hashes.SHA256())
         _write_atomic(key_path, _key_pem(self.key), private=True)
         _write_atomic(self.cert_path, self.cert.public_bytes(serialization.Encoding.PEM))
 
@@ -118,9 +137,26 @@ class WorldCA:
         self.ca_bundle_path: Path = self.directory / "ca-bundle.pem"
         if not self.ca_bundle_path.exists() or self.ca_bundle_path.read_bytes() != self.ca_pem:
             _write_atomic(self.ca_bundle_path, self.ca_pem)
+        self._intermediate: _Authority | None = None  # made on first use (older CA directories lack it)
         self._issued: dict[tuple[tuple[str, ...], str, int], tuple[Path, Path]] = {}
-        self._server_contexts: dict[tuple[tuple[str, ...], str, int], ssl.SSLContext] = {}
+        self._server_contexts: dict[tuple[tuple[str, ...], str, int, str], ssl.SSLContext] = {}
         self._lock = threading.Lock()
+
+    @property
+    def intermediate_pem(self) -> bytes:
+        """The intermediate CA certificate (PEM): what a "missing_intermediate" proxy fails to send."""
+        with self._lock:
+            return self._intermediate_authority().cert.public_bytes(serialization.Encoding.PEM)
+
+    def _intermediate_authority(self) -> _Authority:
+        """The intermediate signed by the root (call under `_lock`)."""
+        if self._intermediate is None:
+            constraints = self._root.cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+            if constraints.path_length == 0:
+                raise ValueError(f"{self._root.cert_path}: this root CA (from an older xksmigrate) cannot sign an "
+                                 f"intermediate; use a new CA directory for intermediate certificate kinds")
+            self._intermediate = _Authority(self.directory, "intermediate-ca", _INTERMEDIATE_NAME, self._root)
+        return self._intermediate
 
     def issue(self, hosts: list[str], kind: str = "valid", days_valid: int = 365) -> tuple[Path, Path]:
         """(certificate chain PEM, private key PEM) for `hosts`; cached per (hosts, kind, days)."""
@@ -134,17 +170,15 @@ class WorldCA:
                 self._issued[cache_key] = self._issue(list(hosts), kind, int(days_valid))
             return self._issued[cache_key]
 
-    def server_context(self, hosts: list[str], kind: str = "valid", days_valid: int = 365) -> ssl.SSLContext:
-        """A server-side TLS (>= 1.2) context presenting the certificate `issue()` makes; cached."""
-        cache_key = (tuple(hosts), kind, int(days_valid))
+    def server_context(self, hosts: list[str], kind: str = "valid", days_valid: int = 365,
+                       tls_max_version: str = "1.3") -> ssl.SSLContext:
+        """A server-side TLS context presenting the certificate `issue()` makes (see `server_tls_context`); cached."""
+        cache_key = (tuple(hosts), kind, int(days_valid), tls_max_version)
         chain, key = self.issue(hosts, kind, days_valid)
         with self._lock:
             ctx = self._server_contexts.get(cache_key)
             if ctx is None:
-                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-                ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-                ctx.load_cert_chain(chain, key)
-                self._server_contexts[cache_key] = ctx
+                ctx = self._server_contexts[cache_key] = server_tls_context(chain, key, tls_max_version)
             return ctx
 
     def client_context(self) -> ssl.SSLContext:
@@ -172,7 +206,8 @@ class WorldCA:
         if kind == "self_signed":
             issuer_name, signer, issuer_public = subject, key, key.public_key()
         else:
-            authority = self._untrusted if kind == "untrusted_ca" else self._root
+            authority = (self._untrusted if kind == "untrusted_ca" else
+                         self._intermediate_authority() if kind in _VIA_INTERMEDIATE else self._root)
             issuer_name, signer, issuer_public = authority.cert.subject, authority.key, authority.key.public_key()
         cert = (
             x509.CertificateBuilder()
@@ -186,12 +221,43 @@ class WorldCA:
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_public), critical=False)
             .sign(signer, hashes.SHA256())
         )
-        # The chain is the leaf alone: like a proxy behind a public CA, it never sends the root, so a
-        # client that lacks the issuer reports "unable to get local issuer certificate".
+        # The chain is the leaf (plus the intermediate for "via_intermediate"): like a proxy behind a public
+        # CA, it never sends the root, so a client that lacks the issuer reports "unable to get local issuer
+        # certificate" -- which is also what "missing_intermediate" (leaf alone) earns.
         digest = hashlib.sha256(repr((hosts, kind, days_valid)).encode()).hexdigest()[:12]
         stem = f"{kind}-{digest}-{secrets.token_hex(3)}"
         chain_path = self.directory / "issued" / f"{stem}.pem"
         key_path = self.directory / "issued" / f"{stem}.key"
         _write_atomic(key_path, _key_pem(key), private=True)
-        _write_atomic(chain_path, cert.public_bytes(serialization.Encoding.PEM))
+        chain = cert.public_bytes(serialization.Encoding.PEM)
+        if kind == "via_intermediate":
+            chain += self._intermediate_authority().cert.public_bytes(serialization.Encoding.PEM)
+        _write_atomic(chain_path, chain)
         return chain_path, key_path
+
+
+_TLS = {"1.0": ssl.TLSVersion.TLSv1, "1.1": ssl.TLSVersion.TLSv1_1, "1.2": ssl.TLSVersion.TLSv1_2,
+        "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def server_tls_context(chain: Path, key: Path, tls_max_version: str = "1.3") -> ssl.SSLContext:
+    """A server context offering TLS 1.2 up to `tls_max_version` (one of TLS_VERSIONS).
+
+    "1.0"/"1.1" make a real TLS 1.0(-1.1)-only server: OpenSSL 3 refuses those versions at security level
+    1 and above, so this one context drops to level 0 (old SHA-1 suites); every client that insists on
+    TLS >= 1.2, as KMS does ("Verify that the XKS proxy supports TLS 1.2 or 1.3", aws-xks-facts.md §2.4),
+    fails the handshake with a protocol-version alert.
+    """
+    if tls_max_version not in TLS_VERSIONS:
+        raise ValueError(f"tls_max_version must be one of {', '.join(TLS_VERSIONS)}; got {tls_max_version!r}")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with warnings.catch_warnings():  # ssl.TLSVersion.TLSv1/TLSv1_1 are deprecated: that is the point here
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if tls_max_version in ("1.0", "1.1"):
+            ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+            ctx.minimum_version = ssl.TLSVersion.TLSv1
+        else:
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.maximum_version = _TLS[tls_max_version]
+    ctx.load_cert_chain(chain, key)
+    return ctx

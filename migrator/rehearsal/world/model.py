@@ -6,27 +6,60 @@ network load balancers, latencies, a time scale and faults. Everything here is p
 behaviour lives in `world.state` (live state and transitions) and the `kms`, `query` and `xks` packages.
 
 Errors name the file, the key and the reason in one line (`WorldFileError`).
+
+Schema (tables and their keys; every key not marked required has a default that keeps older files meaning
+what they meant):
+- `[world]` account_id, region, time_scale, seed, update_state_rule (one of UPDATE_STATE_RULES, default
+  "api_operation": which UpdateCustomKeyStore properties may change in which connection state, see
+  `kms.stores`).
+- `[latencies]` connect, disconnect, update_propagation, key_availability_after_connect (simulated seconds).
+- `[[key_managers]]` name (required), keys = [{ id, usage, status }].
+- `[[proxies]]` name, key_manager (required), public_hostnames, certificate_hosts, certificate (one of
+  CERTIFICATE_KINDS, e.g. "via_intermediate" / "missing_intermediate"), certificate_days_valid,
+  uri_path_prefix, credentials = [{ access_key_id, secret }], health, latency_ms, down,
+  tls_max_version ("1.0" | "1.1" | "1.2" | "1.3", default "1.3").
+- `[[load_balancers]]` name (required), type, scheme, availability_zones, listeners = [{ port, protocol,
+  target_group }], state, and either proxy (shorthand: one healthy target) or `[[load_balancers.target_groups]]`
+  with name (required), protocol, port, target_type and targets = [{ id (required), proxy, port, health (ELBv2
+  TargetHealthStateEnum), reason, availability_zone }]; routing and fail-open are in `world.balancing`.
+- `[[endpoint_services]]` service_id, load_balancer (required), private_dns_name, private_dns_state,
+  allowed_principals, acceptance_required, service_type, state, owner.
+- `[[keystores]]` id, name, connectivity, uri_endpoint, access_key_id, secret (required), uri_path,
+  vpc_endpoint_service_name, vpc_endpoint_service_owner, state, connection_error_code.
+- `[[keys]]` key_id, keystore, xks_key_id (required), state, description.
+- `[[secrets]]` name, value. `[iam]` caller_arn, denied_actions, simulation_denied.
+- `[[faults]]` see `Fault`; proxy_fault is one of PROXY_FAULT_KINDS (incl. "throttling", "dependency_timeout").
 """
 
 from __future__ import annotations
 
-import math
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from migrator.rehearsal.world.balancing import LB_SCHEMES as LB_SCHEMES
+from migrator.rehearsal.world.balancing import LB_TYPES as LB_TYPES
+from migrator.rehearsal.world.balancing import LoadBalancer as LoadBalancer
+from migrator.rehearsal.world.balancing import Target as Target
+from migrator.rehearsal.world.balancing import TargetGroup as TargetGroup
+from migrator.rehearsal.world.balancing import read_load_balancer
+from migrator.rehearsal.world.reader import Reader as _Reader
+from migrator.rehearsal.world.reader import WorldFileError as WorldFileError
+from migrator.rehearsal.world.reader import parse_toml_text as parse_toml_text
 
 CONNECTIVITIES = ("PUBLIC_ENDPOINT", "VPC_ENDPOINT_SERVICE")
 CONNECTION_STATES = ("CONNECTED", "CONNECTING", "FAILED", "DISCONNECTED", "DISCONNECTING")
 KEY_STATES = ("Enabled", "Disabled", "PendingDeletion")
 HEALTH_STATES = ("ACTIVE", "DEGRADED", "UNAVAILABLE")
-CERTIFICATE_KINDS = ("valid", "expired", "wrong_host", "untrusted_ca", "self_signed")
+# via_intermediate: the leaf is signed by an intermediate CA and served with it (a valid chain);
+# missing_intermediate: the same leaf served without its intermediate (a chain clients cannot build).
+CERTIFICATE_KINDS = ("valid", "expired", "wrong_host", "untrusted_ca", "self_signed", "via_intermediate",
+                     "missing_intermediate")
+TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
 PRIVATE_DNS_STATES = ("verified", "pendingVerification", "failed")
 SERVICE_TYPES = ("Interface", "Gateway", "GatewayLoadBalancer")
 SERVICE_STATES = ("Pending", "Available", "Deleting", "Deleted", "Failed")
-LB_TYPES = ("network", "application", "gateway")
-LB_SCHEMES = ("internal", "internet-facing")
 CONNECTION_ERROR_CODES = (
     "INVALID_CREDENTIALS",
     "NETWORK_ERRORS",
@@ -40,7 +73,13 @@ CONNECTION_ERROR_CODES = (
     "XKS_PROXY_TIMED_OUT",
     "XKS_PROXY_INVALID_TLS_CONFIGURATION",
 )
-PROXY_FAULT_KINDS = ("down", "slow", "unhealthy", "reject_credentials", "invalid_response", "access_denied")
+# throttling / dependency_timeout: the proxy answers the spec's 429 ThrottlingException / 503
+# DependencyTimeoutException (xks-proxy-spec.md, error table: "all" APIs, GetHealthStatus included).
+PROXY_FAULT_KINDS = ("down", "slow", "unhealthy", "reject_credentials", "invalid_response", "access_denied",
+                     "throttling", "dependency_timeout")
+# Which UpdateCustomKeyStore properties may change in which connection state; the AWS texts disagree
+# (aws-xks-facts.md, "Where the documents disagree" 1). `kms.stores.UPDATE_STATE_RULES` quotes each one.
+UPDATE_STATE_RULES = ("api_operation", "api_exception", "developer_guide")
 
 _ACCOUNT = re.compile(r"^[0-9]{12}$")
 _KEYSTORE_ID = re.compile(r"^cks-[0-9a-f]{17}$")
@@ -50,10 +89,6 @@ _XKS_KEY_ID = re.compile(r"^[a-zA-Z0-9\-_.]{1,128}$")
 _HOST = re.compile(r"^[a-zA-Z0-9.-]+$")
 _URI_PATH = re.compile(r"^(/[a-zA-Z0-9/_-]+/kms/xks/v\d{1,2})$|^(/kms/xks/v\d{1,2})$")
 _SERVICE_ID = re.compile(r"^vpce-svc-[0-9a-z]+$")
-
-
-class WorldFileError(ValueError):
-    """A world or fault file is wrong; the message is one line naming file, key and reason."""
 
 
 @dataclass
@@ -108,17 +143,9 @@ class Proxy:
     health: str = "ACTIVE"  # fleet health reported by GetHealthStatus
     latency_ms: float = 2.0  # added to every proxy response (real milliseconds, not scaled)
     down: bool = False  # refuses TCP connections
-
-
-@dataclass
-class LoadBalancer:
-    name: str
-    type: str = "network"
-    scheme: str = "internal"
-    availability_zones: list[str] = field(default_factory=lambda: ["us-east-1a", "us-east-1b"])
-    listeners: list[dict[str, Any]] = field(default_factory=lambda: [{"port": 443, "protocol": "TCP"}])
-    state: str = "active"
-    proxy: str = ""  # the proxy its target group forwards to ("" = no healthy target)
+    # Highest TLS version offered: "1.0"/"1.1" make a real TLS 1.0/1.1-only server, which KMS (TLS >= 1.2)
+    # cannot talk to; "1.2" offers 1.2 only; "1.3" (default) offers 1.2 and 1.3.
+    tls_max_version: str = "1.3"
 
 
 @dataclass
@@ -211,6 +238,7 @@ class World:
     region: str = "us-east-1"
     time_scale: float = 60.0
     seed: int = 1
+    update_state_rule: str = "api_operation"  # one of UPDATE_STATE_RULES
     latencies: Latencies = field(default_factory=Latencies)
     key_managers: list[KeyManager] = field(default_factory=list)
     proxies: list[Proxy] = field(default_factory=list)
@@ -225,95 +253,6 @@ class World:
 
 # ---------------------------------------------------------------------------------------------
 # Loading
-
-
-class _Reader:
-    """Reads one TOML table with typed getters that raise WorldFileError naming file and key."""
-
-    def __init__(self, source: str, path: str, table: dict[str, Any]):
-        self.source, self.path, self.table = source, path, table
-        self.used: set[str] = set()
-
-    def fail(self, key: str, reason: str) -> WorldFileError:
-        key = key if key.isprintable() else ascii(key)[1:-1]  # a quoted TOML key may hold a newline
-        where = f"{self.path}.{key}" if self.path else key
-        return WorldFileError(f"{self.source}: {where}: {reason}")
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., *, choices=None,
-            pattern: re.Pattern[str] | None = None) -> Any:
-        self.used.add(key)
-        if key not in self.table:
-            if default is ...:
-                raise self.fail(key, "is required")
-            return default
-        value = self.table[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, bool) and kind is not bool and kind != (bool,):
-            raise self.fail(key, f"must be {_kind_name(kind)}, not a boolean")
-        if not isinstance(value, kind):
-            raise self.fail(key, f"must be {_kind_name(kind)}, got {type(value).__name__}")
-        if isinstance(value, float) and not (math.isfinite(value) and value >= 0):  # nan/inf/-1 hang or crash
-            raise self.fail(key, f"must be a finite, non-negative number; got {value!r}")
-        if choices is not None and value not in choices:
-            raise self.fail(key, f"must be one of {', '.join(map(str, choices))}; got {value!r}")
-        if pattern is not None and isinstance(value, str) and not pattern.match(value):
-            raise self.fail(key, f"{value!r} does not match {pattern.pattern}")
-        return value
-
-    def strings(self, key: str, default: list[str] | None = None, *, choices=None,
-                pattern: re.Pattern[str] | None = None) -> list[str]:
-        values = self.get(key, list, default if default is not None else [])
-        for item in values:
-            if not isinstance(item, str):
-                raise self.fail(key, "must be a list of strings")
-            if choices is not None and item not in choices:
-                raise self.fail(key, f"entries must be one of {', '.join(choices)}; got {item!r}")
-            if pattern is not None and not pattern.match(item):
-                raise self.fail(key, f"{item!r} does not match {pattern.pattern}")
-        return list(values)
-
-    def tables(self, key: str) -> list[_Reader]:
-        self.used.add(key)
-        raw = self.table.get(key, [])
-        if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
-            raise self.fail(key, "must be an array of tables ([[...]])")
-        prefix = f"{self.path}.{key}" if self.path else key
-        return [_Reader(self.source, f"{prefix}[{i}]", t) for i, t in enumerate(raw)]
-
-    def table_reader(self, key: str) -> _Reader:
-        self.used.add(key)
-        raw = self.table.get(key, {})
-        if not isinstance(raw, dict):
-            raise self.fail(key, "must be a table")
-        return _Reader(self.source, f"{self.path}.{key}" if self.path else key, raw)
-
-    def done(self) -> None:
-        unknown = sorted(set(self.table) - self.used)
-        if unknown:
-            raise self.fail(unknown[0], "unknown key")
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
-             list: "a list", dict: "a table"}
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
-def parse_toml_text(text: str | bytes, source: str) -> dict[str, Any]:
-    """TOML text to a dict, or WorldFileError naming the file, line and reason."""
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise WorldFileError(f"{source}: not UTF-8 text (byte {exc.start})") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise WorldFileError(f"{source}: not valid TOML: {exc}") from None
-    except RecursionError:
-        raise WorldFileError(f"{source}: not valid TOML: nested too deeply") from None
 
 
 def load_world_file(path: str | Path) -> World:
@@ -346,6 +285,7 @@ def world_from_dict(data: dict[str, Any], source: str = "<world>") -> World:
         region=w.get("region", str, "us-east-1", pattern=re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")),
         time_scale=w.get("time_scale", float, 60.0),
         seed=w.get("seed", int, 1),
+        update_state_rule=w.get("update_state_rule", str, "api_operation", choices=UPDATE_STATE_RULES),
     )
     if world.time_scale <= 0:
         raise w.fail("time_scale", "must be positive")
@@ -392,22 +332,14 @@ def world_from_dict(data: dict[str, Any], source: str = "<world>") -> World:
             health=r.get("health", str, "ACTIVE", choices=HEALTH_STATES),
             latency_ms=r.get("latency_ms", float, 2.0),
             down=r.get("down", bool, False),
+            tls_max_version=r.get("tls_max_version", str, "1.3", choices=TLS_VERSIONS),
         ))
         if not 1 <= world.proxies[-1].certificate_days_valid <= 36500:  # else the proxy's TLS setup fails
             raise r.fail("certificate_days_valid", "must be 1-36500 (for an expired one: certificate = \"expired\")")
         r.done()
 
     for r in top.tables("load_balancers"):
-        listeners = r.get("listeners", list, [{"port": 443, "protocol": "TCP"}])
-        world.load_balancers.append(LoadBalancer(
-            name=r.get("name", str),
-            type=r.get("type", str, "network", choices=LB_TYPES),
-            scheme=r.get("scheme", str, "internal", choices=LB_SCHEMES),
-            availability_zones=r.strings("availability_zones", [f"{world.region}a", f"{world.region}b"]),
-            listeners=listeners,
-            state=r.get("state", str, "active", choices=("active", "provisioning", "active_impaired", "failed")),
-            proxy=r.get("proxy", str, ""),
-        ))
+        world.load_balancers.append(read_load_balancer(r, world.region))
         r.done()
 
     for r in top.tables("endpoint_services"):
@@ -517,9 +449,18 @@ def _check_references(world: World, source: str) -> None:
     for i, p in enumerate(world.proxies):
         if p.key_manager not in managers:
             raise WorldFileError(f"{source}: proxies[{i}].key_manager: no key manager named {p.key_manager!r}")
+    group_names: set[str] = set()
     for i, lb in enumerate(world.load_balancers):
         if lb.proxy and lb.proxy not in proxies:
             raise WorldFileError(f"{source}: load_balancers[{i}].proxy: no proxy named {lb.proxy!r}")
+        for j, group in enumerate(lb.target_groups):
+            where = f"{source}: load_balancers[{i}].target_groups[{j}]"
+            if group.name in group_names:  # ELBv2 names are unique per account and Region
+                raise WorldFileError(f"{where}.name: another target group is named {group.name!r}")
+            group_names.add(group.name)
+            for n, target in enumerate(group.targets):
+                if target.proxy and target.proxy not in proxies:
+                    raise WorldFileError(f"{where}.targets[{n}].proxy: no proxy named {target.proxy!r}")
     for i, svc in enumerate(world.endpoint_services):
         if svc.load_balancer not in lbs:
             raise WorldFileError(

@@ -26,12 +26,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from migrator.rehearsal.world import model
+from migrator.rehearsal.world import balancing, model
 from migrator.rehearsal.world.ca import WorldCA
+from migrator.rehearsal.world.faults import FaultBook
 
 
 class SimClock:
@@ -90,75 +91,6 @@ class CallLog:
 
 
 @dataclass
-class _FaultRuntime:
-    fault: model.Fault
-    matched: int = 0
-    fired: int = 0
-
-
-class FaultBook:
-    """Faults by operation with `after`, `count` and `probability` (seeded, so runs repeat).
-
-    Has its own lock, not the world's: proxy threads consult it (via the proxy's fault hook) while a
-    KMS handler holds the world lock and waits for that very proxy.
-    """
-
-    def __init__(self, rng: random.Random):
-        self.rng = rng
-        self.items: list[_FaultRuntime] = []
-        self._lock = threading.Lock()
-
-    def add(self, faults: list[model.Fault] | tuple[model.Fault, ...]) -> None:
-        with self._lock:
-            self.items.extend(_FaultRuntime(f) for f in faults)
-
-    @staticmethod
-    def persistent(fault: model.Fault) -> bool:
-        return fault.count is None and fault.probability is None and fault.after == 0
-
-    def proxy_faults(self, proxy: str) -> dict[str, float]:
-        """Counted or probabilistic proxy faults for one proxy request ({kind: latency_ms})."""
-        out: dict[str, float] = {}
-        for item in list(self.items):
-            f = item.fault
-            if f.proxy_fault and f.proxy == proxy and not self.persistent(f) and self._take(item):
-                out[f.proxy_fault] = f.latency_ms
-        return out
-
-    def _take(self, item: _FaultRuntime) -> bool:
-        with self._lock:
-            return self._take_locked(item)
-
-    def _take_locked(self, item: _FaultRuntime) -> bool:
-        item.matched += 1
-        f = item.fault
-        if item.matched <= f.after or (f.count is not None and item.fired >= f.count):
-            return False
-        if f.probability is not None and self.rng.random() >= f.probability:
-            return False
-        item.fired += 1
-        return True
-
-    def _matching(self, operation: str, attr: str) -> list[_FaultRuntime]:
-        return [i for i in self.items if getattr(i.fault, attr) and i.fault.operation in (operation, "*")]
-
-    def api_error(self, operation: str) -> model.Fault | None:
-        for item in self._matching(operation, "error_code"):
-            if self._take(item):
-                return item.fault
-        return None
-
-    def latency(self, operation: str) -> float:
-        return sum(i.fault.latency_seconds for i in self._matching(operation, "latency_seconds") if self._take(i))
-
-    def connection_error(self) -> str:
-        for item in self._matching("ConnectCustomKeyStore", "connection_error_code"):
-            if self._take(item):
-                return item.fault.connection_error_code
-        return ""
-
-
-@dataclass
 class StoreRuntime:
     """KMS-side bookkeeping for one key store beyond what the model holds."""
 
@@ -204,6 +136,9 @@ class WorldState:
         self.started_wall = time.time()
         self.stores: dict[str, StoreRuntime] = {}
         self.key_created: dict[str, float] = {k.key_id: self.started_wall for k in self.world.keys}
+        # ScheduleKeyDeletion: key id -> (simulated instant the key is deleted, DeletionDate as epoch seconds).
+        # Keys that are PendingDeletion in the world file have no entry: they stay pending (as before).
+        self.key_deletions: dict[str, tuple[float, float]] = {}
         self.proxy_servers: dict[str, ProxyServer] = {}
         self.ca: WorldCA | None = None
         self._tls: ssl.SSLContext | None = None
@@ -262,7 +197,7 @@ class WorldState:
         names of every endpoint service whose load balancer forwards to it (model.Proxy docs)."""
         if proxy.certificate_hosts:
             return list(proxy.certificate_hosts)
-        lbs = {lb.name for lb in self.world.load_balancers if lb.proxy == proxy.name}
+        lbs = {lb.name for lb in self.world.load_balancers if proxy.name in balancing.proxies_behind(lb)}
         private = [s.private_dns_name for s in self.world.endpoint_services
                    if s.load_balancer in lbs and s.private_dns_name]
         return list(dict.fromkeys([*proxy.public_hostnames, *private]))
@@ -312,6 +247,9 @@ class WorldState:
         for rt in list(self.stores.values()):
             if rt.pending and now >= rt.due:
                 self._complete(rt)
+        for key_id, (due, _) in list(self.key_deletions.items()):
+            if now >= due:
+                self._delete_key(key_id, due)
 
     def _set_state(self, rt: StoreRuntime, to: str, t: float, error: str = "", operation: str = "") -> None:
         before = rt.ks.state
@@ -358,6 +296,31 @@ class WorldState:
 
     # -- keys --------------------------------------------------------------------------------------
 
+    def schedule_key_deletion(self, key: model.Key, days: int) -> float:
+        """PendingDeletion now; deleted `days` simulated days later. Returns the DeletionDate (epoch seconds)."""
+        now = self.clock.now()
+        deletion_date = time.time() + days * 86400
+        self.key_deletions[key.key_id] = (now + days * 86400, deletion_date)
+        before, key.state = key.state, "PendingDeletion"
+        self.log.add("state", "ScheduleKeyDeletion", keystore=key.keystore, from_=before, to=key.state,
+                     detail=key.key_id, t=now)
+        return deletion_date
+
+    def cancel_key_deletion(self, key: model.Key) -> None:
+        """Back to Disabled, as KMS leaves a key whose deletion was cancelled."""
+        self.key_deletions.pop(key.key_id, None)
+        key.state = "Disabled"
+        self.log.add("state", "CancelKeyDeletion", keystore=key.keystore, from_="PendingDeletion", to=key.state,
+                     detail=key.key_id)
+
+    def _delete_key(self, key_id: str, due: float) -> None:
+        self.key_deletions.pop(key_id, None)
+        key = next((k for k in self.world.keys if k.key_id == key_id), None)
+        if key is not None:
+            self.world.keys.remove(key)
+            self.log.add("state", "KeyDeleted", keystore=key.keystore, from_="PendingDeletion", to="DELETED",
+                         detail=key_id, t=due)
+
     def key_state(self, key: model.Key) -> str:
         """KeyState as DescribeKey reports it (facts §3): Unavailable unless the store is CONNECTED and the
         keys have become available; PendingDeletion stays PendingDeletion."""
@@ -399,7 +362,8 @@ class WorldState:
             keys = [{"key_id": k.key_id, "keystore": k.keystore, "xks_key_id": k.xks_key_id, "state": k.state,
                      "key_state": self.key_state(k)} for k in self.world.keys]
             services = [{**vars(s), "service_name": s.service_name(self.region)} for s in self.world.endpoint_services]
-            lbs = [dict(vars(lb)) for lb in self.world.load_balancers]
+            lbs = [{**asdict(lb), "target_groups": [asdict(g) for g in balancing.target_groups_of(lb)],
+                    "routed_proxy": balancing.routed_proxy(lb)} for lb in self.world.load_balancers]
             proxies = [{"name": p.name, "port": getattr(self.proxy_servers.get(p.name), "port", None),
                         "public_hostnames": p.public_hostnames, "certificate": p.certificate,
                         "uri_path_prefix": p.uri_path_prefix, "health": p.health, "down": p.down,

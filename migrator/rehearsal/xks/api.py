@@ -166,10 +166,14 @@ def health(proxy: Proxy, *, unhealthy: bool) -> dict[str, Any]:
 def handle_api(action: str, key_id: str | None, body: bytes, key_manager: KeyManager, proxy: Proxy,
                *, unhealthy: bool = False) -> dict[str, Any]:
     """Answer an authenticated request for `action` (health|metadata|encrypt|decrypt); raise XksError."""
-    if action == "health":
-        return health(proxy, unhealthy=unhealthy)  # the spec has no ValidationException for health
-    assert key_id is not None
+    # GetHealthStatus too needs requestMetadata with kmsRequestId and kmsOperation (the spec's request schema,
+    # aws-xks-facts.md "Where the documents disagree" 5), although the spec's error table lists
+    # ValidationException for "all except GetHealthStatus": the schema is the more specific text, and
+    # KMS always sends both fields, so only a malformed probe meets this.
     data = _parse_body(body)
+    if action == "health":
+        return health(proxy, unhealthy=unhealthy)
+    assert key_id is not None
     if action == "metadata":
         key = _find_key(key_manager, key_id)
         return {"keySpec": "AES_256", "keyUsage": list(key.usage), "keyStatus": key.status}

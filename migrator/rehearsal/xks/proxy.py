@@ -2,9 +2,10 @@
 
 The world's KMS calls it exactly as real KMS calls a proxy (HTTPS, SigV4 with service `kms-xks-proxy`),
 so a migration rehearsed against it meets the same failures it would meet in production: a wrong path
-prefix, stale credentials, an expired or wrong-host certificate, an unhealthy key manager, a proxy that
-is down or slow. The proxy reads its `Proxy` and `KeyManager` objects live on every request because the
-world changes them while a rehearsal runs.
+prefix, stale credentials, an expired or wrong-host certificate, a chain without its intermediate, a
+server that offers only TLS below 1.2, an unhealthy key manager, a proxy that is down, slow, throttling
+(429) or timing out on its key manager (503). The proxy reads its `Proxy` and `KeyManager` objects live
+on every request because the world changes them while a rehearsal runs.
 
 Key material is derived from the key manager's name and the key id, so every proxy in front of the same
 key manager (even in another process) decrypts what another one encrypted; that is what makes "the
@@ -26,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from migrator.rehearsal.world.ca import WorldCA
+from migrator.rehearsal.world.ca import WorldCA, server_tls_context
 from migrator.rehearsal.world.model import PROXY_FAULT_KINDS, KeyManager, Proxy
 from migrator.rehearsal.xks.api import API_PATH, OPERATIONS, XksError, handle_api
 from migrator.rehearsal.xks.sigv4_verify import SigV4Error, parse_authorization, verify_request
@@ -80,7 +81,7 @@ class XksProxyServer:
         self._faults: dict[str, float] = {}
         self._log: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self._contexts: dict[tuple[tuple[str, ...], str, int], ssl.SSLContext] = {}
+        self._contexts: dict[tuple[tuple[str, ...], str, int, str], ssl.SSLContext] = {}
         self._connections: set[socket.socket] = set()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -175,14 +176,14 @@ class XksProxyServer:
     # ----------------------------------------------------------------------------- connections
     def _server_ssl_context(self) -> ssl.SSLContext:
         assert self.ca is not None
-        key = (tuple(self.certificate_hosts), self.proxy.certificate, int(self.proxy.certificate_days_valid))
+        proxy = self.proxy
+        key = (tuple(self.certificate_hosts), proxy.certificate, int(proxy.certificate_days_valid),
+               proxy.tls_max_version)
         with self._lock:
             ctx = self._contexts.get(key)
         if ctx is None:
             chain, private_key = self.ca.issue(list(key[0]), key[1], key[2])
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            ctx.load_cert_chain(chain, private_key)
+            ctx = server_tls_context(chain, private_key, key[3])
             ctx.sni_callback = _remember_sni
             with self._lock:
                 self._contexts[key] = ctx
@@ -290,6 +291,11 @@ class XksProxyServer:
 
         if "invalid_response" in faults:
             return _Response(200, b"<html><body>502 Bad Gateway</body></html>", "text/html")
+        if "throttling" in faults:  # spec error table: 429, all APIs
+            raise XksError(429, "ThrottlingException", "The request was rejected because the request rate is "
+                                                       "too high.")
+        if "dependency_timeout" in faults:  # spec error table: 503, all APIs
+            raise XksError(503, "DependencyTimeoutException", "The external key manager did not respond in time.")
         if "access_denied" in faults and action != "health":
             raise XksError(403, "AccessDeniedException", "The request was rejected because the operation is not "
                                                          "authorized based on request metadata.")
