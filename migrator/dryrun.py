@@ -19,7 +19,8 @@ from migrator.aws.clients import ClientFactory
 from migrator.engine.clock import Clock
 from migrator.plan import Plan
 
-DEFAULT_REHEARSAL_STATE = "sqlite:///state/rehearsal.db"
+# The rehearsal journal's file name, beside the default journal (cli/environment.py: the per-user state directory).
+REHEARSAL_JOURNAL_NAME = "rehearsal.db"
 DUMMY_CREDENTIALS = {"aws_access_key_id": "AKIAREHEARSAL0000000", "aws_secret_access_key": "rehearsal",
                      "aws_session_token": None}
 

@@ -166,6 +166,10 @@ class Observation:
         return f"{self.id} {self.state}{code}"
 
 
+# Key states that make one key unusable for its own reason (not its store's): such a verify key is left out.
+KEY_OWN_STATES = frozenset({"Disabled", "PendingDeletion", "PendingReplicaDeletion", "PendingImport"})
+
+
 @dataclass(frozen=True)
 class KeyInfo:
     """DescribeKey's answer, the parts the engine and preflight use."""

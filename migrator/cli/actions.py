@@ -15,25 +15,31 @@ from migrator.cli import environment as support
 def run(plan_file: str, *, dry_run: bool, yes: bool, json_output: bool, state: str | None, world: str | None,
         faults: str | None, profile: str | None, region: str | None, endpoint_url: str | None,
         time_scale: float | None, hooks: str | None, postpone_cutover: bool, postpone_flag_file: str | None,
-        cutover_at: str | None) -> int:
-    """`run`: a new run of the plan in PLAN_FILE."""
+        cutover_at: str | None, allow_insecure_hooks: bool = False) -> int:
+    """`run`: a new run of the plan in PLAN_FILE; what a resume must re-derive is recorded with it (recorded.py)."""
+    from migrator.cli import recorded
     from migrator.engine import runner as engine
 
     plan = support.load_plan(plan_file)
     when = support.parse_cutover_at(cutover_at) if cutover_at else None
+    run_hooks = support.make_hooks(hooks, allow_insecure=allow_insecure_hooks)
     support.require_consent(yes)
     support.interruptible()
     with support.environment(plan, dry_run=dry_run, json_output=json_output, command="run", yes=yes, state=state,
                              world=world, faults=faults, profile=profile, region=region, endpoint_url=endpoint_url,
                              time_scale=time_scale) as (env, renderer):
-        env.hooks = support.make_hooks(hooks)
+        env.hooks = run_hooks
+        renderer.stores, renderer.simulated = [ks.id or ks.ref for ks in plan.keystores], env.clock.simulated
         env.postpone, env.postpone_flag_file, env.cutover_at = postpone_cutover, postpone_flag_file, when
+        env.run_facts = recorded.run_facts(
+            plan, hooks_dir=hooks, allow_insecure_hooks=allow_insecure_hooks, endpoint_url=endpoint_url,
+            account_id=None if dry_run else recorded.caller_account(env.clients), dry_run=dry_run)
         return support.finish(renderer, engine.start(plan, env))
 
 
 def plan(plan_file: str, *, dry_run: bool, json_output: bool, state: str | None, world: str | None,
          faults: str | None, profile: str | None, region: str | None, endpoint_url: str | None) -> int:
-    """`plan`: the read-only report (0 ready, 3 blocked)."""
+    """`plan`: the read-only report (0 ready or nothing to change, 3 blocked)."""
     from migrator.cli import plan_view
     from migrator.preflight import planner
 
@@ -43,51 +49,74 @@ def plan(plan_file: str, *, dry_run: bool, json_output: bool, state: str | None,
                              time_scale=None, observe=False) as (env, _):
         report = planner.make_report(plan, env)
         plan_view.render(report, json_output)
-    return report.exit_code
+    return plan_view.exit_code(report)
 
 
 def resume(run_id: str | None, *, yes: bool, json_output: bool, state: str | None, retry_stuck: bool,
            profile: str | None, region: str | None, endpoint_url: str | None, time_scale: float | None,
-           hooks: str | None) -> int:
-    """`resume`: continue RUN_ID (default: the latest unfinished run) from where its journal says it stood."""
+           hooks: str | None, allow_insecure_hooks: bool = False) -> int:
+    """`resume`: continue RUN_ID (default: the latest unfinished run) from where its journal says it stood.
+
+    The plan, hooks, endpoint, account and paths come from the journal (cli/recorded.py), not the command line.
+    """
     from migrator.engine import runner as engine
 
     journal = support.open_journal(state)
     run_view = support.find_run(journal, run_id, unfinished=True, allow_stuck=retry_stuck)
     plan, env, renderer = support.recorded_run_env(
         journal, run_view, command="resume", json_output=json_output, yes=yes, profile=profile, region=region,
-        endpoint_url=endpoint_url, time_scale=time_scale, hooks=hooks, retry_stuck=retry_stuck)
+        endpoint_url=endpoint_url, time_scale=time_scale, hooks=hooks, retry_stuck=retry_stuck,
+        allow_insecure_hooks=allow_insecure_hooks)
     return support.finish(renderer, engine.resume(plan, env, run_view.id))
 
 
-def proceed(run_id: str, *, state: str | None) -> int:
+def _report(command: str, json_output: bool, text: str, **facts: object) -> None:
+    """The one-line outcome of a command without a run view: text, or NDJSON (a version and a summary line)."""
+    if not json_output:
+        typer.echo(text)
+        return
+    import sys
+
+    from migrator.cli.output import json_line, write_version
+
+    write_version(sys.stdout, command)
+    sys.stdout.write(json_line({"type": "summary", "exit_code": 0, "message": text, **facts}))
+    sys.stdout.flush()
+
+
+def proceed(run_id: str, *, state: str | None, json_output: bool = False) -> int:
     """`proceed`: release a postponed cut-over by journaling a note the waiting runner looks for."""
     journal = support.open_journal(state)
     run_view = support.find_run(journal, run_id)
     if run_view.outcome not in ("running", "interrupted"):
         raise support.fail(f"{run_id} already ended: {run_view.outcome}")
     journal.record(run_id, kind="note", outcome="proceed", detail={"message": f"released by {support.who()}"})
-    typer.echo(f"{run_id}: cut-over released; the runner re-runs preflight, then disconnects")
+    _report("proceed", json_output, f"{run_id}: cut-over released; the runner re-runs preflight, then disconnects",
+            outcome="released", run_id=run_id)
     return 0
 
 
 def rollback(run_id: str, *, yes: bool, json_output: bool, state: str | None, profile: str | None,
-             region: str | None, endpoint_url: str | None, time_scale: float | None, hooks: str | None) -> int:
-    """`rollback`: return a completed run's key stores to their recorded original configuration."""
+             region: str | None, endpoint_url: str | None, time_scale: float | None, hooks: str | None,
+             allow_insecure_hooks: bool = False) -> int:
+    """`rollback`: return every key store a run changed to its recorded original configuration, last first."""
     from migrator.engine import runner as engine
 
     journal = support.open_journal(state)
     run_view = support.find_run(journal, run_id)
-    if run_view.outcome != "completed":
-        raise support.fail(f"{run_id} is {run_view.outcome}; only a completed run can be rolled back "
-                           "(an unfinished one: xksmigrate resume)")
+    if run_view.outcome not in ("completed", "partial", "rolled_back"):
+        raise support.fail(f"{run_id} is {run_view.outcome}; only a run that ended with changed key stores can be "
+                           "rolled back (an unfinished one, or a rollback under way: xksmigrate resume)")
+    if not any(m.state == "completed" for m in run_view.migrations):
+        raise support.fail(f"{run_id} is {run_view.outcome}: none of its key stores is left changed, "
+                           "nothing to roll back")
     plan, env, renderer = support.recorded_run_env(
         journal, run_view, command="rollback", json_output=json_output, yes=yes, profile=profile, region=region,
-        endpoint_url=endpoint_url, time_scale=time_scale, hooks=hooks)
+        endpoint_url=endpoint_url, time_scale=time_scale, hooks=hooks, allow_insecure_hooks=allow_insecure_hooks)
     return support.finish(renderer, engine.rollback(plan, env, run_view.id))
 
 
-def unlock(lock_id: str, *, force: bool, state: str | None) -> int:
+def unlock(lock_id: str, *, force: bool, state: str | None, json_output: bool = False) -> int:
     """`unlock`: remove a lock; exit 6 while its holder is seen alive (unless forced)."""
     from migrator.journal.repository import HolderAlive
 
@@ -98,7 +127,9 @@ def unlock(lock_id: str, *, force: bool, state: str | None) -> int:
         raise support.fail(str(alive), code=6) from None
     if removed is None:
         raise support.fail(f"no lock {lock_id} in {journal.url_for_display}")
-    typer.echo(f"removed {lock_id} ({removed.resource}, held by {removed.owner}@{removed.host} pid {removed.pid})")
+    _report("unlock", json_output,
+            f"removed {lock_id} ({removed.resource}, held by {removed.owner}@{removed.host} pid {removed.pid})",
+            outcome="unlocked", lock_id=lock_id, resource=removed.resource)
     return 0
 
 

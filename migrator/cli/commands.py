@@ -18,7 +18,9 @@ from typing import Annotated
 
 import typer
 
-from migrator.cli.environment import DEFAULT_STATE, CliError
+from migrator.cli.environment import DEFAULT_STATE
+from migrator.cli.errors import CliError
+from migrator.cli.text import one_line
 
 app = typer.Typer(name="xksmigrate", add_completion=False, no_args_is_help=True,
                   pretty_exceptions_show_locals=False, rich_markup_mode=None,
@@ -28,15 +30,34 @@ sim_app = typer.Typer(help="The rehearsal world: a local AWS endpoint and XKS pr
 app.add_typer(sim_app, name="sim")
 
 
-StateOpt = Annotated[str | None, typer.Option("--state", envvar="XKSMIGRATE_STATE", show_envvar=True,
-                                              help=f"Journal database URL [default: {DEFAULT_STATE}]")]
+def _print_version(value: bool) -> None:
+    if value:
+        from migrator import __version__
+
+        print(f"xksmigrate {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _top_level(version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                                     help="Print the version and exit")] = False) -> None:
+    """Safely switch an AWS KMS external key store between public and VPC endpoint connectivity."""
+
+
+# No `envvar=` here: XKSMIGRATE_STATE names the real journal, which a --dry-run must never use, so the CLI
+# reads it itself (environment.open_journal) only for commands that are not rehearsals.
+StateOpt = Annotated[str | None, typer.Option("--state", help="Journal database URL; else $XKSMIGRATE_STATE (never "
+                                              f"for --dry-run) [default: {DEFAULT_STATE}]")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="NDJSON on stdout: a version line, events, a summary line")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before the disconnect")]
 ProfileOpt = Annotated[str | None, typer.Option("--profile", envvar="AWS_PROFILE", help="AWS profile")]
 RegionOpt = Annotated[str | None, typer.Option("--region", help="AWS Region (default: the plan's)")]
 EndpointOpt = Annotated[str | None, typer.Option("--endpoint-url", envvar="AWS_ENDPOINT_URL",
                                                  help="AWS endpoint (a rehearsal world started by `sim serve`)")]
-HooksOpt = Annotated[str | None, typer.Option("--hooks", help="Directory of hook executables (see RUNBOOK.md)")]
+HooksOpt = Annotated[str | None, typer.Option("--hooks", help="Directory of hook executables (see RUNBOOK.md); "
+                                                             "a resume or rollback uses the run's")]
+InsecureHooksOpt = Annotated[bool, typer.Option("--allow-insecure-hooks",
+                                                help="Run hooks from a directory other users may write")]
 ScaleOpt = Annotated[float | None, typer.Option("--time-scale", envvar="XKSMIGRATE_TIME_SCALE",
                                                 help="Simulated seconds per real second (rehearsal endpoints only)")]
 
@@ -49,7 +70,7 @@ def run(plan_file: Annotated[str, typer.Argument(metavar="PLAN", help="plan.toml
         world: Annotated[str | None, typer.Option("--world", help="World file for --dry-run")] = None,
         faults: Annotated[str | None, typer.Option("--faults", help="Fault file for --dry-run")] = None,
         profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None,
-        time_scale: ScaleOpt = None, hooks: HooksOpt = None,
+        time_scale: ScaleOpt = None, hooks: HooksOpt = None, allow_insecure_hooks: InsecureHooksOpt = False,
         postpone_cutover: Annotated[bool, typer.Option(
             "--postpone-cutover", help="After preflight, wait before the disconnect until `xksmigrate proceed`")]
         = False,
@@ -65,7 +86,7 @@ def run(plan_file: Annotated[str, typer.Argument(metavar="PLAN", help="plan.toml
                                  world=world, faults=faults, profile=profile, region=region,
                                  endpoint_url=endpoint_url, time_scale=time_scale, hooks=hooks,
                                  postpone_cutover=postpone_cutover, postpone_flag_file=postpone_flag_file,
-                                 cutover_at=cutover_at))
+                                 cutover_at=cutover_at, allow_insecure_hooks=allow_insecure_hooks))
 
 
 @app.command("plan")
@@ -88,33 +109,36 @@ def resume(run_id: Annotated[str | None, typer.Argument(help="Run id (default: t
            retry_stuck: Annotated[bool, typer.Option("--retry-stuck",
                                                      help="Try the rollback of a stuck run again")] = False,
            profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None,
-           time_scale: ScaleOpt = None, hooks: HooksOpt = None) -> None:
+           time_scale: ScaleOpt = None, hooks: HooksOpt = None,
+           allow_insecure_hooks: InsecureHooksOpt = False) -> None:
     """Continue an interrupted run exactly where it stood (it re-observes the key store first)."""
     from migrator.cli import actions
 
     raise typer.Exit(actions.resume(run_id, yes=yes, json_output=json_output, state=state, retry_stuck=retry_stuck,
                                     profile=profile, region=region, endpoint_url=endpoint_url,
-                                    time_scale=time_scale, hooks=hooks))
+                                    time_scale=time_scale, hooks=hooks, allow_insecure_hooks=allow_insecure_hooks))
 
 
 @app.command()
-def proceed(run_id: Annotated[str, typer.Argument(help="The postponed run")], state: StateOpt = None) -> None:
+def proceed(run_id: Annotated[str, typer.Argument(help="The postponed run")], json_output: JsonOpt = False,
+            state: StateOpt = None) -> None:
     """Release a postponed cut-over: the waiting run re-checks preflight and disconnects."""
     from migrator.cli import actions
 
-    raise typer.Exit(actions.proceed(run_id, state=state))
+    raise typer.Exit(actions.proceed(run_id, state=state, json_output=json_output))
 
 
 @app.command()
 def rollback(run_id: Annotated[str, typer.Argument(help="A completed run")], yes: YesOpt = False,
              json_output: JsonOpt = False, state: StateOpt = None, profile: ProfileOpt = None,
              region: RegionOpt = None, endpoint_url: EndpointOpt = None, time_scale: ScaleOpt = None,
-             hooks: HooksOpt = None) -> None:
+             hooks: HooksOpt = None, allow_insecure_hooks: InsecureHooksOpt = False) -> None:
     """Return a completed run's key stores to their recorded original configuration, verified."""
     from migrator.cli import actions
 
     raise typer.Exit(actions.rollback(run_id, yes=yes, json_output=json_output, state=state, profile=profile,
-                                      region=region, endpoint_url=endpoint_url, time_scale=time_scale, hooks=hooks))
+                                      region=region, endpoint_url=endpoint_url, time_scale=time_scale, hooks=hooks,
+                                      allow_insecure_hooks=allow_insecure_hooks))
 
 
 @app.command()
@@ -141,11 +165,11 @@ def history(limit: Annotated[int, typer.Option("--limit", help="How many runs")]
 def unlock(lock_id: Annotated[str, typer.Argument(help="The lock id printed by the runner that holds it")],
            force: Annotated[bool, typer.Option("--force", help="Remove it even if its runner is alive (that run "
                                                                "then stops before its next AWS call)")] = False,
-           state: StateOpt = None) -> None:
+           json_output: JsonOpt = False, state: StateOpt = None) -> None:
     """Remove a lock left by a runner that is gone; refused (exit 6) while the runner is seen alive."""
     from migrator.cli import actions
 
-    raise typer.Exit(actions.unlock(lock_id, force=force, state=state))
+    raise typer.Exit(actions.unlock(lock_id, force=force, state=state, json_output=json_output))
 
 
 @app.command()
@@ -191,31 +215,47 @@ def sim_proxy(host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
 
 # -- entry point -------------------------------------------------------------------------------
 def main() -> None:
+    """Run the app; every error is one line on stderr (and, with --json, a version and a summary line on stdout)."""
+    args = sys.argv[1:]
+    error: tuple[str, str] | None = None  # (outcome, message) of a command that failed outside the engine
     try:
-        code = app(args=sys.argv[1:], prog_name="xksmigrate", standalone_mode=False)
+        code = app(args=args, prog_name="xksmigrate", standalone_mode=False)
     except CliError as exc:
-        print(f"xksmigrate: error: {exc}", file=sys.stderr)
-        code = exc.code
+        print(f"xksmigrate: error: {one_line(exc)}", file=sys.stderr)
+        code, error = exc.code, ("error", str(exc))
     except typer.Exit as exc:
         code = exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
         print("xksmigrate: interrupted", file=sys.stderr)
-        code = 130
+        code, error = 130, ("interrupted", "interrupted")
     except typer.TyperException as exc:  # usage errors from the argument parser
         show = getattr(exc, "show", None)
         if show:
             show()
         else:
-            print(f"xksmigrate: error: {exc}", file=sys.stderr)
-        code = int(getattr(exc, "exit_code", 2))
+            print(f"xksmigrate: error: {one_line(exc)}", file=sys.stderr)
+        format_message = getattr(exc, "format_message", None)
+        code, error = int(getattr(exc, "exit_code", 2)), ("error", format_message() if format_message else str(exc))
     except Exception as exc:
         if os.environ.get("XKSMIGRATE_DEBUG"):
             raise
         first = str(exc).splitlines()[0] if str(exc) else ""
-        print(f"xksmigrate: internal error: {type(exc).__name__}: {first} (XKSMIGRATE_DEBUG=1 shows the traceback)",
-              file=sys.stderr)
-        code = 1
-    sys.exit(code if isinstance(code, int) else 0)
+        message = f"internal error: {type(exc).__name__}: {first}"
+        print(f"xksmigrate: {one_line(message)} (XKSMIGRATE_DEBUG=1 shows the traceback)", file=sys.stderr)
+        code, error = 1, ("error", message)
+    code = code if isinstance(code, int) else 0
+    if error is not None and "--json" in args:
+        from migrator.cli.output import write_error
+
+        write_error(sys.stdout, _command(args), outcome=error[0], message=error[1], exit_code=code)
+    from migrator.cli.environment import quiet_exit
+
+    quiet_exit()
+    sys.exit(code)
+
+
+def _command(args: list[str]) -> str:
+    return next((a for a in args if not a.startswith("-")), "")
 
 
 if __name__ == "__main__":

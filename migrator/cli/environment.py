@@ -12,10 +12,11 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-import typer
+from migrator.cli.errors import fail, warn
 
 if TYPE_CHECKING:
     from migrator.cli.output import Renderer
@@ -24,31 +25,59 @@ if TYPE_CHECKING:
     from migrator.journal.repository import Journal, RunView
     from migrator.plan import Plan
 
-DEFAULT_STATE = "sqlite:///state/xksmigrate.db"
-
-
-class CliError(Exception):
-    def __init__(self, message: str, code: int = 2):
-        super().__init__(message)
-        self.code = code
-
-
-def fail(message: str, code: int = 2) -> CliError:
-    return CliError(message, code)
+# One journal per user and machine, wherever the command is run from (two operators in two directories must
+# share the journal and its locks): the XDG state directory, created 0700, the file 0600 (journal/db.py).
+DEFAULT_STATE = "sqlite:///$XDG_STATE_HOME/xksmigrate/journal.db (else ~/.local/state/xksmigrate/journal.db)"
+JOURNAL_NAME = "journal.db"
+LEGACY_JOURNAL = os.path.join("state", "xksmigrate.db")  # the old default, relative to the current directory
 
 
 # -- shared plumbing ---------------------------------------------------------------------------
-def open_journal(url: str | None, *, rehearsal: bool = False) -> Journal:
+def state_home() -> Path:
+    """This user's xksmigrate state directory: $XDG_STATE_HOME/xksmigrate, else ~/.local/state/xksmigrate."""
+    base = os.environ.get("XDG_STATE_HOME", "")
+    try:
+        root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "state"  # XDG: ignore a relative one
+    except RuntimeError:
+        raise fail("--state: no home directory to keep the journal in; set HOME or XDG_STATE_HOME, "
+                   "or give --state") from None
+    return root / "xksmigrate"
+
+
+def default_journal_url(name: str = JOURNAL_NAME) -> str:
+    return f"sqlite:///{state_home() / name}"
+
+
+def _name_legacy_journal() -> None:
+    """The old default journal, if one is here: its runs are not in the new default journal."""
+    if os.path.isfile(LEGACY_JOURNAL):
+        old = os.path.abspath(LEGACY_JOURNAL)
+        warn(f"{old} (the old default journal) is not used any more; the journal is now {state_home() / JOURNAL_NAME}"
+             f"; to keep using the old one: --state sqlite:///{old}")
+
+
+def open_journal(url: str | None, *, rehearsal: bool = False, read_only: bool = False) -> Journal:
+    """The journal at `url` (else $XKSMIGRATE_STATE, else this user's); `read_only` never creates or upgrades it.
+
+    A rehearsal passes its own URL: XKSMIGRATE_STATE and the default name the real journal, never a rehearsal's.
+    """
+    from migrator.journal.db import parse_url
     from migrator.journal.repository import Journal, JournalError
 
+    if url is None and not rehearsal:
+        url = os.environ.get("XKSMIGRATE_STATE") or None
+    if url is None:
+        _name_legacy_journal()
+        url = default_journal_url()
     try:
-        journal = Journal.open(url or DEFAULT_STATE)
+        parsed, backend = parse_url(url)
+        if not rehearsal and backend == "sqlite" and (parsed.database or ":memory:") == ":memory:":
+            # a run journaled in memory could never be resumed, and there is nothing to read in a new one
+            raise fail("--state: an in-memory SQLite journal is gone when xksmigrate exits; give a file: "
+                       "sqlite:///PATH")
+        return Journal.open(url, read_only=read_only)
     except JournalError as exc:
         raise fail(f"--state: {exc}") from None
-    if not rehearsal and journal.backend == "sqlite" and (journal.url.database or ":memory:") == ":memory:":
-        journal.close()  # a run journaled in memory could never be resumed
-        raise fail("--state: an in-memory SQLite journal is gone when xksmigrate exits; give a file: sqlite:///PATH")
-    return journal
 
 
 def load_plan(path: str) -> Plan:
@@ -66,10 +95,43 @@ def approver(yes: bool, renderer: Renderer) -> Callable[[str], bool]:
             return True
         renderer.pause()
         try:
-            return typer.confirm(question, default=False, err=True)
+            return ask_yes_no(question)
+        except (KeyboardInterrupt, EOFError):
+            # Ctrl-C or end of input at the prompt is a "no": the engine ends the run blocked (declined), exit 3,
+            # nothing changed; it is not an interruption to resume. The signal handler's "shutting down" mark
+            # is cleared, and the line the prompt left open is ended so nothing is glued to it.
+            _stopping.clear()
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            return False
         finally:
             renderer.unpause()
     return approve
+
+
+def ask_yes_no(question: str) -> bool:
+    """`question [y/N]: ` on stderr; True only for y/yes. EOF raises EOFError, Ctrl-C KeyboardInterrupt.
+
+    Not `input()`: the kernel may hand Ctrl-C's SIGINT to another thread (the lock heartbeat), and then a
+    main thread blocked in read() never runs the Python handler. Waiting in short `select` slices returns
+    to the interpreter often enough for the handler to run.
+    """
+    import select
+
+    while True:
+        sys.stderr.write(f"{question} [y/N]: ")
+        sys.stderr.flush()
+        while not select.select([sys.stdin], [], [], 0.2)[0]:
+            pass
+        line = sys.stdin.readline()
+        if not line:
+            raise EOFError
+        answer = line.strip().lower()
+        if answer in ("", "n", "no"):
+            return False
+        if answer in ("y", "yes"):
+            return True
+        sys.stderr.write("Please answer y or n.\n")
 
 
 def require_consent(yes: bool) -> None:
@@ -77,13 +139,35 @@ def require_consent(yes: bool) -> None:
         raise fail("no terminal to ask for confirmation before the disconnect; pass --yes to proceed unattended")
 
 
-def interruptible() -> None:
-    """SIGTERM behaves like Ctrl-C: the engine journals the interruption and exits 130."""
+_stopping: list[int] = []  # the signal that started the shutdown, once one has
 
-    def raise_interrupt(signum: int, frame: FrameType | None) -> None:
+
+def interruptible() -> None:
+    """SIGTERM behaves like Ctrl-C: the engine journals the interruption and exits 130.
+
+    A second signal while it does so exits 130 at once: every journal write is its own committed
+    transaction, so stopping there is as safe as the SIGKILL the crash matrix proves safe. (Without
+    this the second one could land in the interpreter's shutdown, after Python has put the default
+    handler back, and the process would die by the signal: exit -15.) A SIGINT that the parent
+    ignores (a background job) stays ignored.
+    """
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if _stopping:
+            os.write(2, b"xksmigrate: second signal: stopping now; the run can be resumed (xksmigrate resume)\n")
+            os._exit(130)
+        _stopping.append(signum)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, raise_interrupt)
+    signal.signal(signal.SIGTERM, on_signal)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_signal)
+
+
+def quiet_exit() -> None:
+    """Right before the process exits: a late signal must not turn the exit code into death by signal."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def who() -> str:
@@ -96,7 +180,10 @@ def who() -> str:
 
 
 def real_env(plan: Plan, *, journal: Journal, renderer: Renderer, yes: bool, profile: str | None, region: str | None,
-             endpoint_url: str | None, time_scale: float | None, retry_stuck: bool = False) -> Environment:
+             endpoint_url: str | None, time_scale: float | None, retry_stuck: bool = False,
+             roots_required: bool = True) -> Environment:
+    """An Environment for an AWS account (or a `sim serve` endpoint); `roots_required=False` (a resume) only warns
+    about an unreadable extra trusted root: they serve preflight, and a store mid-window must not wait on them."""
     from migrator.aws.clients import ClientFactory
     from migrator.aws.secret_refs import resolve_secret
     from migrator.engine.clock import Clock
@@ -111,17 +198,20 @@ def real_env(plan: Plan, *, journal: Journal, renderer: Renderer, yes: bool, pro
     return Environment(journal=journal, clients=clients, clock=Clock(scale), observer=renderer,
                        secret_resolver=lambda ref: resolve_secret(ref, client_factory=clients),
                        approve=approver(yes, renderer), who=who(), retry_stuck=retry_stuck,
-                       extra_roots_pem=extra_roots(plan))
+                       extra_roots_pem=extra_roots(plan, required=roots_required))
 
 
-def extra_roots(plan: Plan) -> list[bytes]:
+def extra_roots(plan: Plan, required: bool = True) -> list[bytes]:
     roots = []
     for path in plan.extra_trusted_roots:
         try:
             with open(path, "rb") as fh:
                 roots.append(fh.read())
         except OSError as exc:
-            raise fail(f"{plan.path}: plan.extra_trusted_roots: cannot read {path}: {exc.strerror}") from None
+            message = f"{plan.path}: plan.extra_trusted_roots: cannot read {path}: {exc.strerror}"
+            if required:
+                raise fail(message) from None
+            warn(message + "; a TLS check that needs it will say so")
     return roots
 
 
@@ -158,8 +248,9 @@ def environment(plan: Plan, *, dry_run: bool, json_output: bool, command: str, y
     from migrator.aws.secret_refs import SecretError, resolve_secret
     from migrator.engine.runner import Environment
 
-    journal = open_journal(state or os.environ.get("XKSMIGRATE_REHEARSAL_STATE") or dryrun.DEFAULT_REHEARSAL_STATE,
-                           rehearsal=True)
+    # only a --state given on this command line, never XKSMIGRATE_STATE (gh-ost #1769: a dry run touched real progress)
+    journal = open_journal(state or os.environ.get("XKSMIGRATE_REHEARSAL_STATE")
+                           or default_journal_url(dryrun.REHEARSAL_JOURNAL_NAME), rehearsal=True)
     known: dict[str, str] = {}
     for ks in plan.keystores:
         for cred in (ks.target.credential, ks.original_credential):
@@ -185,14 +276,30 @@ def finish(renderer: Renderer, result: RunResult) -> int:
     return int(result.exit_code)
 
 
-def make_hooks(directory: str | None) -> Hooks | None:
+def make_hooks(directory: str | None, *, allow_insecure: bool = False, recorded: bool = False) -> Hooks | None:
+    """The hooks in `directory` (absolute); refused (exit 2) when other users may write it, unless allowed.
+
+    `recorded` (a resume's directory, from the journal): one that is gone is named, not refused; the engine
+    then fails the blocking before-disconnect event rather than disconnect unchecked (engine/hooks.py).
+    """
     if directory is None:
         return None
-    from migrator.engine.hooks import Hooks
+    from migrator.engine.hooks import Hooks, insecure_reason
 
-    if not os.path.isdir(directory):
-        raise fail(f"--hooks: {directory} is not a directory")
-    return Hooks(directory)
+    path = os.path.abspath(directory)
+    if not os.path.isdir(path):
+        if not recorded:
+            raise fail(f"--hooks: {directory} is not a directory")
+        warn(f"the run's hooks directory {path} is gone: its hooks cannot run, and a disconnect still to come "
+             "is refused (before-disconnect)")
+        return Hooks(path, allow_insecure=allow_insecure)
+    reason = insecure_reason(Path(path))
+    if reason and not allow_insecure:
+        raise fail(f"--hooks: {reason}: another user could run code with your AWS credentials; "
+                   "make it writable by you only (chmod go-w) or pass --allow-insecure-hooks")
+    if reason:
+        warn(f"--allow-insecure-hooks: {reason}")
+    return Hooks(path, allow_insecure=allow_insecure)
 
 
 def parse_cutover_at(value: str) -> float:
@@ -237,9 +344,16 @@ def find_run(journal: Journal, run_id: str | None, *, unfinished: bool = False, 
 
 def recorded_run_env(journal: Journal, run_view: RunView, *, command: str, json_output: bool, yes: bool,
                      profile: str | None, region: str | None, endpoint_url: str | None, time_scale: float | None,
-                     hooks: str | None, retry_stuck: bool = False) -> tuple[Plan, Environment, Renderer]:
-    """The plan recorded with a run, an Environment to continue it (resume, rollback) and its renderer."""
-    from migrator.cli import output
+                     hooks: str | None, retry_stuck: bool = False,
+                     allow_insecure_hooks: bool = False) -> tuple[Plan, Environment, Renderer]:
+    """The plan recorded with a run, an Environment to continue it (resume, rollback) and its renderer.
+
+    Everything the run depends on comes from the journal (cli/recorded.py): a command line that contradicts
+    it, or credentials of another account, are refused here, before anything can change.
+    """
+    from dataclasses import replace
+
+    from migrator.cli import output, recorded
     from migrator.plan import PlanError, parse_plan
 
     if run_view.dry_run and not endpoint_url:
@@ -249,11 +363,19 @@ def recorded_run_env(journal: Journal, run_view: RunView, *, command: str, json_
         plan = parse_plan(run_view.plan_text, run_view.plan_path or run_view.id)
     except PlanError as exc:
         raise fail(f"the plan recorded for {run_view.id} no longer parses: {exc}") from None
+    derived = recorded.derive(run_view, plan, endpoint_url=endpoint_url, hooks=hooks,
+                              allow_insecure_hooks=allow_insecure_hooks)
+    plan = replace(plan, extra_trusted_roots=derived.extra_trusted_roots)
     require_consent(yes)
-    interruptible()
     scale = time_scale or float((run_view.options or {}).get("time_scale") or 1.0)
+    env = real_env(plan, journal=journal, renderer=output.Renderer(), yes=yes, profile=profile, region=region,
+                   endpoint_url=derived.endpoint_url, time_scale=scale, retry_stuck=retry_stuck, roots_required=False)
+    env.hooks = make_hooks(derived.hooks_dir, allow_insecure=derived.allow_insecure_hooks,
+                           recorded=derived.hooks_recorded)
+    recorded.check_account(env.clients, derived.account_id, run_view.id)
+    interruptible()
     renderer = output.make_renderer(json_output, command)
-    env = real_env(plan, journal=journal, renderer=renderer, yes=yes, profile=profile, region=region,
-                   endpoint_url=endpoint_url, time_scale=scale, retry_stuck=retry_stuck)
-    env.hooks = make_hooks(hooks)
+    renderer.stores = [m.keystore_id or m.keystore_ref for m in run_view.migrations]
+    renderer.simulated = env.clock.simulated
+    env.observer, env.approve = renderer, approver(yes, renderer)
     return plan, env, renderer

@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 from migrator import __version__
+from migrator.cli.text import printable
 from migrator.engine.runner import Observer
 
 if TYPE_CHECKING:
@@ -34,9 +35,22 @@ def json_line(obj: dict[str, Any]) -> str:
     return json.dumps(obj, default=_json_default) + "\n"
 
 
+_versioned: list[TextIO] = []  # the streams that got their version line (an error after it adds only a summary)
+
+
 def write_version(stream: TextIO, command: str) -> None:
     """The first line of every NDJSON stream: which xksmigrate, which schema, which command."""
     stream.write(json_line({"type": "version", "xksmigrate": __version__, "schema": SCHEMA, "command": command}))
+    _versioned.append(stream)
+
+
+def write_error(stream: TextIO, command: str, *, outcome: str, message: str, exit_code: int) -> None:
+    """A command that failed before (or outside) its run, as NDJSON: the version line if not yet written, and
+    a summary with the outcome (`error`, `interrupted`), the one-line message and the exit code."""
+    if stream not in _versioned:
+        write_version(stream, command)
+    stream.write(json_line({"type": "summary", "outcome": outcome, "exit_code": exit_code, "message": message}))
+    stream.flush()
 
 
 def fmt_seconds(value: float | None) -> str:
@@ -47,15 +61,15 @@ def fmt_seconds(value: float | None) -> str:
     return f"{minutes}m{seconds:02d}s" if minutes else f"{value:.1f}s"
 
 
-def describe_event(event: dict[str, Any]) -> str | None:
-    """One human line for an engine event (None: not worth a line)."""
+def describe_event(event: dict[str, Any], simulated: bool = False) -> str | None:
+    """One human line for an engine event (None: not worth a line); `simulated`: a rehearsal clock's window."""
     kind, detail = event.get("kind"), event.get("detail") or {}
     if kind == "transition":
         extra = ""
         if detail.get("reason"):
             extra = f": {detail['reason']}"
         elif detail.get("window_seconds") is not None:
-            extra = f" (window {fmt_seconds(detail['window_seconds'])})"
+            extra = f" (window {fmt_seconds(detail['window_seconds'])}{' simulated' if simulated else ''})"
         return f"{event.get('from_state')} -> {event.get('to_state')}{extra}"
     if kind == "call":
         return f"  calling {event.get('operation')}"
@@ -111,7 +125,26 @@ def describe_summary(summary: dict[str, Any]) -> list[str]:
 
 
 class Renderer(Observer):
-    """An engine Observer the CLI also hands the summary to, and pauses around a prompt."""
+    """An engine Observer the CLI also hands the summary to, and pauses around a prompt.
+
+    `stores` (the key stores the run is about) and `simulated` (a rehearsal clock) are set by the CLI before
+    the run starts: the first line names the run and its stores, and windows say when they are simulated.
+    """
+
+    stores: list[str] = []  # noqa: RUF012 - replaced, never mutated
+    simulated: bool = False
+    _announced: bool = False
+
+    def headline(self, event: dict[str, Any]) -> str | None:
+        """`run RUN_ID: key store ID`, once: for the first event that carries the run id."""
+        if self._announced or not event.get("run_id"):
+            return None
+        self._announced = True
+        snapshot_id = ((event.get("detail") or {}).get("snapshot") or {}).get("id")
+        stores = [snapshot_id] if snapshot_id and len(self.stores) <= 1 else self.stores
+        if not stores:
+            return f"run {event['run_id']}"
+        return f"run {event['run_id']}: key store{'s' if len(stores) > 1 else ''} {', '.join(stores)}"
 
     def finish(self, summary: dict[str, Any]) -> None:
         """The run's summary (the engine's `RunResult.summary()`), last."""
@@ -151,14 +184,14 @@ class PlainLines(Renderer):
     def event(self, event: dict[str, Any]) -> None:
         if event.get("type") != "event":
             return
-        line = describe_event(event)
-        if line:
-            self.stream.write(time.strftime("%H:%M:%S ") + line + "\n")
-            self.stream.flush()
+        for line in (self.headline(event), describe_event(event, self.simulated)):
+            if line:
+                self.stream.write(time.strftime("%H:%M:%S ") + printable(line) + "\n")
+        self.stream.flush()
 
     def finish(self, summary: dict[str, Any]) -> None:
         for line in describe_summary(summary):
-            self.stream.write(line + "\n")
+            self.stream.write(printable(line) + "\n")
         self.stream.flush()
 
 
@@ -185,7 +218,7 @@ class LiveView(Renderer):
             unit = " simulated" if s.get("simulated") else ""
             table.add_row("disconnected", f"{fmt_seconds(window)} of {fmt_seconds(budget)} budget{unit}")
         if s.get("connection_state"):
-            table.add_row("key store", str(s["connection_state"]))
+            table.add_row("key store", printable(s["connection_state"]))
         if s.get("next_poll_seconds") is not None:
             table.add_row("next poll", fmt_seconds(s["next_poll_seconds"]))
         return table
@@ -197,9 +230,10 @@ class LiveView(Renderer):
             self.status["state"] = event.get("to_state")
         elif event.get("kind") == "note" and (event.get("detail") or {}).get("connection_state"):
             self.status["connection_state"] = event["detail"]["connection_state"]
-        line = describe_event(event) if event.get("type") == "event" else None
-        if line:
-            self.console.print(line, highlight=False, markup=False)
+        if event.get("type") == "event":
+            for line in (self.headline(event), describe_event(event, self.simulated)):
+                if line:
+                    self.console.print(printable(line), highlight=False, markup=False)
         self.live.update(self._render())
 
     def pause(self) -> None:
@@ -212,7 +246,7 @@ class LiveView(Renderer):
     def finish(self, summary: dict[str, Any]) -> None:
         self.live.stop()
         for line in describe_summary(summary):
-            self.console.print(line, highlight=False, markup=False)
+            self.console.print(printable(line), highlight=False, markup=False)
 
 
 def make_renderer(json_output: bool, command: str) -> Renderer:

@@ -2,7 +2,8 @@
 
 The report itself (`preflight.planner.make_report`) knows nothing of output. Findings, remedies and
 calls are printed verbatim: they contain brackets (`[keystores.original_credential]`) that rich would
-otherwise eat as markup.
+otherwise eat as markup. Names and messages from AWS are shown with their control characters escaped
+(`printable`): a key store named with a terminal escape sequence must not drive the operator's terminal.
 """
 
 from __future__ import annotations
@@ -11,12 +12,28 @@ import sys
 from typing import TYPE_CHECKING
 
 from migrator.cli.output import json_line, write_version
+from migrator.cli.text import printable
 
 if TYPE_CHECKING:
     from migrator.preflight.planner import PlanReport
 
 _COLOUR = {"pass": "green", "warn": "yellow", "block": "bold red"}
 _ORDER = ("block", "warn", "pass")
+# The findings that block only because the target already is the store's configuration (preflight/gate.py,
+# preflight/store.py): a plan blocked by nothing else is a no-op, not a problem to fix.
+_NOTHING_TO_DO = frozenset({"engine.target_differs", "keystore.target_differs"})
+NO_CHANGES = "No changes: the key store already has the target configuration"
+
+
+def no_changes(report: PlanReport) -> bool:
+    """Every key store of the plan already has its target: each is blocked, and only by "nothing to do"."""
+    return bool(report.stores) and all(
+        s.blocked and {f.check for f in s.findings if f.status == "block"} <= _NOTHING_TO_DO for s in report.stores)
+
+
+def exit_code(report: PlanReport) -> int:
+    """`plan`'s exit code: 0 ready or nothing to change, 3 blocked."""
+    return 0 if no_changes(report) else report.exit_code
 
 
 def render(report: PlanReport, json_output: bool) -> None:
@@ -33,21 +50,27 @@ def _render_json(report: PlanReport) -> None:
         for f in s.findings:
             out.write(json_line({"type": "finding", "keystore": s.store_id or s.ref, "check": f.check,
                                  "status": f.status, "message": f.message, "remedy": f.remedy, "detail": f.detail}))
+    nothing = no_changes(report)
     out.write(json_line({"type": "summary", "plan": report.plan.name, "ready": not report.blocked,
-                         "exit_code": report.exit_code,
+                         "changes": not nothing, "exit_code": exit_code(report),
                          "keystores": [{"ref": s.ref, "id": s.store_id, "blocked": s.blocked, "current": s.current,
-                                        "calls": s.calls, "rollback": s.rollback} for s in report.stores]}))
+                                        "calls": [] if nothing else s.calls, "rollback": [] if nothing else s.rollback}
+                                       for s in report.stores]}))
 
 
 def _render_human(report: PlanReport) -> None:
     from rich.console import Console
-    from rich.markup import escape
+    from rich.markup import escape as escape_markup
     from rich.table import Table
 
+    def escape(text: str) -> str:
+        return escape_markup(printable(text))
+
     console = Console(width=None if sys.stdout.isatty() else 160)
+    nothing = no_changes(report)
     for s in report.stores:
         console.print(f"\n[bold]{escape(s.store_id or s.ref)}[/bold]  plan {escape(report.plan.name)}, "
-                      f"region {report.plan.region}")
+                      f"region {escape(report.plan.region)}")
         table = Table(show_lines=False, expand=False)
         table.add_column("status")
         table.add_column("check")
@@ -56,13 +79,17 @@ def _render_human(report: PlanReport) -> None:
         for f in sorted(s.findings, key=lambda f: _ORDER.index(f.status)):
             table.add_row(f"[{_COLOUR[f.status]}]{f.status}[/]", escape(f.check), escape(f.message), escape(f.remedy))
         console.print(table)
-        if s.calls:
+        if s.calls and not nothing:
             console.print("[bold]The run will call, in order:[/bold]")
             for i, call in enumerate(s.calls, 1):
-                console.print(f"  {i:2}. {call}", highlight=False, markup=False)
+                console.print(f"  {i:2}. {printable(call)}", highlight=False, markup=False)
             console.print("[bold]If anything fails after the disconnect, the rollback calls:[/bold]")
             for i, call in enumerate(s.rollback, 1):
-                console.print(f"  {i:2}. {call}", highlight=False, markup=False)
+                console.print(f"  {i:2}. {printable(call)}", highlight=False, markup=False)
+    if nothing:
+        console.print(f"\n[bold green]{NO_CHANGES}[/]" + ("" if len(report.stores) == 1 else
+                                                         " (every key store of the plan)"))
+        return
     verdict = "[bold red]BLOCKED[/]: fix the blocking findings; nothing was changed" if report.blocked else \
         "[bold green]READY[/]: `xksmigrate run` would proceed to the disconnect after asking"
     console.print(f"\n{verdict}")

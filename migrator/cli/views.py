@@ -1,19 +1,21 @@
 """`status` and `history`: what the journal says, for a person or a program.
 
-Both read only the journal, so they work from any machine that shares it, while another process
-runs the migration (`status --watch` follows it like `kubectl rollout status`). A run whose
-journal says `running` but whose runner's lock heartbeat has gone quiet is reported as probably
-dead, with the resume command.
+Both read only the journal, and open it read-only (never creating or upgrading it), so they work on an
+auditor's read-only copy and from any machine that shares it, while another process runs the migration
+(`status --watch` follows it like `kubectl rollout status`). A run whose journal says `running` but
+whose runner's lock heartbeat has gone quiet is reported as probably dead, with the resume command.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import TYPE_CHECKING, Any
 
 from migrator.cli import environment as support
 from migrator.cli.output import describe_event, fmt_seconds, json_line, write_version
+from migrator.cli.text import printable
 from migrator.engine.machine import TERMINAL
 
 if TYPE_CHECKING:
@@ -65,7 +67,9 @@ def _liveness(journal: Journal, run: RunView) -> str | None:
 
 def status(state: str | None, run_id: str | None, *, watch: bool, timeout: float, json_output: bool) -> int:
     """`status`: where RUN_ID (default: the latest run) stands; with `watch`, follow it until it ends."""
-    journal = support.open_journal(state)
+    if not math.isfinite(timeout) or timeout < 0:
+        raise support.fail(f"--timeout: {timeout:g} is not a number of seconds (0 or more; 0: never give up)")
+    journal = support.open_journal(state, read_only=True)
     if run_id is None:
         runs = journal.list_runs(limit=1)
         if not runs:
@@ -93,7 +97,7 @@ def _status(journal: Journal, run_id: str, *, watch: bool, timeout: float, json_
             for e in events:
                 line = describe_event(_event_dict(e))
                 if line:
-                    out.write(time.strftime("%H:%M:%S ", time.localtime(e.at)) + line + "\n")
+                    out.write(time.strftime("%H:%M:%S ", time.localtime(e.at)) + printable(line) + "\n")
         warning = _liveness(journal, run)
         ended = run.outcome != "running"
         if not watch or ended or warning or (timeout and time.monotonic() - started > timeout):
@@ -111,27 +115,29 @@ def _status(journal: Journal, run_id: str, *, watch: bool, timeout: float, json_
 def _print_status(run: RunView, journal: Journal, warning: str | None, show_recent: bool) -> None:
     out = sys.stdout
     kind = " (rehearsal)" if run.dry_run else ""
-    out.write(f"run {run.id}{kind}: {run.outcome}  plan {run.plan_name}  region {run.region}  "
-              f"by {run.who}@{run.host}\n")
+    out.write(printable(f"run {run.id}{kind}: {run.outcome}  plan {run.plan_name}  region {run.region}  "
+                        f"by {run.who}@{run.host}") + "\n")
     for m in run.migrations:
         window = m.window_seconds
         if window is None and m.disconnected_at and m.verified_at is None:
             scale = float((run.options or {}).get("time_scale") or 1.0)
             window = (time.time() - m.disconnected_at) * scale
-        out.write(f"  {m.keystore_id or m.keystore_ref}: {m.state}"
-                  f"  disconnected {fmt_seconds(window)}" + (f"  ({m.error})" if m.error else "") + "\n")
+        out.write(printable(f"  {m.keystore_id or m.keystore_ref}: {m.state}  disconnected {fmt_seconds(window)}"
+                            + (f"  ({m.error})" if m.error else "")) + "\n")
     if show_recent:
         for e in journal.events(run.id)[-8:]:
             line = describe_event(_event_dict(e))
             if line:
-                out.write(time.strftime("  %H:%M:%S ", time.localtime(e.at)) + line.strip() + "\n")
+                out.write(time.strftime("  %H:%M:%S ", time.localtime(e.at)) + printable(line.strip()) + "\n")
     if warning:
-        out.write(f"warning: {warning}\n")
+        out.write(f"warning: {printable(warning)}\n")
 
 
 def history(state: str | None, *, limit: int, json_output: bool) -> int:
     """`history`: the latest LIMIT runs, newest first."""
-    journal = support.open_journal(state)
+    if limit < 1:
+        raise support.fail(f"--limit: {limit} is not a number of runs (1 or more)")
+    journal = support.open_journal(state, read_only=True)
     runs = journal.list_runs(limit=limit)
     out = sys.stdout
     if json_output:
@@ -147,6 +153,6 @@ def history(state: str | None, *, limit: int, json_output: bool) -> int:
         windows = ", ".join(fmt_seconds(m.window_seconds) for m in run.migrations if m.window_seconds is not None)
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started_at))
         kind = " rehearsal" if run.dry_run else ""
-        out.write(f"{run.id}  {started}  {run.outcome:<12} {run.plan_name}{kind}"
-                  + (f"  window {windows}" if windows else "") + "\n")
+        out.write(printable(f"{run.id}  {started}  {run.outcome:<12} {run.plan_name}{kind}"
+                            + (f"  window {windows}" if windows else "")) + "\n")
     return 0

@@ -32,3 +32,12 @@ class Clock:
         """Sleep `seconds` of (simulated) time."""
         if seconds > 0:
             time.sleep(seconds / self.scale)
+
+
+def leave_signals_to_the_main_thread() -> None:
+    """Call first in a helper thread: SIGINT/SIGTERM then always reach the main thread, whose handler turns
+    them into an interruption (exit 130). Delivered to a helper thread, a signal can sit unhandled while the
+    main thread blocks in a read, and Ctrl-C seems lost."""
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})

@@ -3,6 +3,11 @@
 Released by `xksmigrate proceed RUN_ID` (an event in the journal, so from any machine that shares
 it), by deleting the flag file, or at `cutover_at`. Survives a resume: the settings live in the
 run's options, and the `postponed` / `released` notes in the journal say where the wait stands.
+
+Deleting the flag file releases the cut-over only when a waiting runner sees it gone (and journals
+`released`): a flag file that vanished while no runner watched (the tool was killed, /tmp was
+cleaned) says nothing about the operator's intent, so a resume recreates it and waits again until
+`proceed`, the flag's removal or the cut-over time.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
-from migrator.engine.errors import LockLostStop
+from migrator.engine.errors import Blocked, LockLostStop
 
 if TYPE_CHECKING:
     from migrator.journal.models import EventView
@@ -45,9 +50,12 @@ def wait_for_release(journal: CutoverJournal, run_id: str, mid: int, options: Ma
     events = journal.events(run_id)
     if any(e.kind == "note" and e.outcome == "released" and e.migration_id == mid for e in events):
         return False
-    if flag and not os.path.exists(flag) and not any(e.outcome == "postponed" for e in events):
-        with open(flag, "a"):
-            pass  # gh-ost creates the flag file; the operator deletes it to cut over
+    seen_removed = any(e.kind == "note" and e.outcome == "released" for e in events)  # by a runner, any store
+    if flag and not os.path.exists(flag) and not seen_removed:  # gh-ost creates the flag; deleting it cuts over
+        _create_flag(flag)
+        if any(e.outcome == "postponed" and e.migration_id == mid for e in events):
+            journal.note(mid, "flag_recreated", f"{flag} was gone while no runner watched it; recreated: "
+                                                "deleting it releases the cut-over only while a runner waits")
     how = [f"xksmigrate proceed {run_id}"] + ([f"rm {flag}"] if flag else [])
     if at:
         how.append(time.strftime("wait until %Y-%m-%d %H:%M:%S", time.localtime(at)))
@@ -65,6 +73,14 @@ def wait_for_release(journal: CutoverJournal, run_id: str, mid: int, options: Ma
         time.sleep(1.0)  # real time: a cut-over is chosen on the wall clock, not the simulated one
     journal.note(mid, "released", f"cut-over released: {reason}")
     return True
+
+
+def _create_flag(flag: str) -> None:
+    try:
+        with open(flag, "a"):
+            pass
+    except OSError as exc:
+        raise Blocked(f"cannot create the postpone flag file {flag}: {exc.strerror}; nothing was changed") from None
 
 
 def _released(journal: CutoverJournal, run_id: str, flag: str | None, at: float | None) -> str | None:

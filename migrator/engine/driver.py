@@ -12,18 +12,19 @@ hooks, cut-over wait, preflight). Those services never receive the Driver back.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from migrator.aws.kms import AwsCallError
+from migrator.aws.kms import AwsCallError, needs_disconnect, update_parameters
 from migrator.aws.store_config import Observation, StoreConfig
 from migrator.engine import machine, runbook
 from migrator.engine.errors import Blocked, DeadlineExceeded, StepFailed
 from migrator.engine.hooks import HookFailed, facts_for
-from migrator.engine.machine import Budget, OnFailure, Row
+from migrator.engine.machine import Budget, Expect, OnFailure, Row
 from migrator.engine.services import RunServices
-from migrator.engine.store_ops import Credential, StoreOps
-from migrator.engine.verify import KeyProver, select_verify_keys
+from migrator.engine.store_ops import Credential, DriftDetected, StoreOps
+from migrator.engine.verify import select_verify_keys
 from migrator.engine.waits import retry_step
 from migrator.plan import KeystorePlan
 
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     from migrator.journal.models import MigrationView
     from migrator.preflight.base import Finding
 
-TRANSIENT_CONNECT_ERRORS = ("INTERNAL_ERROR", "NETWORK_ERRORS")  # worth one more disconnect+connect
 Fields = dict[str, object]  # what a move journals on the migration row (and its event's `detail`)
 
 
@@ -45,22 +45,23 @@ class Driver:
         self.plan, self.clock, self.kms = services.plan, services.clock, services.kms
         self.mid: int = migration.id
         self.ops = StoreOps(services, migration.id, migration.keystore_id or "", window=self.window,
-                            state=lambda: self.state)
+                            state=lambda: self.state, expected=self.expected)
         self.snapshot: dict[str, object] | None = migration.snapshot
         self.disconnected_at: float | None = migration.disconnected_at
         self.attempts: dict[str, object] = dict(migration.attempts or {})
         self.state: str = migration.state
         self._restore_needed = False  # rollback_disconnect's finding, for rollback_restore in the same pass
         self._steps: dict[str, Callable[[], Fields | None]] = {
-            name: getattr(self, f"step_{name}") for row in machine.ROWS for name in row.steps}
+            name: getattr(self, f"step_{name}") for row in machine.ROWS for name in row.step_names}
         self._machine = machine.build(self, migration.state, self._persist)
 
     # -- the loop ------------------------------------------------------------------------------
-    def run(self) -> str:
-        """Run rows until a terminal state; returns it. KeyboardInterrupt and LockLostStop pass through."""
+    def run(self, stop_at: tuple[str, ...] = ()) -> str:
+        """Run rows until a terminal state (or one of `stop_at`); returns it. KeyboardInterrupt and LockLostStop
+        pass through."""
         if self.state == "stuck" and self.services.retry_stuck:
             self.enter_retry_stuck()
-        while not (row := machine.row(self.state)).terminal:
+        while not (row := machine.row(self.state)).terminal and self.state not in stop_at:
             try:
                 self._run_row(row)
             except Blocked as exc:
@@ -72,20 +73,26 @@ class Driver:
     def _run_row(self, row: Row) -> None:
         if row.budget is Budget.REFUSE_PAST and (d := self.deadline()) is not None and self.clock.now() >= d:
             raise DeadlineExceeded(f"{self.state}, before the next forward call (a resume after the budget?)")
+        steps, advance, after = row.steps, row.advance, row.after
         fields: Fields | None = None
-        for name in row.steps:
+        if row.detour and (fields := getattr(self, f"when_{row.detour.when}")()) is not None:
+            steps, advance, after = row.detour.steps, row.detour.advance, None
+        for name in steps:
             step = self._steps[name]
             if row.retry_transient:  # nothing changed yet: transient AWS errors get retries
                 fields = retry_step(step, clock=self.clock, deadline=None, max_attempts=4, on_retry=self.ops.on_retry)
             else:
                 fields = step()
-        assert row.advance is not None
-        self.move(row.advance[0], **(fields or {}))
-        if row.after:
-            self.hook(row.after)
+        assert advance is not None
+        self.move(advance[0], **(fields or {}))
+        if after:
+            self.hook(after)
 
     def on_failure(self, exc: Exception) -> None:
         """Route a failure by the row of the state it happened in: block, roll back, or stuck."""
+        if isinstance(exc, DriftDetected) and (trigger := machine.row(self.state).drift_trigger):
+            self.on_drift(exc, trigger)
+            return
         reason = describe_failure(exc)
         failure = machine.row(self.state).on_failure
         if failure is OnFailure.BLOCK and isinstance(exc, AwsCallError | StepFailed | DeadlineExceeded):
@@ -100,6 +107,20 @@ class Driver:
             self.hook("stuck")
         else:
             raise exc
+
+    def on_drift(self, exc: DriftDetected, trigger: str) -> None:
+        """The live store contradicts the journal: journal both configurations and stop for the operator.
+
+        Neither forward (that would overwrite what someone put there) nor back (the snapshot may no longer be
+        what they want): `stuck`, exit 5, with the commands; `resume --retry-stuck` restores the snapshot.
+        """
+        reason = str(exc)
+        drift = {"state": exc.state, "expected": [c.to_dict() for c in exc.expected], "live": exc.live.to_dict()}
+        self.services.record(self.mid, kind="note", operation="DescribeCustomKeyStores", outcome="drift",
+                             detail={"message": reason, **drift})
+        self.move(trigger, outcome="stuck", error=reason,
+                  detail={"reason": reason, **drift, **self.manual_help()})
+        self.hook("stuck")
 
     def stop_unchanged(self, reason: str) -> None:
         if machine.destination(self.state, OnFailure.BLOCK.trigger) is None:
@@ -163,11 +184,28 @@ class Driver:
     def desired(self) -> StoreConfig:
         return StoreConfig.for_target(self.ks.target, self.original)
 
+    def expected(self) -> tuple[StoreConfig, ...]:
+        """What the journal says the store holds in the current state (machine.Row.expects); () = unchecked."""
+        expects = machine.row(self.state).expects
+        if self.snapshot is None or expects is Expect.UNCHECKED:
+            return ()
+        return {Expect.ORIGINAL: (self.original,), Expect.TARGET: (self.desired,),
+                Expect.EITHER: (self.original, self.desired)}[expects]
+
+    @property
+    def secret_only(self) -> bool:
+        """The plan changes only the credential's secret: no describe can show whether KMS holds it."""
+        return self.ks.target.credential is not None and self.desired.matches(self.original)
+
     def deadline(self) -> float | None:
-        """The real instant the downtime budget ends (None before the disconnect)."""
-        if self.disconnected_at is None:
+        """The real instant the downtime budget ends (None before the disconnect, or an update in place)."""
+        start = self.disconnected_at
+        if start is None:  # an update in place bounds its proof by the same budget, from the update on
+            since = self.attempts.get("in_place_since")
+            start = float(since) if isinstance(since, int | float) else None
+        if start is None:
             return None
-        return self.disconnected_at + self.plan.max_disconnected / self.clock.scale
+        return start + self.plan.max_disconnected / self.clock.scale
 
     def rollback_deadline(self) -> float:
         started = self.attempts.get("rollback_started_at")
@@ -194,14 +232,27 @@ class Driver:
         if not obs.is_external:
             raise Blocked(f"keystore.type: key store {obs.id} is {obs.type}, not an external key store")
         self.ops.store_id = obs.id
-        keys = select_verify_keys(self.kms, obs, self.ks.verify_key_ids)
+        keys = select_verify_keys(self.kms, obs, self.ks.verify_key_ids, on_excluded=self._note_excluded_key)
         self.snapshot = {**obs.to_dict(), "verify_keys": keys, "region": self.plan.region,
                          "observed_at": self.clock.now()}
         return {"keystore_id": obs.id, "snapshot": self.snapshot, "detail": {"snapshot": self.snapshot}}
 
+    def _note_excluded_key(self, key_id: str, state: str) -> None:
+        self.ops.note(f"verify key {key_id} is {state}: left out of verification (it cannot prove the store)",
+                      key_id=key_id, key_state=state)
+
+    def verified_keystore(self) -> KeystorePlan:
+        """The plan's store with the verify keys the snapshot kept (a named key that is disabled or pending
+        deletion was left out with a note), so preflight judges the keys the run will really use."""
+        assert self.snapshot is not None
+        kept = self.snapshot.get("verify_keys")
+        if not self.ks.verify_key_ids or not isinstance(kept, list):
+            return self.ks
+        return dataclasses.replace(self.ks, verify_key_ids=tuple(str(k["key_id"]) for k in kept))
+
     def _preflight(self, again: bool = False) -> list[Finding]:
         assert self.snapshot is not None
-        findings = self.services.preflight(self.mid, self.ks, Observation.from_dict(self.snapshot))
+        findings = self.services.preflight(self.mid, self.verified_keystore(), Observation.from_dict(self.snapshot))
         blocking = [f for f in findings if f.status == "block"]
         if blocking:
             reasons = "; ".join(f"{f.check}: {f.message}" for f in blocking)
@@ -220,17 +271,40 @@ class Driver:
         return {"detail": {"approved_by": self.services.who}}
 
     def _question(self, rollback: bool = False) -> str:
+        if not rollback and self.when_update_in_place() is not None:
+            return (f"Update {self.store_id} in place now (no disconnect)? The new configuration is proven with "
+                    f"round trips; budget {self.plan.max_disconnected:g} s, then automatic rollback.")
         target = self.original if rollback else self.desired
         what = "restored" if rollback else "reconnected"
         return (f"Disconnect {self.store_id} now? Its keys stay unusable until the store is {what} "
                 f"to {target.uri_endpoint} ({target.connectivity}) and verified; "
                 f"budget {self.plan.max_disconnected:g} s, then automatic rollback.")
 
-    def step_begin_disconnect(self) -> Fields:
+    def _still_the_snapshot(self) -> None:
+        """Before anything changes: the store must still hold the snapshot (else blocked, with the drift journaled)."""
         live = self.ops.observe()
         if not live.config.matches(self.original):
+            self.services.record(self.mid, kind="note", operation="DescribeCustomKeyStores", outcome="drift",
+                                 detail={"state": self.state, "expected": [self.original.to_dict()],
+                                         "live": live.to_dict()})
             raise Blocked("keystore.unchanged: the key store changed since the snapshot: "
                           f"{self.original.describe_diff(live.config)}; start a new run")
+
+    def when_update_in_place(self) -> Fields | None:
+        """The detour of `approved`: {} when the change needs no disconnect (credential, URI path), else None."""
+        params = update_parameters(self.store_id, self.desired, self.original, self.ks.target.credential is not None)
+        return None if needs_disconnect(params) else {}
+
+    def step_begin_update_in_place(self) -> Fields:
+        """No disconnect, no window: the budget now bounds the update and its proof (`deadline`)."""
+        self._still_the_snapshot()
+        self.attempts["in_place_since"] = self.clock.now()
+        return {"attempts": self.attempts,
+                "detail": {"target": self.desired.to_dict(), "in_place": True,
+                           "budget_seconds": self.plan.max_disconnected}}
+
+    def step_begin_disconnect(self) -> Fields:
+        self._still_the_snapshot()
         try:
             self.hook("before-disconnect")
         except HookFailed as exc:
@@ -247,7 +321,8 @@ class Driver:
         return {"detail": {"target": self.desired.to_dict()}}
 
     def step_update(self) -> Fields:
-        self.ops.apply_config(self.desired, self.target_credential(), self.budget_deadline())
+        self.ops.apply_config(self.desired, self.target_credential(), self.budget_deadline(),
+                              invisible=self.secret_only)
         return {"detail": {"config": self.desired.to_dict()}}
 
     def step_begin_connect(self) -> Fields:
@@ -256,6 +331,19 @@ class Driver:
     def step_connect(self) -> Fields:
         self.ensure_connected(self.budget_deadline())
         return {"reconnected_at": self.clock.now()}
+
+    def when_connect_did_not_hold(self) -> Fields | None:
+        """The detour of `connected`/`verifying`: look before proving. A store that is not CONNECTED (a resume
+        long after, someone disconnected it) goes back to connecting if a connect still fits, else back."""
+        deadline = self.budget_deadline()
+        obs = retry_step(self.ops.observe, clock=self.clock, deadline=deadline, on_retry=self.ops.on_retry)
+        if obs.state == "CONNECTED":
+            return None
+        reason = f"the connect did not hold: the store is {obs.state} in {self.state}"
+        if not self.ops.retry_fits(deadline):
+            raise StepFailed(f"{reason}; no budget left for another connect")
+        self.ops.note(f"{reason}; connecting again", connection_state=obs.state)
+        return {"detail": {"reason": reason, "connection_state": obs.state}}
 
     def step_begin_verify(self) -> Fields:
         return {}
@@ -273,19 +361,22 @@ class Driver:
         if "rollback_started_at" not in self.attempts:  # a retried stuck rollback starts its budget anew
             self.attempts["rollback_started_at"] = self.clock.now()
             self.services.update(self.mid, attempts=self.attempts)
-        if self.disconnected_at is None:  # an operator rollback of a completed run starts a new window
-            self.disconnected_at = self.clock.now()
-            self.services.update(self.mid, disconnected_at=self.disconnected_at)
 
     def step_rollback_disconnect(self) -> None:
+        """Disconnect only if restoring needs it: a credential or path is restored while CONNECTED."""
         obs = self.ops.observe()
-        self._restore_needed = not obs.config.matches(self.original)
-        if self._restore_needed and obs.state != "DISCONNECTED":
+        self._restore_needed = not obs.config.matches(self.original) or self.secret_only
+        restore = update_parameters(self.store_id, self.original, obs.config, self.ks.target.credential is not None)
+        if self._restore_needed and obs.state != "DISCONNECTED" and needs_disconnect(restore):
+            if self.disconnected_at is None:  # e.g. an update in place that failed: the window starts now
+                self.disconnected_at = self.clock.now()
+                self.services.update(self.mid, disconnected_at=self.disconnected_at)
             self.ops.ensure_disconnected(self.budget_deadline())
 
     def step_rollback_restore(self) -> None:
         if self._restore_needed:
-            self.ops.apply_config(self.original, self.original_credential(), self.budget_deadline())
+            self.ops.apply_config(self.original, self.original_credential(), self.budget_deadline(),
+                                  invisible=self.secret_only)
             self.ops.note("original configuration restored", config=self.original.to_dict())
 
     def step_rollback_connect(self) -> None:
@@ -302,36 +393,16 @@ class Driver:
     # -- observe-before-act building blocks ---------------------------------------------------------
     def ensure_connected(self, deadline: float | None) -> None:
         """Connect and wait for CONNECTED; a transient FAILED gets one more disconnect+connect if it fits."""
-        retries_left = int(str(self.attempts.get("connect_retries_left", 1)))
-        while True:
-            first = self.ops.start_connect(deadline)
-            obs = first if first.state in ("CONNECTED", "FAILED") else self.ops.wait_for(
-                ("CONNECTED", "FAILED"), deadline, "waiting for CONNECTED")
-            if obs.state == "CONNECTED":
-                return
-            if obs.error_code in TRANSIENT_CONNECT_ERRORS and retries_left > 0 and self.ops.retry_fits(deadline):
-                retries_left -= 1
-                self.attempts["connect_retries_left"] = retries_left
-                self.services.update(self.mid, attempts=self.attempts)
-                self.ops.note(f"connect FAILED with {obs.error_code}; disconnecting to try once more")
-                self.ops.ensure_disconnected(deadline)
-                continue
-            raise StepFailed(f"connect FAILED with ConnectionErrorCode {obs.error_code}"
-                             + ("; no budget left for another disconnect+connect"
-                                if obs.error_code in TRANSIENT_CONNECT_ERRORS and retries_left > 0 else ""))
+        def persist(attempts: dict[str, object]) -> None:
+            self.services.update(self.mid, attempts=attempts)
+
+        self.ops.ensure_connected(deadline, self.attempts, persist)
 
     def prove_keys(self, deadline: float | None) -> None:
         """DescribeKey Enabled plus an Encrypt+Decrypt round trip per verify key, inside the budget."""
         assert self.snapshot is not None
         verify_keys = self.snapshot.get("verify_keys")
-        keys = [str(k["key_id"]) for k in verify_keys] if isinstance(verify_keys, list) else []
-        prover = KeyProver(self.kms, self.clock, run_id=self.services.run_id, interval=self.plan.poll_interval,
-                           record_ok=self._record_round_trip, on_poll=self.ops.on_poll)
-        prover.prove_all(keys, deadline)
-
-    def _record_round_trip(self, key_id: str, encrypt_rid: str | None, decrypt_rid: str | None) -> None:
-        self.services.record(self.mid, kind="result", operation="Encrypt+Decrypt", outcome="ok",
-                             request_id=decrypt_rid, detail={"key_id": key_id, "encrypt_request_id": encrypt_rid})
+        self.ops.prove_keys([str(k["key_id"]) for k in verify_keys] if isinstance(verify_keys, list) else [], deadline)
 
     # -- credentials -------------------------------------------------------------------------------
     def target_credential(self) -> Credential | None:

@@ -55,3 +55,5 @@ class Environment:
     postpone_flag_file: str | None = None
     cutover_at: float | None = None  # epoch seconds: wait before the disconnect until then
     heartbeat_seconds: float = 10.0
+    # What a resume or rollback must find again (hooks, endpoint, account, absolute paths), recorded with the run.
+    run_facts: dict[str, object] = field(default_factory=dict)

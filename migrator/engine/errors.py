@@ -27,3 +27,8 @@ class DeadlineExceeded(Exception):
 
 class LockLostStop(BaseException):
     """Our lock was removed (xksmigrate unlock) or its session died: stop before the next side effect."""
+
+
+class JournalLostStop(LockLostStop):
+    """The journal cannot be written (disk full, database gone): stop before the next side effect, which could
+    not be journaled first. A LockLostStop, so it passes every handler that lets a lost lock through."""

@@ -7,12 +7,16 @@ stops the run before anything changes; failures of other hooks are journaled and
 nothing, because by then the store's fate is decided by AWS, not by a notification.
 
 Hooks never see the plan's secrets: environment variables named by `env:` references in the plan
-are removed from the hook's environment (`HookFacts.hidden_env`).
+are removed from the hook's environment (`HookFacts.hidden_env`). A hook runs with the operator's AWS
+credentials, so a directory (or script) that other users may write is refused (`insecure_reason`)
+unless the operator allowed it (`--allow-insecure-hooks`); a hooks directory that is gone fails the
+blocking event rather than letting the disconnect go ahead unchecked.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,10 +82,26 @@ class HookResult:
         return self.exit_code == 0
 
 
+def insecure_reason(directory: Path) -> str | None:
+    """Why another user could change what runs from `directory` (None: only its owner or root can)."""
+    me = os.getuid()
+    paths = [directory] + ([p for p in sorted(directory.iterdir()) if p.is_file()] if directory.is_dir() else [])
+    for path in paths:
+        info = path.stat()
+        what = "directory" if path == directory else "hook"
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            who = "everyone" if info.st_mode & stat.S_IWOTH else "its group"
+            return f"the hooks {what} {path} is writable by {who} (mode {stat.S_IMODE(info.st_mode):o})"
+        if info.st_uid not in (me, 0):
+            return f"the hooks {what} {path} belongs to another user (uid {info.st_uid})"
+    return None
+
+
 class Hooks:
-    def __init__(self, directory: str, timeout: float = 60.0):
+    def __init__(self, directory: str, timeout: float = 60.0, allow_insecure: bool = False):
         self.directory = Path(directory)
         self.timeout = timeout
+        self.allow_insecure = allow_insecure
 
     def scripts(self, event: str) -> list[Path]:
         if not self.directory.is_dir():
@@ -91,6 +111,12 @@ class Hooks:
 
     def fire(self, event: str, facts: HookFacts, record: Callable[[HookResult], None]) -> None:
         """Run every script of `event`; `record` journals each result; a blocking failure raises HookFailed."""
+        refusal = self._refusal()
+        if refusal:
+            record(HookResult(event, str(self.directory), -1, refusal))
+            if event in BLOCKING:
+                raise HookFailed(f"{event} hooks: {refusal}")
+            return
         for script in self.scripts(event):
             env = facts.environment(event, dict(os.environ))
             try:
@@ -104,6 +130,15 @@ class Hooks:
             if not result.ok and event in BLOCKING:
                 last = output.strip().splitlines()[-1] if output.strip() else "no output"
                 raise HookFailed(f"hook {script.name} for {event} exited {code}: {last}")
+
+    def _refusal(self) -> str | None:
+        """Why no hook may run now: the directory is gone, or others may write it (unless allowed)."""
+        if not self.directory.is_dir():
+            return f"the hooks directory {self.directory} is gone; not running hooks"
+        if self.allow_insecure:
+            return None
+        reason = insecure_reason(self.directory)
+        return f"{reason}; refusing to run hooks from it (--allow-insecure-hooks)" if reason else None
 
 
 def facts_for(plan: Plan, keystore: KeystorePlan, *, run_id: str, store_id: str, store_state: str,

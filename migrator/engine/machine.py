@@ -3,7 +3,9 @@ what a failure there means, which budget bounds it, and whether transient AWS er
 
 `Driver.run` is a short loop over this table (engine/driver.py); `xksmigrate graph` draws it.
 Adding a state means one `Row` here and one `step_<name>` method on the Driver (a unit test checks
-that every step named here exists).
+that every step named here exists). A row may also say what the live store must hold there (`expects`:
+anything else is drift, which ends `stuck`) and take a `Detour` (a change that needs no disconnect; a
+connect that did not hold).
 
 The machine validates every move; it never performs a side effect. The driver persists a move in
 `before_state_change` (journal first), so if the journal write fails the in-memory state does not
@@ -38,6 +40,15 @@ class OnFailure(Enum):
         return self.value[1]
 
 
+class Expect(Enum):
+    """What the journal says the live store holds in a state; any other configuration is drift (-> stuck)."""
+
+    UNCHECKED = "unchecked"  # before the disconnect: the approval step compares with the snapshot itself
+    ORIGINAL = "original"  # not updated yet: the snapshot
+    EITHER = "original or target"  # an update (forward or back) may be under way
+    TARGET = "target"  # updated: the plan's target
+
+
 class Budget(Enum):
     """Which deadline bounds a row's waits and calls."""
 
@@ -45,6 +56,19 @@ class Budget(Enum):
     REFUSE_PAST = "refuse past"  # bounded by the downtime budget; once it is spent, no forward call: go back
     BOUNDS = "bounds"  # bounded by the downtime budget (a connect under way is still worth finishing)
     ROLLBACK = "rollback"  # the rollback's own budget, from the moment it started
+
+
+@dataclass(frozen=True)
+class Detour:
+    """Another way out of a row: when `Driver.when_<when>()` returns fields (not None), the row runs
+    `steps` (if any) and fires `advance` instead of its own steps and advance."""
+
+    when: str
+    advance: tuple[str, str]
+    steps: tuple[str, ...] = ()
+
+
+DRIFT = ("drift", "stuck")  # the live store contradicts the journal: the operator decides (exit 5)
 
 
 @dataclass(frozen=True)
@@ -60,20 +84,45 @@ class Row:
     retry_transient: bool = False  # re-run the steps after a retryable AWS error (only where nothing changed)
     after: str | None = None  # the hook fired once the advance is journaled
     entries: tuple[tuple[str, str], ...] = ()  # triggers an operator fires from here (terminal states)
+    expects: Expect = Expect.UNCHECKED  # what every observation here must show; anything else is DRIFT
+    detour: Detour | None = None
 
     @property
     def terminal(self) -> bool:
         return not self.steps
 
+    @property
+    def drift_trigger(self) -> str | None:
+        """The trigger that takes drift here to `stuck` (the rollback's own failure already goes there)."""
+        if self.expects is Expect.UNCHECKED:
+            return None
+        if self.on_failure is not None and self.on_failure.destination == DRIFT[1]:
+            return self.on_failure.trigger
+        return DRIFT[0]
+
+    @property
+    def step_names(self) -> tuple[str, ...]:
+        """Every step this row may run (its own and its detour's)."""
+        return self.steps + (self.detour.steps if self.detour else ())
+
     def moves(self) -> list[tuple[str, str]]:
         """Every (trigger, destination) that may fire from this state."""
         found = [self.advance] if self.advance else []
+        if self.detour:
+            found.append(self.detour.advance)
         if self.on_failure:
             found.append((self.on_failure.trigger, self.on_failure.destination))
+        if self.drift_trigger == DRIFT[0]:
+            found.append(DRIFT)
         return [*found, *self.entries]
 
 
 _BLOCK, _BACK, _STUCK = OnFailure.BLOCK, OnFailure.ROLL_BACK, OnFailure.STUCK
+_ORIGINAL, _EITHER, _TARGET = Expect.ORIGINAL, Expect.EITHER, Expect.TARGET
+# A change that needs no disconnect (only the proxy credential or the URI path): updated while CONNECTED.
+_IN_PLACE = Detour("update_in_place", ("update_in_place", "updating"), ("begin_update_in_place",))
+# In `connected`/`verifying` a store that is not CONNECTED did not hold its connect: connect again if it fits.
+_RECONNECT = Detour("connect_did_not_hold", ("reconnect", "connecting"))
 
 ROWS: tuple[Row, ...] = (
     # -- before the disconnect: nothing in AWS has changed ----------------------------------------
@@ -83,31 +132,36 @@ ROWS: tuple[Row, ...] = (
         ("preflight",), ("pass_preflight", "preflighted"), _BLOCK, retry_transient=True),
     Row("preflighted", "a postponed cut-over waits (and preflights again); the operator approves",
         ("approval",), ("approve", "approved"), _BLOCK, retry_transient=True),
-    Row("approved", "the store still equals the snapshot; before-disconnect hooks; the window starts",
-        ("begin_disconnect",), ("start_disconnect", "disconnecting"), _BLOCK, retry_transient=True),
+    Row("approved", "the store still equals the snapshot; before-disconnect hooks; the window starts "
+        "(a change that needs no disconnect goes straight to the update)",
+        ("begin_disconnect",), ("start_disconnect", "disconnecting"), _BLOCK, retry_transient=True, detour=_IN_PLACE),
     # -- the critical section: every key of the store is unusable ---------------------------------
     Row("disconnecting", "DisconnectCustomKeyStore unless already on its way; wait for DISCONNECTED",
-        ("disconnect",), ("observe_disconnected", "disconnected"), _BACK, Budget.REFUSE_PAST, after="after-disconnect"),
+        ("disconnect",), ("observe_disconnected", "disconnected"), _BACK, Budget.REFUSE_PAST, after="after-disconnect",
+        expects=_ORIGINAL),
     Row("disconnected", "journal the target before the update",
-        ("begin_update",), ("start_update", "updating"), _BACK, Budget.REFUSE_PAST),
+        ("begin_update",), ("start_update", "updating"), _BACK, Budget.REFUSE_PAST, expects=_ORIGINAL),
     Row("updating", "UpdateCustomKeyStore unless KMS already holds the target; prove it with a describe",
-        ("update",), ("observe_updated", "updated"), _BACK, Budget.REFUSE_PAST),
+        ("update",), ("observe_updated", "updated"), _BACK, Budget.REFUSE_PAST, expects=_EITHER),
     Row("updated", "journal the connect before it",
-        ("begin_connect",), ("start_connect", "connecting"), _BACK, Budget.REFUSE_PAST),
+        ("begin_connect",), ("start_connect", "connecting"), _BACK, Budget.REFUSE_PAST, expects=_TARGET),
     Row("connecting", "ConnectCustomKeyStore; wait for CONNECTED; a transient FAILED gets one more try if it fits",
-        ("connect",), ("observe_connected", "connected"), _BACK, Budget.BOUNDS, after="after-connect"),
-    Row("connected", "journal the verification before it",
-        ("begin_verify",), ("start_verify", "verifying"), _BACK, Budget.BOUNDS),
-    Row("verifying", "Encrypt+Decrypt round trips with every verify key; the window ends",
-        ("verify",), ("verify_ok", "completed"), _BACK, Budget.BOUNDS, after="completed"),
+        ("connect",), ("observe_connected", "connected"), _BACK, Budget.BOUNDS, after="after-connect",
+        expects=_TARGET),
+    Row("connected", "the store is still CONNECTED (else back to connecting); journal the verification",
+        ("begin_verify",), ("start_verify", "verifying"), _BACK, Budget.BOUNDS, expects=_TARGET, detour=_RECONNECT),
+    Row("verifying", "still CONNECTED (else back to connecting); Encrypt+Decrypt round trips; the window ends",
+        ("verify",), ("verify_ok", "completed"), _BACK, Budget.BOUNDS, after="completed", expects=_TARGET,
+        detour=_RECONNECT),
     # -- the way back --------------------------------------------------------------------------------
     Row("rolling_back", "disconnect if needed, restore the snapshot, connect, verify",
         ("rollback_begin", "rollback_disconnect", "rollback_restore", "rollback_connect", "rollback_verify"),
-        ("rollback_ok", "rolled_back"), _STUCK, Budget.ROLLBACK),
+        ("rollback_ok", "rolled_back"), _STUCK, Budget.ROLLBACK, expects=_EITHER),
     # -- terminal --------------------------------------------------------------------------------------
     Row("completed", "the target is connected and verified", entries=(("operator_rollback", "rolling_back"),)),
     Row("rolled_back", "the original configuration is connected and verified"),
-    Row("stuck", "the rollback failed: the operator acts (resume --retry-stuck or RUNBOOK)",
+    Row("stuck", "the rollback failed, or the live store contradicts the journal (drift): the operator acts "
+        "(resume --retry-stuck or RUNBOOK)",
         entries=(("retry_rollback", "rolling_back"),)),
     Row("blocked", "stopped before the disconnect: nothing changed"),
 )

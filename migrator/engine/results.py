@@ -1,8 +1,8 @@
 """What a run ends with: one `StoreResult` per key store and a `RunResult` with the exit code.
 
 The exit codes are a stable contract (README): 0 completed · 1 internal error · 2 usage or invalid
-plan (the CLI's) · 3 blocked, nothing changed · 4 rolled back and verified · 5 stuck · 6 locked ·
-130 interrupted (resumable).
+plan (the CLI's) · 3 blocked, nothing changed · 4 rolled back and verified · 5 stuck, or partial (some
+stores changed and others did not: operator action needed) · 6 locked · 130 interrupted (resumable).
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-EXIT_CODES = {"completed": 0, "rolled_back": 4, "stuck": 5, "blocked": 3, "locked": 6, "interrupted": 130,
-              "failed": 1}
-SEVERITY = ("completed", "blocked", "rolled_back", "interrupted", "failed", "stuck")  # worst last
+EXIT_CODES = {"completed": 0, "rolled_back": 4, "stuck": 5, "partial": 5, "blocked": 3, "locked": 6,
+              "interrupted": 130, "failed": 1}
+SEVERITY = ("completed", "blocked", "rolled_back", "partial", "interrupted", "failed", "stuck")  # worst last
 
 
 def worse(a: str, b: str) -> str:

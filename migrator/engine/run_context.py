@@ -8,24 +8,30 @@ values (a migration id, a frozen `HookFacts`, an `Observation`), so calls go one
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from migrator.aws.kms import KmsApplier
-from migrator.aws.secret_refs import SecretValue
+from migrator.aws.secret_refs import SecretError, SecretValue
 from migrator.aws.store_config import Observation
 from migrator.engine import cutover
 from migrator.engine.environment import Environment
-from migrator.engine.errors import Blocked
+from migrator.engine.errors import Blocked, JournalLostStop, StepFailed
 from migrator.engine.hooks import HookFacts, HookResult
 from migrator.plan import KeystorePlan, Plan
 
 if TYPE_CHECKING:
-    from migrator.journal.models import EventView
+    from migrator.journal.models import EventView, MigrationView
     from migrator.preflight.base import Finding
+
+
+_T = TypeVar("_T")
+
+
 
 
 def _crash_point(seq: int) -> None:
@@ -54,10 +60,61 @@ class RunContext:
         self._start_calls: dict[int, Counter[str]] = {}
         self.kms = KmsApplier(env.clients.client("kms"))
         self.options: dict[str, object] = dict(options or {})
-        self.lock_lost = False
+        self._lock_lost = False
+        self.lock_lost_reason = ""
+        self.lock_check: Callable[[], None] | None = None  # raises LockLost; the runner's heartbeat sets it
+        self.journal_lost: str | None = None  # why the journal became unusable; from then on nothing is done
+        self.journaled: dict[int, dict[str, object]] = {}  # per migration: what this process journaled
         self._emit_lock = threading.Lock()
         # AWS: connecting or disconnecting "takes approximately five minutes"; refined by each wait.
         self.expected_change_seconds: float = 300.0
+
+    # -- the lock and the journal: both must hold before anything reaches AWS ---------------------
+    @property
+    def lock_lost(self) -> bool:
+        """Asked before every AWS call, so it checks the locks now, not at the last heartbeat (a PostgreSQL
+        session can die between two beats). A journal that cannot be read stops the run (JournalLostStop)."""
+        if not self._lock_lost and self.lock_check is not None:
+            from migrator.journal.models import LockLost
+
+            try:
+                self.journal_call(self.lock_check)
+            except LockLost as exc:
+                self.mark_lock_lost(str(exc))
+        return self._lock_lost
+
+    @property
+    def may_call_aws(self) -> bool:
+        """False once the lock or the journal is gone: then not even a describe for the summary."""
+        return self.journal_lost is None and not self._lock_lost
+
+    def mark_lock_lost(self, reason: str) -> None:
+        self._lock_lost = True
+        self.lock_lost_reason = self.lock_lost_reason or reason
+
+    def journal_call(self, work: Callable[[], _T]) -> _T:
+        """A journal call; once the journal is unusable, this and every later one stops the run."""
+        from migrator.journal.db import JournalUnavailable
+
+        if self.journal_lost is not None:
+            raise JournalLostStop(self.journal_lost)
+        try:
+            return work()
+        except JournalUnavailable as exc:
+            self.journal_lost = str(exc)
+            raise JournalLostStop(self.journal_lost) from None
+
+    def _remember(self, mid: int, **fields: object) -> None:
+        self.journaled.setdefault(mid, {}).update(fields)
+
+    def as_journaled(self, migration: MigrationView) -> MigrationView:
+        """`migration` as read when the run began plus what this process journaled since: where the journal
+        says the store stands, known without reading the journal (for a summary when it cannot be read)."""
+        names = {f.name for f in dataclasses.fields(migration)}
+        fields = {k: v for k, v in self.journaled.get(migration.id, {}).items() if k in names}
+        if migration.id in self._start_calls:  # this process's AWS requests, counted in memory
+            fields["api_calls"] = self.api_calls_for(migration.id)
+        return dataclasses.replace(migration, **fields)  # type: ignore[arg-type]
 
     # -- journal and output -----------------------------------------------------------------
     def _emit(self, mid: int | None, seq: int, kind: str, **data: object) -> None:
@@ -67,8 +124,9 @@ class RunContext:
 
     def record(self, mid: int | None, *, kind: str, operation: str | None = None, outcome: str | None = None,
                request_id: str | None = None, detail: dict[str, object] | None = None) -> int:
-        seq = self.journal.record(self.run_id, kind=kind, migration_id=mid, operation=operation, outcome=outcome,
-                                  request_id=request_id, detail=detail)
+        seq = self.journal_call(lambda: self.journal.record(
+            self.run_id, kind=kind, migration_id=mid, operation=operation, outcome=outcome, request_id=request_id,
+            detail=detail))
         _crash_point(seq)
         self._emit(mid, seq, kind, operation=operation, outcome=outcome, request_id=request_id, detail=detail)
         return seq
@@ -79,16 +137,20 @@ class RunContext:
         columns: dict[str, Any] = dict(fields)  # migration columns, checked by the journal
         if "outcome" in columns:  # the store's outcome: on the row and on the event, in one transaction
             outcome = columns.pop("outcome")
-            seq = self.journal.transition(mid, to_state, detail=event_detail, outcome=_text(outcome),
-                                          migration_outcome=outcome, **columns)
+            seq = self.journal_call(lambda: self.journal.transition(mid, to_state, detail=event_detail,
+                                                                outcome=_text(outcome), migration_outcome=outcome,
+                                                                **columns))
+            self._remember(mid, outcome=outcome)
         else:
-            seq = self.journal.transition(mid, to_state, detail=event_detail, **columns)
+            seq = self.journal_call(lambda: self.journal.transition(mid, to_state, detail=event_detail, **columns))
+        self._remember(mid, state=to_state, **columns)
         _crash_point(seq)
         self._emit(mid, seq, "transition", from_state=from_state, to_state=to_state, detail=event_detail)
         return seq
 
     def update(self, mid: int, **fields: object) -> None:
-        self.journal.update_migration(mid, **fields)
+        self.journal_call(lambda: self.journal.update_migration(mid, **fields))
+        self._remember(mid, **fields)
 
     def progress(self, event: dict[str, object]) -> None:
         self.env.observer.event(event)
@@ -98,7 +160,7 @@ class RunContext:
         self.record(mid, kind="note", outcome=outcome, detail={"message": message})
 
     def events(self, run_id: str) -> list[EventView]:
-        return self.journal.events(run_id)
+        return self.journal_call(lambda: self.journal.events(run_id))
 
     def track(self, mid: int, persisted_calls: dict[str, int]) -> None:
         """Count this process's AWS requests for `mid` on top of what earlier processes counted."""
@@ -139,7 +201,13 @@ class RunContext:
     def secret(self, ref: str) -> SecretValue:
         if self.env.secret_resolver is None:
             raise Blocked(f"no way to resolve secret reference {ref}")
-        return self.env.secret_resolver(ref)
+        try:
+            return self.env.secret_resolver(ref)
+        except SecretUnavailable:
+            raise
+        except SecretError as exc:  # e.g. an env: variable set at `run` but missing at `resume`
+            reason = str(exc) if str(exc).startswith(ref) else f"{ref}: {exc}"
+            raise SecretUnavailable(f"cannot resolve the proxy secret {reason}") from None
 
     def preflight(self, mid: int, keystore: KeystorePlan, snapshot: Observation) -> list[Finding]:
         """The engine's gate and the read-only inspector; every finding is journaled."""
@@ -160,6 +228,11 @@ class RunContext:
         except Exception:  # a journal hiccup must not fail preflight; the check only warns
             return ()
         return tuple(r.id for r in runs if r.id != self.run_id)
+
+
+class SecretUnavailable(StepFailed, SecretError):
+    """A secret the run needs cannot be resolved: a step failure whose reason names the reference and what is
+    missing (never "internal error"), and still a SecretError for the preflight gate, which reports it."""
 
 
 def _text(value: object) -> str | None:

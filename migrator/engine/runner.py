@@ -12,14 +12,16 @@ import contextlib
 import os
 import socket
 import threading
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from migrator.aws.store_config import Observation, StoreConfig
-from migrator.engine import machine, runbook
-from migrator.engine.driver import Driver
+from migrator.engine import machine, runbook, whole_run
+from migrator.engine.clock import leave_signals_to_the_main_thread
 from migrator.engine.environment import Environment, Observer
-from migrator.engine.errors import Blocked, LockLostStop
-from migrator.engine.results import EXIT_CODES, RunResult, StoreResult, worse
+from migrator.engine.errors import JournalLostStop, LockLostStop
+from migrator.engine.results import EXIT_CODES, RunResult, StoreResult
 from migrator.engine.run_context import RunContext
 from migrator.plan import KeystorePlan, Plan
 
@@ -30,6 +32,8 @@ __all__ = ["Environment", "Observer", "RunResult", "StoreResult", "resume", "rol
 
 # The configuration fields a summary shows for `original` and `final`.
 CONFIG_KEYS = ("connectivity", "uri_endpoint", "uri_path", "vpc_endpoint_service_name", "access_key_id")
+LOCK_PROBE_SECONDS = 1.0  # between heartbeats, how often the heartbeat thread asks whether the locks still hold
+_T = TypeVar("_T")
 
 
 def start(plan: Plan, env: Environment) -> RunResult:
@@ -50,13 +54,16 @@ def resume(plan: Plan, env: Environment, run_id: str) -> RunResult:
 
 
 def rollback(plan: Plan, env: Environment, run_id: str) -> RunResult:
-    """Return the completed stores of `run_id` to their recorded original configuration, verified."""
-    env.journal.reopen_run(run_id)
-    return _drive(plan, env, run_id, resumed=True, operator_rollback=True)
+    """Return every store `run_id` changed to its recorded original configuration, verified, in reverse order.
+
+    Refused with nothing changed when a later run changed one of them since or one drifted (whole_run.py).
+    The request is journaled before the first change, so `resume` continues it.
+    """
+    return _drive(plan, env, run_id, operator_rollback=True)
 
 
 def _run_options(env: Environment) -> dict[str, object]:
-    options: dict[str, object] = {"time_scale": env.clock.scale}
+    options: dict[str, object] = {**env.run_facts, "time_scale": env.clock.scale}
     if env.postpone:
         options["postpone"] = True
     if env.postpone_flag_file:
@@ -75,13 +82,23 @@ def _target_record(ks: KeystorePlan) -> dict[str, object]:
 
 
 class _Heartbeat:
-    """Keeps this runner's locks fresh; a lock found gone sets `ctx.lock_lost` (no further AWS call)."""
+    """Keeps this runner's locks fresh; a lock found gone marks `ctx` lock-lost (no further AWS call).
+
+    Besides the beat (`heartbeat_seconds`) it probes the locks every LOCK_PROBE_SECONDS, and `check` lets
+    the run ask before every AWS call: a PostgreSQL session can die between two beats.
+    """
 
     def __init__(self, env: Environment, ctx: RunContext):
         self.env, self.ctx = env, ctx
         self.locks: list[LockInfo] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
+        ctx.lock_check = self.check
+
+    def check(self) -> None:
+        """LockLost unless every lock this runner took is still held."""
+        for lock in list(self.locks):
+            self.env.journal.check_lock(lock)
 
     def hold(self, lock: LockInfo) -> None:
         self.locks.append(lock)
@@ -91,12 +108,17 @@ class _Heartbeat:
     def _beat(self) -> None:
         from migrator.journal.models import LockLost
 
-        while not self._stop.wait(self.env.heartbeat_seconds):
+        leave_signals_to_the_main_thread()
+        next_beat = time.monotonic() + self.env.heartbeat_seconds
+        while not self._stop.wait(min(LOCK_PROBE_SECONDS, self.env.heartbeat_seconds)):
+            beat = time.monotonic() >= next_beat
+            if beat:
+                next_beat = time.monotonic() + self.env.heartbeat_seconds
             for lock in list(self.locks):
                 try:
-                    self.env.journal.heartbeat(lock)
-                except LockLost:
-                    self.ctx.lock_lost = True
+                    (self.env.journal.heartbeat if beat else self.env.journal.check_lock)(lock)
+                except LockLost as exc:
+                    self.ctx.mark_lock_lost(str(exc))
                 except Exception:  # a passing database hiccup: the next beat tries again
                     pass
 
@@ -109,66 +131,77 @@ class _Heartbeat:
 
 def _drive(plan: Plan, env: Environment, run_id: str, resumed: bool = False,
            operator_rollback: bool = False) -> RunResult:
+    from migrator.journal.db import JournalUnavailable
+
     run = env.journal.get_run(run_id)
     ctx = RunContext(env, plan, run_id, options=dict(run.options or {}))
-    migrations = list(run.migrations)
-    if operator_rollback:  # undo in reverse order, and only what completed
-        migrations = [m for m in reversed(migrations) if m.state == "completed"]
-    by_ref = {ks.ref: ks for ks in plan.keystores}
     heartbeat = _Heartbeat(env, ctx)
+
+    def lock(store_id: str, mid: int) -> str | None:
+        held, held_message = _lock(env, ctx, run_id, store_id, mid)
+        if held is not None:
+            heartbeat.hold(held)
+        return None if held is not None else held_message
+
+    whole = whole_run.WholeRun(ctx, run.migrations, {ks.ref: ks for ks in plan.keystores}, lock)
     last_seen: dict[int, Observation] = {}
     outcome, message = "completed", ""
-    driver: Driver | None = None
     try:
         if resumed:
             ctx.record(None, kind="note", detail={"message": "resumed", "pid": os.getpid(),
                                                   "host": socket.gethostname()})
-        for migration in migrations:
-            ks = by_ref[migration.keystore_ref]
-            store_id = migration.keystore_id or _resolve_id(ctx, ks)
-            if store_id:
-                lock, held_message = _lock(env, ctx, run_id, store_id, migration.id)
-                if lock is None:
-                    outcome, message = "locked", held_message
-                    break
-                heartbeat.hold(lock)
-            ctx.track(migration.id, migration.api_calls)
-            driver = Driver(ctx, migration, ks)
-            if operator_rollback:
-                try:
-                    driver.enter_operator_rollback()
-                except Blocked as exc:
-                    outcome, message = "blocked", str(exc)
-                    break
-            final = driver.run()
-            if driver.last_seen is not None:
-                last_seen[driver.mid] = driver.last_seen
-            outcome = worse(outcome, final)
-            if final != "completed":
-                break  # never start the next store after one that did not complete
+        if operator_rollback:  # the `rollback` command: the run is reopened only once the checks pass
+            outcome, message = whole.roll_back((run.outcome, run.exit_code or 0),
+                                               reopen=lambda: ctx.journal_call(lambda: env.journal.reopen_run(run_id)))
+        elif resumed and (request := whole.rollback_request()) is not None:  # a resumed operator rollback goes on
+            outcome, message = whole.roll_back(whole_run.outcome_before(request))
+        else:
+            outcome, message = whole.forward()
     except KeyboardInterrupt:
         outcome, message = "interrupted", "interrupted; the run can be resumed with: xksmigrate resume " + run_id
-        ctx.record(None, kind="note", outcome="interrupted", detail={"message": message})
+        _if_journal_works(ctx, lambda: ctx.record(None, kind="note", outcome="interrupted",
+                                                  detail={"message": message}))
+    except JournalLostStop:
+        outcome = "interrupted"  # the message comes from ctx.journal_lost, below
+    except JournalUnavailable as exc:  # a journal read made outside RunContext: the same stop
+        outcome, ctx.journal_lost = "interrupted", str(exc)
     except LockLostStop:
         outcome = "interrupted"
-        message = ("this runner's lock was removed (xksmigrate unlock?) so it stopped before its next AWS call; "
-                   f"check `xksmigrate status {run_id}` before resuming")
-        ctx.record(None, kind="note", outcome="lock_lost", detail={"message": message})
+        message = (f"{ctx.lock_lost_reason or 'this runner lost its lock'}; the run stopped before its next AWS call. "
+                   f"Check `xksmigrate status {run_id}`, then continue with: xksmigrate resume {run_id}")
+        _if_journal_works(ctx, lambda: ctx.record(None, kind="note", outcome="lock_lost",
+                                                  detail={"message": message}))
     finally:
         heartbeat.release_all()
-        if driver is not None and driver.last_seen is not None:  # the store an interruption stopped
-            last_seen.setdefault(driver.mid, driver.last_seen)
+        last_seen.update({d.mid: d.last_seen for d in whole.drivers.values() if d.last_seen is not None})
     exit_code = EXIT_CODES.get(outcome, 1)
-    if not (resumed and outcome == "locked"):  # the lock holder drives this run: its outcome is not ours to end
-        env.journal.finish_run(run_id, outcome, exit_code)
-    return _result(ctx, run_id, outcome, exit_code, message, last_seen)
+    if whole.keep_run is not None:  # a refused or declined operator rollback: the run's own outcome stands
+        if whole.reopened:
+            kept_outcome, kept_code = whole.keep_run
+            _if_journal_works(ctx, lambda: env.journal.finish_run(run_id, kept_outcome, kept_code))
+    elif not (resumed and outcome == "locked"):  # the lock holder drives this run: its outcome is not ours to end
+        _if_journal_works(ctx, lambda: env.journal.finish_run(run_id, outcome, exit_code))
+    views = _if_journal_works(ctx, lambda: list(env.journal.get_run(run_id).migrations))
+    if ctx.journal_lost is not None:  # it stopped at the write that failed: resumable, whatever came before
+        outcome, exit_code, message = "interrupted", EXIT_CODES["interrupted"], _journal_lost_message(ctx, run_id)
+        views = [ctx.as_journaled(m) for m in run.migrations]  # the journal's last word, from memory
+    return _result(ctx, run_id, outcome, exit_code, message, last_seen, views or [])
 
 
-def _resolve_id(ctx: RunContext, ks: KeystorePlan) -> str | None:
-    if ks.id:
-        return ks.id
-    found = ctx.kms.find_store(name=ks.name)
-    return found.id if found else None
+def _if_journal_works(ctx: RunContext, work: Callable[[], _T]) -> _T | None:
+    """`work` (a journal call) unless the journal is unusable (then ctx.journal_lost says why)."""
+    try:
+        return ctx.journal_call(work)
+    except JournalLostStop:
+        return None
+
+
+def _journal_lost_message(ctx: RunContext, run_id: str) -> str:
+    lock = f"; the run's lock is gone too: {ctx.lock_lost_reason}" if ctx.lock_lost_reason else ""
+    return (f"{ctx.journal_lost}{lock}. The run stopped there, before its next AWS call, so AWS saw "
+            "nothing the journal does not show. Each store below stands where the journal last recorded it "
+            "(the journal may still say this run is running); one in the window may still be disconnected, its "
+            f"keys unusable. Once the journal can be written again: xksmigrate resume {run_id}")
 
 
 def _lock(env: Environment, ctx: RunContext, run_id: str, store_id: str,
@@ -177,7 +210,8 @@ def _lock(env: Environment, ctx: RunContext, run_id: str, store_id: str,
     from migrator.journal.models import LockHeld
 
     try:
-        lock = env.journal.acquire_lock(f"keystore/{ctx.plan.region}/{store_id}", run_id=run_id, owner=env.who)
+        lock = ctx.journal_call(lambda: env.journal.acquire_lock(f"keystore/{ctx.plan.region}/{store_id}",
+                                                                 run_id=run_id, owner=env.who))
     except LockHeld as held:
         ctx.record(mid, kind="note", outcome="locked", detail={"message": str(held)})
         return None, str(held)
@@ -192,7 +226,7 @@ def _config_view(config: StoreConfig) -> dict[str, object]:
 
 
 def _store_result(ctx: RunContext, m: MigrationView, last: Observation | None) -> StoreResult:
-    if last is None and m.keystore_id and m.state in ("completed", "rolled_back"):  # resumed after the last look
+    if last is None and m.keystore_id and m.state in ("completed", "rolled_back") and ctx.may_call_aws:
         with contextlib.suppress(Exception):
             last = ctx.kms.describe(m.keystore_id)
     original_config = StoreConfig.from_dict(m.snapshot) if m.snapshot else None
@@ -206,15 +240,26 @@ def _store_result(ctx: RunContext, m: MigrationView, last: Observation | None) -
         window = round(ctx.clock.elapsed(m.disconnected_at), 3)
     manual = (runbook.stuck_help(ctx.plan.region, m.keystore_id or m.keystore_ref, original_config, last)
               if m.state == "stuck" else None)
+    error = m.error
+    if store_outcome == "unfinished" and not ctx.may_call_aws:  # stopped by a lost journal or lock
+        error = _where_it_stands(m, last)
     return StoreResult(ref=m.keystore_ref, id=m.keystore_id or "", state=m.state, outcome=store_outcome,
                        original=original, final=final, disconnected_seconds=window,
-                       api_calls=dict(m.api_calls or {}), error=m.error, manual=manual)
+                       api_calls=dict(m.api_calls or {}), error=error, manual=manual)
+
+
+def _where_it_stands(m: MigrationView, last: Observation | None) -> str:
+    """For a store the run left unfinished: its last journaled state and whether it may be disconnected."""
+    seen = f"last seen {last.state}" if last is not None else "not seen by this process"
+    if m.disconnected_at is None:
+        return f"the journal last recorded it as {m.state} ({seen}); nothing was disconnected"
+    return (f"the journal last recorded it as {m.state} ({seen}): it may still be disconnected, its keys unusable, "
+            "until the run is resumed")
 
 
 def _result(ctx: RunContext, run_id: str, outcome: str, exit_code: int, message: str,
-            last_seen: dict[int, Observation]) -> RunResult:
-    run = ctx.journal.get_run(run_id)
-    stores = [_store_result(ctx, m, last_seen.get(m.id)) for m in run.migrations]
+            last_seen: dict[int, Observation], migrations: list[MigrationView]) -> RunResult:
+    stores = [_store_result(ctx, m, last_seen.get(m.id)) for m in migrations]
     if not message:
         message = next((s.error for s in stores if s.error), "") or outcome
     return RunResult(run_id, outcome, exit_code, stores, message, simulated=ctx.clock.simulated)

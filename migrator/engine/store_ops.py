@@ -4,36 +4,57 @@ These are the building blocks the Driver's steps are made of: look at the store 
 connection state changes), call AWS with a `call` event before and a `result` event after, disconnect
 unless already on the way, make KMS hold a configuration and prove it, wait for a state on the
 predictive poll schedule. Each is safe to run again after a crash, because each observes first.
+Every observation is also compared with what the journal says the store holds in the current state
+(the Driver's `expected()`): a configuration the run did not put there is drift, never papered over.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from migrator.aws.kms import AwsCallError, update_parameters
+from migrator.aws.kms import AwsCallError, needs_disconnect, update_parameters
 from migrator.aws.secret_refs import SecretValue
 from migrator.aws.store_config import Observation, StoreConfig
 from migrator.engine.errors import LockLostStop, StepFailed
 from migrator.engine.services import RunServices
+from migrator.engine.verify import KeyProver
 from migrator.engine.waits import poll_until, retry_step
 
 Credential = tuple[str, SecretValue]
+TRANSIENT_CONNECT_ERRORS = ("INTERNAL_ERROR", "NETWORK_ERRORS")  # worth one more disconnect+connect
+
+
+class DriftDetected(Exception):
+    """The live store holds a configuration the journal does not account for (someone changed it by hand)."""
+
+    def __init__(self, state: str, expected: tuple[StoreConfig, ...], live: Observation):
+        self.state, self.expected, self.live = state, expected, live
+        closest = min(expected, key=lambda config: len(config.diff(live.config)))
+        wanted = " or ".join(f"{c.connectivity} {c.uri_endpoint}" for c in expected)
+        super().__init__(f"drift: in {state} the journal says the key store holds {wanted}, but it is "
+                         f"{live.state} with {live.config.connectivity} {live.config.uri_endpoint} "
+                         f"({closest.describe_diff(live.config)}); the run changed nothing more")
 
 
 class StoreOps:
     """One store's AWS conversation for a Driver; `window()` and `state()` come from the Driver."""
 
     def __init__(self, services: RunServices, mid: int, store_id: str, *,
-                 window: Callable[[], float | None], state: Callable[[], str]):
+                 window: Callable[[], float | None], state: Callable[[], str],
+                 expected: Callable[[], tuple[StoreConfig, ...]] = tuple):
         self.services, self.mid, self.store_id = services, mid, store_id
         self.kms, self.clock, self.plan = services.kms, services.clock, services.plan
-        self.window, self.state = window, state
+        self.window, self.state, self.expected = window, state, expected
         self.last_seen: Observation | None = None
 
     # -- the journal around each call ---------------------------------------------------------------
     def call(self, operation: str, action: Callable[[], str | None], **detail: object) -> str | None:
-        """Journal the intent, make the call, journal the outcome (request id or error)."""
+        """Check the lock is still ours, journal the intent, make the call, journal the outcome (request id, error)."""
+        if self.services.lock_lost:  # asked now, not at the last heartbeat: a mutating call needs the lock
+            raise LockLostStop
         self.services.record(self.mid, kind="call", operation=operation, outcome="started", detail=detail or None)
+        if self.services.lock_lost:  # again: the write may have waited out a database blip that took the lock
+            raise LockLostStop
         try:
             request_id = action()
         except AwsCallError as exc:
@@ -68,6 +89,9 @@ class StoreOps:
             self.services.record(self.mid, kind="note", operation="DescribeCustomKeyStores",
                                  detail={"connection_state": obs.state, "connection_error_code": obs.error_code or None,
                                          "window_seconds": self.window()})
+        expected = self.expected()
+        if expected and not any(config.matches(obs.config) for config in expected):
+            raise DriftDetected(self.state(), expected, obs)
         return obs
 
     # -- observe, then act ----------------------------------------------------------------------------
@@ -87,15 +111,21 @@ class StoreOps:
         retry_step(step, clock=self.clock, deadline=deadline, on_retry=self.on_retry)
         self.wait_for(("DISCONNECTED",), deadline, "waiting for DISCONNECTED")
 
-    def apply_config(self, want: StoreConfig, credential: Credential | None, deadline: float | None) -> None:
-        """Make KMS hold `want`, then prove it with DescribeCustomKeyStores (a rollback point)."""
+    def apply_config(self, want: StoreConfig, credential: Credential | None, deadline: float | None, *,
+                     invisible: bool = False) -> None:
+        """Make KMS hold `want`, then prove it with DescribeCustomKeyStores (a rollback point).
+
+        `invisible`: the change is only the credential's secret, which no describe shows, so the update is
+        sent even when the configuration already matches (sending the same credential again is harmless).
+        A change that needs no disconnect (credential, URI path) is made in any connection state.
+        """
         def step() -> None:
             obs = self.observe()
-            if obs.config.matches(want):
+            if obs.config.matches(want) and not invisible:
                 return
-            if obs.state != "DISCONNECTED":
-                raise StepFailed(f"the store is {obs.state}, not DISCONNECTED, so its connectivity cannot change")
             params = update_parameters(self.store_id, want, obs.config, credential is not None)
+            if obs.state != "DISCONNECTED" and needs_disconnect(params):
+                raise StepFailed(f"the store is {obs.state}, not DISCONNECTED, so its connectivity cannot change")
             shown: dict[str, object] = {k: v for k, v in params.items() if k != "CustomKeyStoreId"}
             if credential is not None:
                 shown["XksProxyAuthenticationCredential"] = {"AccessKeyId": credential[0],
@@ -123,6 +153,31 @@ class StoreOps:
 
         return retry_step(step, clock=self.clock, deadline=deadline, on_retry=self.on_retry)
 
+    def ensure_connected(self, deadline: float | None, attempts: dict[str, object],
+                         persist: Callable[[dict[str, object]], None]) -> None:
+        """Connect and wait for CONNECTED; a transient FAILED gets one more disconnect+connect if it fits.
+
+        `attempts["connect_retries_left"]` counts that extra try across resumes; `persist` journals it
+        before the extra disconnect, so a crash in between cannot grant a second one.
+        """
+        retries_left = int(str(attempts.get("connect_retries_left", 1)))
+        while True:
+            first = self.start_connect(deadline)
+            obs = first if first.state in ("CONNECTED", "FAILED") else self.wait_for(
+                ("CONNECTED", "FAILED"), deadline, "waiting for CONNECTED")
+            if obs.state == "CONNECTED":
+                return
+            if obs.error_code in TRANSIENT_CONNECT_ERRORS and retries_left > 0 and self.retry_fits(deadline):
+                retries_left -= 1
+                attempts["connect_retries_left"] = retries_left
+                persist(attempts)
+                self.note(f"connect FAILED with {obs.error_code}; disconnecting to try once more")
+                self.ensure_disconnected(deadline)
+                continue
+            raise StepFailed(f"connect FAILED with ConnectionErrorCode {obs.error_code}"
+                             + ("; no budget left for another disconnect+connect"
+                                if obs.error_code in TRANSIENT_CONNECT_ERRORS and retries_left > 0 else ""))
+
     def retry_fits(self, deadline: float | None) -> bool:
         """Is there budget for another disconnect+connect? If not, going back now returns the keys sooner."""
         if deadline is None:
@@ -140,3 +195,18 @@ class StoreOps:
         if took > 2 * self.plan.poll_interval:  # a real transition, not an already-finished one
             self.services.expected_change_seconds = took
         return obs
+
+    def prove_keys(self, key_ids: list[str], deadline: float | None) -> None:
+        """Round trips with every key; one that failed for its own reason while others proved the store is a
+        journaled warning, not a failure."""
+        prover = KeyProver(self.kms, self.clock, run_id=self.services.run_id, interval=self.plan.poll_interval,
+                           record_ok=self._record_round_trip, on_poll=self.on_poll)
+        for unusable in prover.prove_all(key_ids, deadline):
+            self.services.record(self.mid, kind="note", operation="Encrypt+Decrypt", outcome="warn",
+                                 detail={"message": f"verify key {unusable.key_id} is unusable for its own reason "
+                                                    f"({unusable.reason}); the store was proven with its other keys",
+                                         "key_id": unusable.key_id, "reason": unusable.reason})
+
+    def _record_round_trip(self, key_id: str, encrypt_rid: str | None, decrypt_rid: str | None) -> None:
+        self.services.record(self.mid, kind="result", operation="Encrypt+Decrypt", outcome="ok",
+                             request_id=decrypt_rid, detail={"key_id": key_id, "encrypt_request_id": encrypt_rid})

@@ -10,16 +10,24 @@ the lock; it dies with its session, so a killed holder frees it. The row just te
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
+import threading
 import time
 from dataclasses import asdict, replace
 from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, select, update
 
+from migrator.journal.db import JournalUnavailable, first_line, is_unavailable
 from migrator.journal.models import STALE_AFTER, HolderAlive, LockHeld, LockInfo, LockLost, lock_view, locks
+
+# Is this session's advisory lock on (classid, objid) granted? A bigint key is split into two 32-bit halves.
+_HOLDS_ADVISORY = ("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                   " AND pid = pg_backend_pid() AND classid::bigint = %(hi)s AND objid::bigint = %(lo)s"
+                   " AND objsubid = 1)")
 
 
 def advisory_key(resource: str) -> int:
@@ -49,6 +57,8 @@ class Locks:
         self._engine, self._lock_engine = engine, lock_engine  # lock_engine: PostgreSQL only
         self.host, self.pid, self.who = host, pid, who
         self._sessions: dict[str, Any] = {}  # lock id -> dedicated PostgreSQL connection
+        self._session_use = threading.RLock()  # the heartbeat thread and the runner both ask the sessions
+        self._lost: dict[str, str] = {}  # lock id -> why its session was found dead (it stays lost)
 
     def _row(self, resource: str) -> LockInfo | None:
         with self._engine.connect().execution_options(journal_read=True) as conn:
@@ -93,15 +103,47 @@ class Locks:
             self._sessions[info.id] = session
         return info
 
+    def _check_session(self, lock: LockInfo) -> None:
+        """PostgreSQL: LockLost unless our dedicated session is alive and still holds the advisory lock."""
+        with self._session_use:
+            if lock.id in self._lost:
+                raise LockLost(self._lost[lock.id])
+            session = self._sessions.get(lock.id)
+            if session is None:
+                return
+            key = advisory_key(lock.resource)
+            try:
+                held = session.exec_driver_sql(_HOLDS_ADVISORY, {"hi": (key >> 32) & 0xFFFFFFFF,
+                                                                 "lo": key & 0xFFFFFFFF}).scalar()
+                why = "" if held else f"the PostgreSQL session no longer holds the advisory lock {lock.id}"
+            except Exception as exc:
+                why = f"lost the PostgreSQL session holding {lock.id} on {lock.resource} ({first_line(exc)})"
+            if why:
+                self._lost[lock.id] = why
+                self._drop_session(lock)
+                raise LockLost(why)
+
+    def check(self, lock: LockInfo) -> None:
+        """LockLost unless this runner still holds `lock`: its advisory session (PostgreSQL) and its row.
+
+        Asked before every AWS call, so a runner that lost its lock stops at once, not at its next heartbeat.
+        JournalUnavailable when the row cannot be read (then nobody can tell who holds the store).
+        """
+        self._check_session(lock)
+        try:
+            row = self._row(lock.resource)
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            where = self._engine.url.render_as_string(hide_password=True)
+            raise JournalUnavailable(f"cannot read the lock {lock.id} in the journal {where}: "
+                                     f"{first_line(exc)}") from None
+        if row is None or row.id != lock.id:
+            raise LockLost(f"lock {lock.id} on {lock.resource} is gone (xksmigrate unlock?)")
+
     def heartbeat(self, lock: LockInfo) -> None:
         """Refresh the row; LockLost if an operator removed it or the advisory session died."""
-        session = self._sessions.get(lock.id)
-        if session is not None:
-            try:
-                session.exec_driver_sql("SELECT 1")
-            except Exception:
-                self._drop_session(lock)
-                raise LockLost(f"lost the PostgreSQL session holding {lock.id} on {lock.resource}") from None
+        self._check_session(lock)
         with self._engine.begin() as tx:
             count = tx.execute(update(locks).where(locks.c.id == lock.id).values(heartbeat_at=time.time())).rowcount
         if not count:
@@ -113,15 +155,17 @@ class Locks:
         self._drop_session(lock)
 
     def _drop_session(self, lock: LockInfo) -> None:
-        session = self._sessions.pop(lock.id, None)
-        if session is None:
-            return
-        try:
-            session.execute(select(func.pg_advisory_unlock(advisory_key(lock.resource))))
-        except Exception:  # a dead session has released it already
-            pass
-        finally:
-            session.close()
+        with self._session_use:
+            session = self._sessions.pop(lock.id, None)
+            if session is None:
+                return
+            try:
+                session.execute(select(func.pg_advisory_unlock(advisory_key(lock.resource))))
+            except Exception:  # a dead session has released it already
+                pass
+            finally:
+                with contextlib.suppress(Exception):
+                    session.close()
 
     def holder_alive(self, lock: LockInfo) -> str | None:
         """How we know the lock's runner is still running, or None if it is gone or this machine cannot tell.
@@ -165,5 +209,7 @@ class Locks:
 
     def close(self) -> None:
         """Close dedicated sessions (their advisory locks go with them); rows stay for `unlock` or reclaim."""
-        for lock_id in list(self._sessions):
-            self._sessions.pop(lock_id).close()
+        with self._session_use:
+            for lock_id in list(self._sessions):
+                with contextlib.suppress(Exception):  # a dead session: its advisory lock went with it
+                    self._sessions.pop(lock_id).close()

@@ -27,7 +27,8 @@ from sqlalchemy import (
 )
 
 VERSION_TABLE = "xksmigrate_schema_version"  # not alembic_version: a shared database may have its own
-RUN_OUTCOMES = ("running", "completed", "rolled_back", "stuck", "blocked", "interrupted", "failed", "locked")
+RUN_OUTCOMES = ("running", "completed", "rolled_back", "stuck", "blocked", "interrupted", "failed", "locked",
+                "partial")
 EVENT_KINDS = ("transition", "call", "result", "note", "hook", "finding")
 STALE_AFTER = 120.0  # seconds without a heartbeat before a lock is reported stale
 

@@ -19,9 +19,10 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from functools import wraps
+from typing import Any, TypeVar, cast
 
 from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, create_engine, func, insert, select, text, update
@@ -30,7 +31,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from migrator.aws.secret_refs import SecretValue
-from migrator.journal.db import dumps, first_line, migrate, parse_url, sqlite_engine
+from migrator.journal.db import JournalUnavailable, dumps, first_line, is_unavailable, migrate, parse_url, sqlite_engine
 from migrator.journal.locks import Locks
 from migrator.journal.models import (
     EVENT_KINDS,
@@ -53,10 +54,9 @@ from migrator.journal.models import (
     runs,
 )
 
-__all__ = ["DEFAULT_URL", "EventView", "HolderAlive", "Journal", "JournalError", "LockHeld", "LockInfo", "LockLost",
-           "MigrationView", "RunView"]
+__all__ = ["EventView", "HolderAlive", "Journal", "JournalError", "JournalUnavailable", "LockHeld",
+           "LockInfo", "LockLost", "MigrationView", "RunView"]
 
-DEFAULT_URL = "sqlite:///state/xksmigrate.db"
 UNFINISHED = ("running", "interrupted")
 
 
@@ -74,6 +74,35 @@ def _refuse_secrets(value: Any, where: str) -> None:
 
 
 
+_Write = TypeVar("_Write", bound=Callable[..., Any])
+
+
+def _writes(method: _Write) -> _Write:
+    """A write that retries briefly when the database is unusable, then raises JournalUnavailable.
+
+    Each write is one transaction, so running it again is safe: it either committed or left nothing.
+    The caller makes its side effect only after the write returns (journal first, side effect second),
+    so a retry delays the side effect but never lets it run unjournaled. The retry is short
+    (`write_retry_seconds`, real time) because the store may be disconnected while it waits.
+    """
+    @wraps(method)
+    def write(self: Journal, *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + self.write_retry_seconds
+        pause = 0.1
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except SQLAlchemyError as exc:
+                if not is_unavailable(exc):
+                    raise
+                if time.monotonic() + pause > deadline:
+                    raise JournalUnavailable(f"cannot write the journal {self.url_for_display}: "
+                                             f"{first_line(exc)}") from None
+                time.sleep(pause)
+                pause = min(2 * pause, 1.0)
+    return cast(_Write, write)
+
+
 def _who() -> str:
     try:
         return getpass.getuser()
@@ -84,26 +113,35 @@ def _who() -> str:
 class Journal:
     """Repository over the journal tables; every method returns frozen views and commits before returning."""
 
+    write_retry_seconds = 3.0  # how long a write waits out a full disk or an unreachable database (real seconds)
+
     def __init__(self, engine: Engine, lock_engine: Engine | None, url: URL, backend: str):
         self._engine, self._lock_engine, self.url, self.backend = engine, lock_engine, url, backend
         self.url_for_display = url.render_as_string(hide_password=True)
         self.who, self.host, self.pid = _who(), socket.gethostname(), os.getpid()
         self._locks = Locks(engine, lock_engine, self.host, self.pid, self.who)
+        # Recorded in the options of every run created through this journal, under the engine's own options:
+        # the CLI puts there what a resume must re-derive (hooks directory, endpoint, account; cli/recorded.py).
 
     @classmethod
-    def open(cls, url: str = DEFAULT_URL) -> Journal:
-        """Open (creating or upgrading the schema) or raise JournalError with a one-line reason."""
+    def open(cls, url: str, *, read_only: bool = False) -> Journal:
+        """Open (creating or upgrading the schema) or raise JournalError with a one-line reason.
+
+        `read_only` (status, history: an auditor's copy may be read-only) never creates, upgrades or writes.
+        """
         parsed, backend = parse_url(url)
         display = parsed.render_as_string(hide_password=True)
         lock_engine = None
         if backend == "sqlite":
-            engine = sqlite_engine(parsed)
+            engine = sqlite_engine(parsed, read_only=read_only)
         else:
-            args = {"connect_timeout": 10}
+            args: dict[str, Any] = {"connect_timeout": 10}
+            if read_only:
+                args["options"] = "-c default_transaction_read_only=on"
             engine = create_engine(parsed, pool_pre_ping=True, connect_args=args, json_serializer=dumps)
             lock_engine = create_engine(parsed, poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args=args)
         try:
-            migrate(engine, backend)
+            migrate(engine, backend, read_only=read_only)
         except JournalError:
             engine.dispose()
             raise
@@ -114,11 +152,17 @@ class Journal:
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self._engine.connect().execution_options(journal_read=True) as conn:
-            yield conn
+        try:
+            with self._engine.connect().execution_options(journal_read=True) as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            if not is_unavailable(exc):
+                raise
+            raise JournalUnavailable(f"cannot read the journal {self.url_for_display}: {first_line(exc)}") from None
 
     # --- runs ------------------------------------------------------------------------------
 
+    @_writes
     def create_run(self, *, plan_name: str, plan_path: str, plan_text: str, plan_fingerprint: str, region: str,
                    account_id: str | None = None, dry_run: bool = False, options: dict[str, Any] | None = None,
                    who: str | None = None, host: str | None = None, pid: int | None = None) -> str:
@@ -148,6 +192,7 @@ class Journal:
         """Mark a run as running again (resume)."""
         self._update_run(run_id, outcome="running", exit_code=None, finished_at=None)
 
+    @_writes
     def _update_run(self, run_id: str, **values: Any) -> None:
         with self._engine.begin() as tx:
             if not tx.execute(update(runs).where(runs.c.id == run_id).values(**values)).rowcount:
@@ -189,6 +234,7 @@ class Journal:
 
     # --- migrations --------------------------------------------------------------------------
 
+    @_writes
     def add_migration(self, run_id: str, keystore_ref: str, target: dict[str, Any]) -> int:
         _refuse_secrets(target, "target")
         with self._engine.begin() as tx:
@@ -206,6 +252,7 @@ class Journal:
         _refuse_secrets(fields, "migration")
         return {"updated_at": time.time(), **fields}
 
+    @_writes
     def update_migration(self, migration_id: int, **fields: Any) -> None:
         """Set fields (JSON fields are replaced, not merged)."""
         values = self._check_fields(fields)
@@ -213,6 +260,7 @@ class Journal:
             if not tx.execute(update(migrations).where(migrations.c.id == migration_id).values(**values)).rowcount:
                 raise JournalError(f"no migration {migration_id} in {self.url_for_display}")
 
+    @_writes
     def bump(self, migration_id: int, counter: str, field: str = "api_calls", by: int = 1) -> None:
         """Increment one counter in the attempts/api_calls JSON, atomically across processes."""
         if field not in ("api_calls", "attempts"):
@@ -248,6 +296,7 @@ class Journal:
                                          **{**values, "detail": dict(values.get("detail") or {})}))
         return seq
 
+    @_writes
     def record(self, run_id: str, *, kind: str, migration_id: int | None = None, from_state: str | None = None,
                to_state: str | None = None, operation: str | None = None, request_id: str | None = None,
                outcome: str | None = None, detail: dict[str, Any] | None = None) -> int:
@@ -257,6 +306,7 @@ class Journal:
         with self._engine.begin() as tx:
             return self._append(tx, run_id, values)
 
+    @_writes
     def transition(self, migration_id: int, to_state: str, *, operation: str | None = None,
                    request_id: str | None = None, outcome: str | None = None, detail: dict[str, Any] | None = None,
                    migration_outcome: Any = ..., **fields: Any) -> int:
@@ -287,14 +337,49 @@ class Journal:
         with self._read() as conn:
             return [event_view(r) for r in conn.execute(query)]
 
+    def latest_note(self, run_id: str, outcomes: tuple[str, ...]) -> EventView | None:
+        """The run's latest `note` event whose outcome is one of `outcomes` (e.g. an operator's request)."""
+        query = (select(events).where(events.c.run_id == run_id, events.c.kind == "note",
+                                      events.c.outcome.in_(outcomes)).order_by(events.c.seq.desc()).limit(1))
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        return event_view(row) if row is not None else None
+
+    def later_migrations(self, run_id: str, keystore_id: str) -> list[MigrationView]:
+        """Migrations of `keystore_id` in runs started after `run_id` (same Region and kind of run), oldest first.
+
+        An operator rollback of `run_id` reads these: a later run may have changed the store since.
+        """
+        with self._read() as conn:
+            this = conn.execute(select(runs.c.started_at, runs.c.region, runs.c.dry_run)
+                                .where(runs.c.id == run_id)).first()
+            if this is None:
+                raise JournalError(f"no run {run_id} in {self.url_for_display}")
+            query = (select(migrations).join(runs, runs.c.id == migrations.c.run_id)
+                     .where(migrations.c.keystore_id == keystore_id, runs.c.id != run_id,
+                            runs.c.started_at >= this.started_at, runs.c.region == this.region,
+                            runs.c.dry_run == this.dry_run)
+                     .order_by(runs.c.started_at, migrations.c.id))
+            return [migration_view(r) for r in conn.execute(query)]
+
     # --- locks ---------------------------------------------------------------------------------
 
     def acquire_lock(self, resource: str, *, run_id: str, owner: str | None = None) -> LockInfo:
         """Take the lock on `resource` or raise LockHeld naming the holder (see journal_locks)."""
-        return self._locks.acquire(resource, run_id, owner)
+        try:
+            return self._locks.acquire(resource, run_id, owner)
+        except SQLAlchemyError as exc:
+            if not is_unavailable(exc):
+                raise
+            raise JournalUnavailable(f"cannot take the lock on {resource} in {self.url_for_display}: "
+                                     f"{first_line(exc)}") from None
 
     def heartbeat(self, lock: LockInfo) -> None:
         self._locks.heartbeat(lock)
+
+    def check_lock(self, lock: LockInfo) -> None:
+        """LockLost unless this process still holds `lock`; cheap enough to ask before every AWS call."""
+        self._locks.check(lock)
 
     def release_lock(self, lock: LockInfo) -> None:
         self._locks.release(lock)

@@ -10,16 +10,25 @@ any `block` stops the run with nothing changed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from migrator.aws.clients import ClientFactory
+from migrator.aws.kms import needs_disconnect, update_parameters
 from migrator.aws.secret_refs import SecretError, SecretValue
 from migrator.aws.store_config import Observation, StoreConfig
 from migrator.plan import KeystorePlan, Plan
 from migrator.preflight.base import Finding, PreflightContext, block, blocked, ok
 
-__all__ = ["GateInputs", "blocked", "essential_checks", "inspector_checks", "run_gate"]
+# AWS: connecting or disconnecting an external key store "takes approximately five minutes" (facts §2).
+AWS_CHANGE_SECONDS = 300.0
+# A rehearsal world (a loopback endpoint) may be faster: told out of band, like its time scale.
+REHEARSAL_CHANGE_ENV = "XKSMIGRATE_REHEARSAL_CHANGE_SECONDS"
+
+__all__ = ["AWS_CHANGE_SECONDS", "GateInputs", "blocked", "budget_floor", "change_seconds", "essential_checks",
+           "inspector_checks", "run_gate", "same_store_findings"]
 
 
 @dataclass(frozen=True)
@@ -48,12 +57,15 @@ class GateInputs:
 def essential_checks(inputs: GateInputs) -> list[Finding]:
     findings: list[Finding] = []
     original, desired = inputs.original, inputs.desired
-    if desired.matches(original):
+    ks = inputs.keystore
+    if desired.matches(original) and ks.target.credential is not None:
+        findings.append(ok("engine.target_differs", "changes the proxy credential's secret"))
+    elif desired.matches(original):
         findings.append(block("engine.target_differs", "the target equals the current configuration; nothing to do",
                               "change the plan's [keystores.target] or drop this key store from the plan"))
     else:
         findings.append(ok("engine.target_differs", f"changes {original.describe_diff(desired)}"))
-    ks = inputs.keystore
+    findings.append(budget_finding(inputs))
     if ks.target.credential is not None:
         for label, ref in (("target", ks.target.credential.secret_ref),
                            ("original", ks.original_credential.secret_ref if ks.original_credential else None)):
@@ -73,6 +85,48 @@ def essential_checks(inputs: GateInputs) -> list[Finding]:
     return findings
 
 
+def change_seconds(clients: ClientFactory) -> float:
+    """How long one disconnect or connect takes: AWS's documented five minutes, lowered only for a rehearsal
+    world on loopback that says it is faster (XKSMIGRATE_REHEARSAL_CHANGE_SECONDS, simulated seconds)."""
+    host = urlsplit(clients.endpoint_url or "").hostname or ""
+    told = os.environ.get(REHEARSAL_CHANGE_ENV, "")
+    if not (host in ("localhost", "::1") or host.startswith("127.")) or not told:
+        return AWS_CHANGE_SECONDS
+    try:
+        return min(AWS_CHANGE_SECONDS, max(float(told), 0.0))
+    except ValueError:
+        return AWS_CHANGE_SECONDS
+
+
+def budget_floor(plan: Plan, keystore: KeystorePlan, original: StoreConfig, change: float) -> float | None:
+    """The smallest budget that can ever succeed: a disconnect, a connect and one poll to see it (None: the
+    change needs no disconnect, so no window)."""
+    desired = StoreConfig.for_target(keystore.target, original)
+    if not needs_disconnect(update_parameters("", desired, original, keystore.target.credential is not None)):
+        return None
+    return 2 * change + plan.poll_interval
+
+
+def budget_finding(inputs: GateInputs) -> Finding:
+    plan, change = inputs.plan, change_seconds(inputs.clients)
+    floor = budget_floor(plan, inputs.keystore, inputs.original, change)
+    if floor is None:
+        return ok("engine.budget_floor", "the change needs no disconnect: the store stays CONNECTED")
+    if plan.max_disconnected < floor:
+        return block("engine.budget_floor",
+                     f"max_disconnected {plan.max_disconnected:g} s is below the floor of {floor:g} s (a disconnect "
+                     f"and a connect, {change:g} s each, plus one poll interval): the run could only roll back",
+                     f"set [plan] max_disconnected to at least {floor:g} s (\"{_duration(floor)}\")",
+                     floor_seconds=floor, budget_seconds=plan.max_disconnected)
+    return ok("engine.budget_floor", f"max_disconnected {plan.max_disconnected:g} s covers the floor of {floor:g} s",
+              floor_seconds=floor)
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(int(-(-seconds // 1)), 60)
+    return f"{minutes}m{rest}s" if rest else f"{minutes}m"
+
+
 def inspector_checks(inputs: GateInputs) -> list[Finding]:
     """The full inspector, read-only; it never raises for AWS or network problems."""
     from migrator.preflight import inspector
@@ -82,6 +136,29 @@ def inspector_checks(inputs: GateInputs) -> list[Finding]:
         secret_resolver=inputs.secret, extra_roots_pem=inputs.extra_roots_pem, resolve=inputs.resolve,
         unfinished_runs=inputs.unfinished_runs, include_cloudwatch=inputs.include_cloudwatch)
     return list(inspector.preflight(ctx))
+
+
+def same_store_findings(entries: Sequence[tuple[str, str | None]]) -> dict[int, Finding]:
+    """A block for every plan entry that names the same key store as another one (once by id, once by name).
+
+    `entries` are the plan's (ref, resolved store id) pairs in plan order; the result is keyed by index.
+    One run cannot change a store twice: it would lock against itself, and only one target can win.
+    """
+    first_of: dict[str, int] = {}
+    found: dict[int, Finding] = {}
+    for i, (ref, store_id) in enumerate(entries):
+        if not store_id:
+            continue
+        j = first_of.setdefault(store_id, i)
+        if j == i:
+            continue
+        message = (f"keystores[{j}] ({entries[j][0]}) and keystores[{i}] ({ref}) are the same key store "
+                   f"{store_id}: one run changes a store once")
+        for index in (j, i):
+            found.setdefault(index, block("plan.distinct_keystores", message,
+                                          "remove one of the two [[keystores]] entries from the plan",
+                                          keystore=store_id, entries=[entries[j][0], ref]))
+    return found
 
 
 def run_gate(inputs: GateInputs) -> list[Finding]:

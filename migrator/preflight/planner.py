@@ -110,4 +110,6 @@ def make_report(plan: Plan, env: PlanEnvironment) -> PlanReport:
                                  unfinished_runs=_unfinished_runs(plan, env))
         report.stores.append(StorePlan(ks.ref, obs.id, obs.to_dict(), gate.run_gate(inputs),
                                        calls.mutating_calls(plan, ks, obs), calls.rollback_calls(plan, ks, obs)))
+    for index, finding in gate.same_store_findings([(s.ref, s.store_id) for s in report.stores]).items():
+        report.stores[index].findings.append(finding)
     return report

@@ -11,7 +11,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrator.aws.kms import AwsCallError
+from migrator.aws.kms import AwsCallError, needs_disconnect, update_parameters
+from migrator.aws.secret_refs import SecretValue
 from migrator.aws.store_config import KeyInfo, Observation, StoreConfig
 from migrator.journal.models import MigrationView
 from migrator.plan import parse_plan
@@ -85,6 +86,8 @@ class RecordingApplier:
     update_error: str = ""
     calls: list[str] = field(default_factory=list)
     keys: tuple[str, ...] = ("key-1", "key-2")
+    key_states: dict[str, str] = field(default_factory=dict)  # KeyState by key id (default: the store's)
+    refuse_round_trips_for: str = ""  # an access key id the proxy rejects after KMS accepted it
     _pending: tuple[str, str, float] | None = None  # (state, error code, at)
 
     def _settle(self) -> None:
@@ -127,7 +130,8 @@ class RecordingApplier:
     def update(self, store_id: str, desired: StoreConfig, current: StoreConfig, credential: object = None) -> str:
         self.calls.append("UpdateCustomKeyStore")
         self._settle()
-        if self.state != "DISCONNECTED":
+        params = update_parameters(store_id, desired, current, credential is not None)
+        if self.state != "DISCONNECTED" and needs_disconnect(params):  # credential and path: any state
             raise AwsCallError("UpdateCustomKeyStore", "CustomKeyStoreInvalidStateException", self.state)
         if self.update_error:
             raise AwsCallError("UpdateCustomKeyStore", self.update_error, "rejected")
@@ -137,7 +141,7 @@ class RecordingApplier:
     def describe_key(self, key_id: str) -> KeyInfo:
         self.calls.append("DescribeKey")
         self._settle()
-        state = "Enabled" if self.state == "CONNECTED" else "Unavailable"
+        state = self.key_states.get(key_id) or ("Enabled" if self.state == "CONNECTED" else "Unavailable")
         return KeyInfo(key_id, f"arn:aws:kms:us-east-1:111122223333:key/{key_id}", state, STORE_ID, "ext-" + key_id)
 
     def keys_of_store(self, store_id: str, *, want_enabled: int = 3,
@@ -147,7 +151,10 @@ class RecordingApplier:
     def round_trip(self, key_id: str, context: dict[str, str]) -> tuple[str, str]:
         self.calls.append("Encrypt+Decrypt")
         self._settle()
-        if self.state != "CONNECTED":
+        if self.key_states.get(key_id) == "Disabled":
+            raise AwsCallError("Encrypt", "DisabledException", f"{key_id} is disabled.")
+        if self.state != "CONNECTED" or (self.refuse_round_trips_for
+                                         and self.config.access_key_id == self.refuse_round_trips_for):
             raise AwsCallError("Encrypt", "KMSInvalidStateException", f"{key_id} is unavailable.")
         return "enc", "dec"
 
@@ -177,6 +184,7 @@ class MemoryServices:
     events: list[dict[str, Any]] = field(default_factory=list)
     hooks_fired: list[str] = field(default_factory=list)
     updates: list[dict[str, Any]] = field(default_factory=list)
+    secrets: dict[str, str] = field(default_factory=dict)  # reference -> value, for credential plans
 
     def record(self, mid: int | None, *, kind: str, operation: str | None = None, outcome: str | None = None,
                request_id: str | None = None, detail: dict[str, Any] | None = None) -> int:
@@ -208,7 +216,8 @@ class MemoryServices:
         return False
 
     def secret(self, ref: str) -> Any:
-        raise AssertionError("no secret in these plans")
+        assert ref in self.secrets, f"no secret {ref} in this test"
+        return SecretValue(self.secrets[ref], ref)
 
     def preflight(self, mid: int, keystore: Any, snapshot: Observation) -> list[Any]:
         return list(self.findings)
@@ -231,3 +240,25 @@ def snapshot_of(config: StoreConfig = ORIGINAL, state: str = "CONNECTED") -> dic
     obs = Observation(STORE_ID, "core-store", "EXTERNAL_KEY_STORE", state, "", config)
     return {**obs.to_dict(), "verify_keys": [{"key_id": "key-1", "arn": "arn", "state": "Enabled"}],
             "region": "us-east-1", "observed_at": 0.0}
+
+
+# The same store; only the proxy credential changes (an update that needs no disconnect).
+CREDENTIAL_ONLY_TARGET = '''
+[keystores.target]
+connectivity = "PUBLIC_ENDPOINT"
+uri_endpoint = "https://public.xks.example.com"
+
+[keystores.target.credential]
+access_key_id = "BKIAYYYYYYYYYYYYYYYY"
+secret = "env:NEW_XKS_SECRET"
+
+[keystores.original_credential]
+secret = "env:OLD_XKS_SECRET"
+'''
+CREDENTIAL_SECRETS = {"env:NEW_XKS_SECRET": "N" * 43 + "=", "env:OLD_XKS_SECRET": "O" * 43 + "="}
+
+
+def credential_only_plan() -> Any:
+    """core_plan with a target that changes only the proxy credential."""
+    start = PLAN_TEXT.index("[keystores.target]")
+    return parse_plan(PLAN_TEXT[:start] + CREDENTIAL_ONLY_TARGET, "core.toml")

@@ -192,6 +192,22 @@ def start_resume(sim: Sim, state_url: str, run_id: str, workdir: Path, name: str
     return spawn(["resume", run_id, *sim.run_args(state_url)], workdir, name, **kw)
 
 
+def start_rollback(sim: Sim, state_url: str, run_id: str, workdir: Path, name: str = "rollback",
+                   **kw: Any) -> Proc:
+    """`xksmigrate rollback RUN_ID`: the operator returns a completed run to its original configuration."""
+    return spawn(["rollback", run_id, *sim.run_args(state_url)], workdir, name, **kw)
+
+
+def run_to_completion(sim: Sim, state_url: str, workdir: Path, name: str = "forward") -> str:
+    """A clean, uninterrupted run that must complete; its run id."""
+    proc = start_run(sim, state_url, workdir, name)
+    code = proc.wait()
+    assert code == 0, f"forward run exit {code}: {proc.err.read_text()[-2000:]}"
+    view = read_journal(state_url)
+    assert view is not None
+    return str(view.run.id)
+
+
 def default_sigint() -> None:
     """preexec_fn: a background job inherits SIGINT ignored; a terminal's Ctrl-C reaches a default handler."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -336,10 +352,14 @@ class Baseline:
         return len(self.events)
 
 
-def baseline(workdir: Path, state_url: str, faults: Path | None = None) -> Baseline:
+def baseline(workdir: Path, state_url: str, faults: Path | None = None, operator_rollback: bool = False) -> Baseline:
+    """An uninterrupted run (`operator_rollback`: a completed run, then its uninterrupted `rollback`)."""
     workdir.mkdir(parents=True, exist_ok=True)
     with Sim(workdir, faults=faults) as sim:
-        proc = start_run(sim, state_url, workdir, "clean")
+        if operator_rollback:
+            proc = start_rollback(sim, state_url, run_to_completion(sim, state_url, workdir), workdir, "clean")
+        else:
+            proc = start_run(sim, state_url, workdir, "clean")
         first = proc.wait_for_line(lambda d: d.get("type") == "event")
         t0 = time.monotonic()
         code = proc.wait()
@@ -352,15 +372,23 @@ def baseline(workdir: Path, state_url: str, faults: Path | None = None) -> Basel
 
 
 def crash_case(label: str, workdir: Path, state_url: str, base: Baseline, *, expect: str,
-               faults: Path | None = None, kill_after: int | None = None, delay: float | None = None) -> CaseReport:
-    """Run, SIGKILL (at journal seq `kill_after`, or `delay` real seconds after the first event), resume, check."""
+               faults: Path | None = None, kill_after: int | None = None, delay: float | None = None,
+               operator_rollback: bool = False) -> CaseReport:
+    """Run, SIGKILL (at journal seq `kill_after`, or `delay` real seconds after the first event), resume, check.
+
+    `operator_rollback`: the run completes undisturbed; its `xksmigrate rollback` is the process killed.
+    """
     from migrator.journal.repository import Journal
 
     workdir.mkdir(parents=True, exist_ok=True)
     report = CaseReport(label, point=kill_after, delay=delay)
     problems = report.problems
     with Sim(workdir, faults=faults) as sim:
-        proc = start_run(sim, state_url, workdir, kill_after=kill_after)
+        if operator_rollback:
+            proc = start_rollback(sim, state_url, run_to_completion(sim, state_url, workdir), workdir,
+                                  kill_after=kill_after)
+        else:
+            proc = start_run(sim, state_url, workdir, kill_after=kill_after)
         if delay is not None:
             if proc.wait_for_line(lambda d: d.get("type") == "event") is not None:
                 time.sleep(delay)
@@ -419,8 +447,10 @@ def check_resumed(sim: Sim, journal: Any, before: JournalView, resumed: Proc | N
         first = after.events[len(before.events)] if len(after.events) > len(before.events) else None
         if first is None or first.kind != "note" or (first.detail or {}).get("message") != "resumed":
             problems.append(f"the resume's first event is not its `resumed` note: {first}")
-    # The window and its budget survive the crash.
-    if m0 is not None and m0.disconnected_at is not None and m.disconnected_at != m0.disconnected_at:
+    # The window and its budget survive the crash (a rollback killed before it started its store's window starts
+    # one when it is resumed: the store was `completed`, its disconnected_at the forward run's).
+    if (m0 is not None and m0.disconnected_at is not None and m0.state != "completed"
+            and m.disconnected_at != m0.disconnected_at):
         problems.append(f"disconnected_at moved from {m0.disconnected_at} to {m.disconnected_at}")
     if m.disconnected_at is None or m.verified_at is None or m.window_seconds is None:
         problems.append(f"window not recorded: {m.disconnected_at=} {m.verified_at=} {m.window_seconds=}")

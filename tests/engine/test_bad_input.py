@@ -244,6 +244,7 @@ def _state_cases(tmp: Path) -> dict[str, tuple[str, str]]:
     }
 
 
+@pytest.mark.slow  # 9 URLs x 6 commands, each a CLI start-up
 def test_bad_state_urls(workdir, sentinel):
     cases = _state_cases(workdir)
     ep = sentinel.endpoint_url
@@ -426,6 +427,7 @@ def test_the_fuzz_base_plan_is_valid():
     assert plan.keystores[0].target.credential is not None
 
 
+@pytest.mark.slow  # 400 generated plans through the CLI
 def test_generated_broken_plans_through_the_cli(workdir, sentinel):
     counts: collections.Counter[str] = collections.Counter()
     state = workdir / "fuzz-state.db"

@@ -26,6 +26,8 @@ from typing import Any
 import pytest
 from engine_helpers import REPO
 
+pytestmark = pytest.mark.slow  # each case runs the CLI in subprocesses: the full tier
+
 WORLD = REPO / "plans" / "worlds" / "public-to-vpc.toml"
 OLD_ACCESS_KEY = "XKSPROXYACCESSKEY2345"
 NEW_ACCESS_KEY = "XKSPROXYCANARYKEY2345"

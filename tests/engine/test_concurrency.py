@@ -17,6 +17,8 @@ from engine_helpers import REPO, load_world, mutating_calls, read_world_log, roo
 
 from migrator.aws.kms import KmsApplier
 
+pytestmark = pytest.mark.slow  # ten CLI processes at once: the full tier
+
 STORE = "cks-1234567890abcdef0"
 XKSMIGRATE = [sys.executable, "-m", "migrator.cli"]
 

@@ -10,12 +10,14 @@ import dataclasses
 
 import pytest
 from core_fakes import (
+    CREDENTIAL_SECRETS,
     ORIGINAL,
     STORE_ID,
     ManualClock,
     MemoryServices,
     RecordingApplier,
     core_plan,
+    credential_only_plan,
     migration,
     snapshot_of,
 )
@@ -27,7 +29,7 @@ from migrator.engine import machine
 from migrator.engine.driver import Driver
 from migrator.engine.errors import Blocked
 from migrator.engine.hooks import HookFailed
-from migrator.engine.machine import Budget, OnFailure
+from migrator.engine.machine import Budget, Expect, OnFailure
 from migrator.engine.waits import MIN_POLL, poll_schedule
 from migrator.preflight.base import Finding
 
@@ -50,6 +52,14 @@ EXPECTED_TRANSITIONS = {
     *(("block", s, "blocked") for s in ("pending", "snapshotted", "preflighted", "approved")),
     *(("fail", s, "rolling_back") for s in ("disconnecting", "disconnected", "updating", "updated", "connecting",
                                             "connected", "verifying")),
+    # Issue 10 #11: a change that needs no disconnect (credential, URI path) is updated while CONNECTED.
+    ("update_in_place", "approved", "updating"),
+    # Issue 10 #8: in connected/verifying a store that is not CONNECTED goes back to connecting.
+    ("reconnect", "connected", "connecting"), ("reconnect", "verifying", "connecting"),
+    # Issue 10 #2: the live store contradicts the journal: neither forward nor back, the operator decides
+    # (in rolling_back drift takes the rollback's own way to stuck, rollback_failed).
+    *(("drift", s, "stuck") for s in ("disconnecting", "disconnected", "updating", "updated", "connecting",
+                                      "connected", "verifying")),
 }
 
 
@@ -60,8 +70,10 @@ def test_the_table_holds_exactly_the_procedures_transitions() -> None:
 
 def test_every_step_a_row_names_is_a_driver_method() -> None:
     for row in machine.ROWS:
-        for name in row.steps:
+        for name in row.step_names:
             assert callable(getattr(Driver, f"step_{name}", None)), f"{row.state}: no Driver.step_{name}"
+        if row.detour:
+            assert callable(getattr(Driver, f"when_{row.detour.when}", None)), f"{row.state}: no when_{row.detour.when}"
 
 
 def test_the_forward_path_is_the_advance_chain() -> None:
@@ -80,14 +92,16 @@ def test_each_row_is_consistent(row: machine.Row) -> None:
     if row.state in ("pending", "snapshotted", "preflighted", "approved"):
         # Nothing changed yet: a failure blocks, transient AWS errors are retried, no budget runs.
         assert (row.on_failure, row.budget, row.retry_transient) == (OnFailure.BLOCK, Budget.NONE, True)
+        assert row.expects is Expect.UNCHECKED  # approved compares with the snapshot itself (and blocks)
     elif row.state in ("disconnecting", "disconnected", "updating", "updated"):
         # Past the budget no forward call may start from here: straight back.
         assert (row.on_failure, row.budget, row.retry_transient) == (OnFailure.ROLL_BACK, Budget.REFUSE_PAST, False)
     elif row.state in ("connecting", "connected", "verifying"):
         assert (row.on_failure, row.budget, row.retry_transient) == (OnFailure.ROLL_BACK, Budget.BOUNDS, False)
+        assert row.expects is Expect.TARGET
     else:
         assert row.state == "rolling_back"
-        assert (row.on_failure, row.budget) == (OnFailure.STUCK, Budget.ROLLBACK)
+        assert (row.on_failure, row.budget, row.expects) == (OnFailure.STUCK, Budget.ROLLBACK, Expect.EITHER)
         assert row.steps == ("rollback_begin", "rollback_disconnect", "rollback_restore", "rollback_connect",
                              "rollback_verify")
 
@@ -301,3 +315,124 @@ def test_store_config_diff_ignores_an_unconstrained_owner() -> None:
     other = dataclasses.replace(owned, vpc_endpoint_service_owner="777788889999")
     assert [c.field for c in owned.diff(other)] == ["vpc_endpoint_service_owner"]
     assert "uri_endpoint: https://public.xks.example.com -> https://private" in ORIGINAL.describe_diff(VPC_TARGET)
+
+
+# -- issue 10: store truth (drift, a connect that did not hold, verify keys, updates in place) ------------
+
+def _events(services: MemoryServices, kind: str, outcome: str | None = None) -> list[dict[str, object]]:
+    return [e for e in services.events if e["kind"] == kind and (outcome is None or e["outcome"] == outcome)]
+
+
+def test_a_resume_on_a_store_changed_back_by_hand_ends_stuck_with_the_drift() -> None:
+    """Resumed in `verifying`, the store is CONNECTED with the original: its keys work, but that is not the run's
+    target. Drift is never success: stuck, both configurations journaled, nothing changed."""
+    kms = RecordingApplier(ManualClock(), config=ORIGINAL)
+    driver, services, kms = _driver("verifying", applier=kms, keystore_id=STORE_ID, snapshot=snapshot_of(),
+                                    disconnected_at=kms.clock.now() - 100)
+    assert driver.run() == "stuck"
+    assert kms.mutating() == [] and "Encrypt+Decrypt" not in kms.calls
+    stuck = services.transitions[-1]
+    assert stuck[:2] == ("verifying", "stuck") and stuck[2]["outcome"] == "stuck"
+    assert stuck[2]["error"].startswith("drift: in verifying")
+    [drift] = _events(services, "note", "drift")
+    assert drift["detail"]["expected"] == [VPC_TARGET.to_dict()]
+    assert drift["detail"]["live"]["uri_endpoint"] == ORIGINAL.uri_endpoint
+    assert services.hooks_fired[-1] == "stuck"
+
+
+def test_drift_in_the_rollback_is_not_overwritten() -> None:
+    """A third configuration (neither the snapshot nor the target) during a rollback: stuck, not restored."""
+    third = dataclasses.replace(ORIGINAL, uri_endpoint="https://someone-else.example.com")
+    kms = RecordingApplier(ManualClock(), config=third, state="DISCONNECTED")
+    driver, services, kms = _driver("rolling_back", applier=kms, keystore_id=STORE_ID, snapshot=snapshot_of(),
+                                    disconnected_at=kms.clock.now() - 100)
+    assert driver.run() == "stuck"
+    assert kms.mutating() == [] and kms.config == third
+    assert services.transitions[-1][:2] == ("rolling_back", "stuck")
+
+
+def test_a_resume_in_connected_on_a_disconnected_store_connects_again() -> None:
+    clock = ManualClock()
+    kms = RecordingApplier(clock, config=VPC_TARGET, state="DISCONNECTED")
+    driver, services, kms = _driver("connected", applier=kms, keystore_id=STORE_ID, snapshot=snapshot_of(),
+                                    disconnected_at=clock.now() - 100)
+    assert driver.run() == "completed"
+    assert services.states()[:2] == ["connecting", "connected"]
+    assert kms.mutating() == ["ConnectCustomKeyStore"]
+
+
+def test_a_connect_that_did_not_hold_without_budget_rolls_back_at_once() -> None:
+    """100 s of the 900 s budget left cannot hold another connect: straight back, without polling keys first."""
+    clock = ManualClock()
+    kms = RecordingApplier(clock, config=VPC_TARGET, state="DISCONNECTED")
+    driver, services, kms = _driver("verifying", applier=kms, keystore_id=STORE_ID, snapshot=snapshot_of(),
+                                    disconnected_at=clock.now() - 800)
+    assert driver.run() == "rolled_back"
+    first = services.transitions[0]
+    assert first[:2] == ("verifying", "rolling_back") and "did not hold" in first[2]["error"]
+    assert "Encrypt+Decrypt" not in kms.calls[:kms.calls.index("UpdateCustomKeyStore")]
+    assert kms.mutating() == ["UpdateCustomKeyStore", "ConnectCustomKeyStore"] and kms.config == ORIGINAL
+
+
+def test_a_key_that_fails_for_its_own_reason_is_a_warning_when_another_proves_the_store() -> None:
+    kms = RecordingApplier(ManualClock(), config=VPC_TARGET, key_states={"key-2": "Disabled"})
+    snapshot = {**snapshot_of(), "verify_keys": [{"key_id": "key-1", "arn": "a1", "state": "Enabled"},
+                                                 {"key_id": "key-2", "arn": "a2", "state": "Enabled"}]}
+    driver, services, kms = _driver("verifying", applier=kms, keystore_id=STORE_ID, snapshot=snapshot,
+                                    disconnected_at=kms.clock.now() - 100)
+    assert driver.run() == "completed"
+    [warning] = _events(services, "note", "warn")
+    assert warning["detail"]["key_id"] == "key-2" and "Disabled" in warning["detail"]["reason"]
+
+
+KEY_A, KEY_B = "11111111-2222-3333-4444-555555555555", "66666666-7777-8888-9999-000000000000"
+
+
+def _plan_naming(keys: list[str]) -> object:
+    verify = "[keystores.verify]\nkey_ids = [" + ", ".join(f'"{k}"' for k in keys) + "]\n\n[keystores.target]"
+    return core_plan(**{"[keystores.target]": verify})
+
+
+def test_a_disabled_named_verify_key_is_left_out_at_snapshot_time() -> None:
+    clock = ManualClock()
+    kms = RecordingApplier(clock, key_states={KEY_B: "Disabled"})
+    services = MemoryServices(_plan_naming([KEY_A, KEY_B]), clock, kms)
+    ks = services.plan.keystores[0]
+    assert ks.verify_key_ids == (KEY_A, KEY_B)
+    assert Driver(services, migration(), ks).run() == "completed"
+    snapshot = services.transitions[0][2]["snapshot"]
+    assert [k["key_id"] for k in snapshot["verify_keys"]] == [KEY_A]
+    assert any(f"{KEY_B} is Disabled" in str(e["detail"]) for e in _events(services, "note"))
+
+
+def test_only_disabled_named_verify_keys_block_before_the_disconnect() -> None:
+    clock = ManualClock()
+    kms = RecordingApplier(clock, key_states={KEY_B: "PendingDeletion"})
+    services = MemoryServices(_plan_naming([KEY_B]), clock, kms)
+    assert Driver(services, migration(), services.plan.keystores[0]).run() == "blocked"
+    assert kms.mutating() == [] and "no verify key can prove" in services.transitions[-1][2]["error"]
+
+
+def _credential_driver(kms: RecordingApplier) -> tuple[Driver, MemoryServices]:
+    services = MemoryServices(credential_only_plan(), kms.clock, kms, secrets=dict(CREDENTIAL_SECRETS))
+    return Driver(services, migration(), services.plan.keystores[0]), services
+
+
+def test_a_credential_only_change_is_made_while_connected() -> None:
+    kms = RecordingApplier(ManualClock())
+    driver, services = _credential_driver(kms)
+    assert driver.run() == "completed"
+    assert services.states() == ["snapshotted", "preflighted", "approved", "updating", "updated", "connecting",
+                                 "connected", "verifying", "completed"]
+    assert kms.mutating() == ["UpdateCustomKeyStore"] and kms.config.access_key_id == "BKIAYYYYYYYYYYYYYYYY"
+    assert services.transitions[-1][2]["window_seconds"] is None
+    assert "before-disconnect" not in services.hooks_fired
+
+
+def test_a_credential_that_does_not_prove_itself_is_restored_while_connected() -> None:
+    kms = RecordingApplier(ManualClock(), refuse_round_trips_for="BKIAYYYYYYYYYYYYYYYY")
+    driver, services = _credential_driver(kms)
+    assert driver.run() == "rolled_back"
+    assert kms.mutating() == ["UpdateCustomKeyStore", "UpdateCustomKeyStore"]  # no disconnect, ever
+    assert kms.config == ORIGINAL and kms.state == "CONNECTED"
+    assert services.transitions[-1][2]["window_seconds"] is None

@@ -11,8 +11,13 @@ resumed case must show is listed in crash_helpers.py's docstring (outcome and ex
 - random: kill after a random real delay while every mutating call is slow, so requests are in flight
   (seeded: XKSMIGRATE_CRASH_SEED=<seed> repeats a run; the seed is printed);
 - PostgreSQL: every 3rd point of both paths, when XKSMIGRATE_TEST_PG_URL is set;
+- operator rollback: the run completes, then `xksmigrate rollback RUN_ID` is killed after each of its journal
+  points (from its journaled request on) and `resume` must finish the rollback (SQLite: every point, split in
+  sample and rest like the paths above; PostgreSQL: the sample);
 - SIGTERM and SIGINT mid-wait: exit 130, `interrupted` journaled, resume completes;
 - a second `resume` while the first runs: exit 6 naming the holder; the run stays resumable;
+- a postponed cut-over: killed after its `postponed` note, in its wait, or after its `released` note; the resume
+  waits again for `proceed` (never disconnecting on its own) unless the release was journaled;
 - a budget that runs out while the tool is dead: the resume rolls back without pressing on.
 
 Cases run in a small thread pool (XKSMIGRATE_CRASH_WORKERS, default 3): each is a few subprocesses
@@ -51,10 +56,13 @@ from crash_helpers import (
     kill_leftovers,
     pg_database,
     read_journal,
+    spawn,
     start_resume,
     start_run,
 )
 from engine_helpers import PG_URL
+
+pytestmark = pytest.mark.slow  # every case kills and resumes the CLI in subprocesses: the full tier
 
 WORKERS = max(1, int(os.environ.get("XKSMIGRATE_CRASH_WORKERS", "3")))
 RANDOM_CASES = int(os.environ.get("XKSMIGRATE_CRASH_RANDOM_CASES", "16"))
@@ -98,16 +106,18 @@ def assert_no_problems(title: str, reports: list[CaseReport], extra: str = "") -
 
 
 def seam_cases(base: Baseline, points: list[int], root: Path, label: str, expect: str, faults: Path | None,
-               url_for: Callable[[Path], Any] | None = None) -> list[tuple[str, Callable[[], CaseReport]]]:
+               url_for: Callable[[Path], Any] | None = None,
+               operator_rollback: bool = False) -> list[tuple[str, Callable[[], CaseReport]]]:
     def make(n: int) -> Callable[[], CaseReport]:
         def case() -> CaseReport:
             workdir = root / f"{label}-{n:03d}-{time.monotonic_ns()}"
             workdir.mkdir(parents=True)
             if url_for is None:
                 return crash_case(label, workdir, sqlite_url(workdir), base, expect=expect, faults=faults,
-                                  kill_after=n)
+                                  kill_after=n, operator_rollback=operator_rollback)
             with url_for(workdir) as url:
-                return crash_case(label, workdir, url, base, expect=expect, faults=faults, kill_after=n)
+                return crash_case(label, workdir, url, base, expect=expect, faults=faults, kill_after=n,
+                                  operator_rollback=operator_rollback)
         return case
 
     return [(f"{label}-{n}", make(n)) for n in points]
@@ -120,9 +130,16 @@ def rollback_points(base: Baseline) -> list[int]:
     return list(range(first, base.count + 1))
 
 
+def operator_rollback_points(base: Baseline) -> list[int]:
+    """From the operator's journaled rollback request (the rollback's first event) to its last event."""
+    first = next(e.seq for e in base.events if e.kind == "note" and e.outcome == "operator_rollback")
+    return list(range(first, base.count + 1))
+
+
 def is_key_point(e: Any) -> bool:
-    """The sample: every state move, and both sides of every Disconnect/Update/Connect call."""
-    return e.kind == "transition" or (e.kind in ("call", "result") and e.operation in MUTATING)
+    """The sample: every state move, both sides of every Disconnect/Update/Connect call, an operator's request."""
+    return (e.kind == "transition" or (e.kind in ("call", "result") and e.operation in MUTATING)
+            or (e.kind == "note" and e.outcome == "operator_rollback"))
 
 
 def split(base: Baseline, points: list[int], part: str) -> list[int]:
@@ -145,6 +162,14 @@ def forward(tmp_path_factory: pytest.TempPathFactory) -> Baseline:
 def rollback(tmp_path_factory: pytest.TempPathFactory) -> Baseline:
     root = tmp_path_factory.mktemp("rollback-baseline")
     base = baseline(root, sqlite_url(root), ROLLBACK_FAULTS)
+    assert base.outcome == "rolled_back"
+    return base
+
+
+@pytest.fixture(scope="module")
+def operator_rollback(tmp_path_factory: pytest.TempPathFactory) -> Baseline:
+    root = tmp_path_factory.mktemp("operator-rollback-baseline")
+    base = baseline(root, sqlite_url(root), operator_rollback=True)
     assert base.outcome == "rolled_back"
     return base
 
@@ -189,6 +214,34 @@ def test_sigkill_at_every_journal_point_on_postgresql(path: str, forward: Baseli
         cases = seam_cases(rollback, rollback_points(rollback), tmp_path, "pg-back", "rolled_back",
                            ROLLBACK_FAULTS, lambda _: pg_database(PG_URL))
     assert_no_problems(f"PostgreSQL journal, SIGKILL at every journal point of the {path} path", run_cases(cases))
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_sigkill_at_every_journal_point_of_an_operator_rollback(part: str, operator_rollback: Baseline,
+                                                                tmp_path: Path) -> None:
+    """`xksmigrate rollback RUN_ID` of a completed run dies after each of its journal points; `resume` finishes
+    the rollback: the original configuration, verified, each call once, the window measured across the crash."""
+    every = operator_rollback_points(operator_rollback)
+    print("\noperator rollback points: "
+          + ", ".join(f"{e.seq} {event_label(e)}" for e in operator_rollback.events[every[0] - 1:]))
+    points = split(operator_rollback, every, part)
+    reports = run_cases(seam_cases(operator_rollback, points, tmp_path, "op-back", "rolled_back", None,
+                                   operator_rollback=True))
+    assert [r.point for r in reports] == points
+    assert_no_problems(f"operator rollback, SIGKILL after each journal point ({part})", reports,
+                       f"(uninterrupted: {operator_rollback.count} events, points {every[0]}..{every[-1]})")
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not PG_URL, reason="XKSMIGRATE_TEST_PG_URL is not set")
+def test_sigkill_at_the_key_points_of_an_operator_rollback_on_postgresql(operator_rollback: Baseline,
+                                                                         tmp_path: Path) -> None:
+    """The sample of the operator-rollback points (its request, state moves, mutating calls) on PostgreSQL."""
+    assert PG_URL
+    points = split(operator_rollback, operator_rollback_points(operator_rollback), "sample")
+    cases = seam_cases(operator_rollback, points, tmp_path, "pg-op-back", "rolled_back", None,
+                       lambda _: pg_database(PG_URL), operator_rollback=True)
+    assert_no_problems("PostgreSQL journal, SIGKILL at the key points of an operator rollback", run_cases(cases))
 
 
 # -- SIGKILL at random moments during AWS calls -------------------------------------------------------
@@ -260,7 +313,9 @@ def test_a_second_resume_while_the_first_runs_exits_6_and_the_run_stays_resumabl
     from migrator.journal.repository import Journal
 
     url = sqlite_url(tmp_path)
-    with Sim(tmp_path, world=slow_world(tmp_path, 3000)) as sim:  # 5 real seconds of DISCONNECTING
+    # 10 real seconds of DISCONNECTING: the first resume must still be waiting when the second one (a CLI
+    # start-up, a few real seconds on a loaded machine) has been refused; 5 s was too few at a load of 8.
+    with Sim(tmp_path, world=slow_world(tmp_path, 6000)) as sim:
         crashed = start_run(sim, url, tmp_path)
         assert crashed.wait_for_line(is_disconnecting_note), crashed.err.read_text()
         crashed.popen.send_signal(signal.SIGKILL)
@@ -300,8 +355,8 @@ def test_a_budget_that_runs_out_while_the_tool_is_dead_rolls_back_at_once(forwar
     with the update and the connect (new disruption past the budget) but restore and reconnect at once."""
     url = sqlite_url(tmp_path)
     plan = tmp_path / "short-budget.toml"
-    plan.write_text(PLAN.read_text().replace('max_disconnected = "4h"', 'max_disconnected = "5m"'))
-    assert 'max_disconnected = "5m"' in plan.read_text()
+    plan.write_text(PLAN.read_text().replace('max_disconnected = "4h"', 'max_disconnected = "11m"'))  # > the floor
+    assert 'max_disconnected = "11m"' in plan.read_text()
     with Sim(tmp_path) as sim:
         point = next(e.seq for e in forward.events if e.to_state == "disconnected")
         proc = start_run(sim, url, tmp_path, plan=plan, kill_after=point)
@@ -309,7 +364,7 @@ def test_a_budget_that_runs_out_while_the_tool_is_dead_rolls_back_at_once(forwar
         before = read_journal(url)
         assert before is not None and before.migration.state == "disconnected", before
         assert before.migration.disconnected_at is not None
-        budget_ends = before.migration.disconnected_at + 300 / sim.time_scale
+        budget_ends = before.migration.disconnected_at + 660 / sim.time_scale
         while time.time() < budget_ends + 0.2:  # stay dead until the budget is surely spent
             time.sleep(0.05)
         resumed = start_resume(sim, url, before.run.id, tmp_path)
@@ -318,4 +373,70 @@ def test_a_budget_that_runs_out_while_the_tool_is_dead_rolls_back_at_once(forwar
                                    ("DISCONNECTED", "CONNECTING"), ("CONNECTING", "CONNECTED")),
                            ok_calls=("DisconnectCustomKeyStore", "ConnectCustomKeyStore"), rejected=())
         problems = check_resumed(sim, url, before, resumed, expect="rolled_back", effects=expected)
+    assert not problems, "\n".join(problems)
+
+
+# -- SIGKILL in a postponed cut-over wait ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def postponed_points(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
+    """An uninterrupted postponed run released by `proceed`: the seqs of its `postponed` and `released` notes."""
+    tmp_path = tmp_path_factory.mktemp("postponed-baseline")
+    url = sqlite_url(tmp_path)
+    with Sim(tmp_path) as sim:
+        run = spawn(["run", str(PLAN), *sim.run_args(url), "--postpone-cutover"], tmp_path, "base-run")
+        assert run.wait_for_line(_is_note("postponed")), run.err.read_text()
+        view = read_journal(url)
+        assert view is not None
+        assert spawn(["proceed", view.run.id, "--state", url], tmp_path, "base-proceed").wait() == 0
+        assert run.wait() == 0, run.err.read_text()
+        done = read_journal(url)
+    assert done is not None
+    return {outcome: next(e.seq for e in done.events if e.kind == "note" and e.outcome == outcome)
+            for outcome in ("postponed", "released")}
+
+
+def _mutations(sim: Sim) -> list[str]:
+    return [e["operation"] for e in sim.log() if e.get("kind") == "call" and e.get("operation") in MUTATING]
+
+
+def _is_note(outcome: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda line: line.get("kind") == "note" and line.get("outcome") == outcome
+
+
+@pytest.mark.parametrize("point", ["after the postponed note", "in the wait", "after the released note"])
+def test_sigkill_in_a_postponed_wait_resumes_into_the_wait(point: str, forward: Baseline, tmp_path: Path,
+                                                          postponed_points: dict[str, int]) -> None:
+    """Killed while a postponed cut-over waits, a resume waits again until `proceed` (never disconnecting on
+    its own); killed right after the release was journaled, the resume goes on. Either way the run completes
+    with each side effect once and the live store equal to the journal."""
+    seqs = postponed_points
+    url = sqlite_url(tmp_path)
+    kill_after = {"after the postponed note": seqs["postponed"], "after the released note": seqs["released"]}
+    with Sim(tmp_path) as sim:
+        run = spawn(["run", str(PLAN), *sim.run_args(url), "--postpone-cutover"], tmp_path, "run",
+                    kill_after=kill_after.get(point))
+        if point == "in the wait":
+            assert run.wait_for_line(_is_note("postponed")), run.err.read_text()
+            time.sleep(1.5)  # at least one turn of the once-a-second wait loop
+            run.popen.send_signal(signal.SIGKILL)
+        elif point == "after the released note":
+            assert run.wait_for_line(_is_note("postponed")), run.err.read_text()
+            view = read_journal(url)
+            assert view is not None
+            assert spawn(["proceed", view.run.id, "--state", url], tmp_path, "proceed").wait() == 0
+        assert run.wait() == -signal.SIGKILL, run.err.read_text()
+        before = read_journal(url)
+        assert before is not None and before.migration.state == "preflighted", before
+        assert not _mutations(sim), "the store changed before proceed"
+
+        resumed = start_resume(sim, url, before.run.id, tmp_path)
+        if point != "after the released note":
+            assert resumed.wait_for_line(lambda line: line.get("type") == "progress"
+                                         and line.get("state") == "postponed"), resumed.err.read_text()
+            time.sleep(1.0)
+            assert resumed.popen.poll() is None, "the resume did not wait for proceed"
+            assert not _mutations(sim), "the resume did not wait for proceed"
+            assert spawn(["proceed", before.run.id, "--state", url], tmp_path, "proceed").wait() == 0
+        resumed.wait()
+        problems = check_resumed(sim, url, before, resumed, expect="completed", effects=forward.effects)
     assert not problems, "\n".join(problems)

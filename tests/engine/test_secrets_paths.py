@@ -36,6 +36,8 @@ from typing import Any
 import pytest
 from engine_helpers import REPO
 
+pytestmark = pytest.mark.slow  # each case runs the CLI in subprocesses: the full tier
+
 _SCRIPT = Path(sys.executable).with_name("xksmigrate")
 XKSMIGRATE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "migrator.cli"]
 OLD_KEY, NEW_KEY = "XKSPROXYACCESSKEY2345", "XKSPROXYNEWACCESSKEY7"
