@@ -35,6 +35,8 @@ from hypothesis import strategies as st
 
 from migrator.cli import commands as cli
 
+pytestmark = pytest.mark.slow  # CLI processes or whole rehearsed migrations per case: the full tier
+
 DATA = Path(__file__).parent / "data" / "bad"
 PLAN = REPO / "plans" / "public-to-vpc.toml"
 _SCRIPT = Path(sys.executable).with_name("xksmigrate")

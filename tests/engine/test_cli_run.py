@@ -18,6 +18,8 @@ from engine_helpers import MUTATING, REPO, mutating_calls, read_world_log, roomy
 
 from migrator.aws.kms import KmsApplier
 
+pytestmark = pytest.mark.slow  # CLI processes or whole rehearsed migrations per case: the full tier
+
 DATA = Path(__file__).parent / "data"
 PLAN = REPO / "plans" / "public-to-vpc.toml"
 BAD_WORLD = DATA / "service-without-kms-principal.toml"

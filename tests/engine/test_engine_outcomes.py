@@ -20,6 +20,8 @@ from migrator.engine import runner as engine
 from migrator.rehearsal.world import model
 from migrator.rehearsal.world.log_analysis import poll_lag
 
+pytestmark = pytest.mark.slow  # CLI processes or whole rehearsed migrations per case: the full tier
+
 DATA = Path(__file__).parent / "data"
 # Outcomes do not depend on the magnitudes. With 120 s changes at 300x a run needs 240 simulated s; the tests
 # that use FAST give the budget ROOMY_BUDGET so a loaded machine (real work x 300) cannot exhaust it.

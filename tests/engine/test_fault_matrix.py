@@ -19,6 +19,8 @@ from migrator.aws.kms import KmsApplier
 from migrator.engine import runner as engine
 from migrator.rehearsal.world import model
 
+pytestmark = pytest.mark.slow  # a whole rehearsed migration (or CLI processes) per case: the full tier
+
 STORE = "cks-1234567890abcdef0"
 CODES = ["INVALID_CREDENTIALS", "NETWORK_ERRORS", "INTERNAL_ERROR", "XKS_PROXY_ACCESS_DENIED",
          "XKS_PROXY_NOT_REACHABLE", "XKS_VPC_ENDPOINT_SERVICE_NOT_FOUND", "XKS_PROXY_INVALID_RESPONSE",

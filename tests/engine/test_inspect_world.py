@@ -26,6 +26,8 @@ from migrator.rehearsal.server import RehearsalServer
 from migrator.rehearsal.world import model
 from migrator.rehearsal.world.model import load_world_file
 
+pytestmark = pytest.mark.slow  # a rehearsal world per case, many worlds: the full tier
+
 REPO = Path(__file__).resolve().parents[2]
 STORE = "cks-1234567890abcdef0"
 OTHER_SECRET = "Pcf6BsY8P4L5FGTs1zX3p6ZLWQjVTItj2OeR7uJSfDw="  # the ledger proxy's (vpc-to-public world)

@@ -9,11 +9,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from engine_helpers import ROOMY_BUDGET, example_plan, load_world, make_env, mutating_calls, read_world_log
 
 from migrator.aws.kms import KmsApplier
 from migrator.engine import runner as engine
 from migrator.engine.hooks import Hooks, facts_for
+
+pytestmark = pytest.mark.slow  # CLI processes or whole rehearsed migrations per case: the full tier
 
 EVENTS = ["before-disconnect", "after-disconnect", "after-connect", "verified", "completed"]
 

@@ -23,6 +23,8 @@ import pytest
 from crash_helpers import CLI, PLAN, WORLD, Sim, kill_leftovers, read_journal, tool_env
 from engine_helpers import mutating_calls, roomy_plan_file
 
+pytestmark = pytest.mark.slow  # a whole rehearsed migration (or CLI processes) per case: the full tier
+
 STORE = "cks-1234567890abcdef0"
 HUNG = 120.0
 

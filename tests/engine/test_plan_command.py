@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from engine_helpers import REPO
 
+pytestmark = pytest.mark.slow  # CLI processes or whole rehearsed migrations per case: the full tier
+
 
 def _plan(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "XKSMIGRATE_"))}

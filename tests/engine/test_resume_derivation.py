@@ -26,6 +26,8 @@ from typing import Any
 import pytest
 from crash_helpers import CLI, MUTATING, PLAN, WORLD, Proc, Sim, kill_leftovers, spawn, tool_env
 
+pytestmark = pytest.mark.slow  # every case drives the CLI against sim serve in subprocesses: the full tier
+
 STORE = "cks-1234567890abcdef0"
 
 pytestmark = pytest.mark.slow

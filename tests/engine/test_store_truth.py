@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 from crash_helpers import CLI, PLAN, SPAWNED, WORLD, Proc, Sim, kill_leftovers, read_journal, spawn, tool_env
 
+pytestmark = pytest.mark.slow  # every case drives the CLI against sim serve in subprocesses: the full tier
+
 STORE = "cks-1234567890abcdef0"
 KEY_1, KEY_2, KEY_3 = (f"{n}234abcd-12ab-34cd-56ef-1234567890ab" for n in (1, 2, 3))  # key 3: PendingDeletion
 MUTATING = ("DisconnectCustomKeyStore", "UpdateCustomKeyStore", "ConnectCustomKeyStore")

@@ -25,6 +25,8 @@ from typing import Any
 import pytest
 from crash_helpers import DATA, MUTATING, PLAN, WORLD, Proc, Sim, kill_leftovers, spawn
 
+pytestmark = pytest.mark.slow  # every case drives the CLI against sim serve in subprocesses: the full tier
+
 TWO_WORLD = DATA / "two-stores-world.toml"
 TWO_PLAN = DATA / "two-stores-plan.toml"
 PAYMENTS, LEDGER = "cks-1234567890abcdef0", "cks-0fedcba9876543210"
