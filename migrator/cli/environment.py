@@ -367,7 +367,10 @@ def recorded_run_env(journal: Journal, run_view: RunView, *, command: str, json_
                               allow_insecure_hooks=allow_insecure_hooks)
     plan = replace(plan, extra_trusted_roots=derived.extra_trusted_roots)
     require_consent(yes)
-    scale = time_scale or float((run_view.options or {}).get("time_scale") or 1.0)
+    scale = float((run_view.options or {}).get("time_scale") or 1.0)  # the run's: its window and budget use it
+    if time_scale and abs(time_scale - scale) > 1e-9:
+        raise fail(f"--time-scale {time_scale:g} contradicts the {scale:g} that {run_view.id} was run with; "
+                   "leave it out (the journal knows it)")
     env = real_env(plan, journal=journal, renderer=output.Renderer(), yes=yes, profile=profile, region=region,
                    endpoint_url=derived.endpoint_url, time_scale=scale, retry_stuck=retry_stuck, roots_required=False)
     env.hooks = make_hooks(derived.hooks_dir, allow_insecure=derived.allow_insecure_hooks,
