@@ -180,6 +180,15 @@ def graph() -> None:
     raise typer.Exit(actions.graph())
 
 
+@app.command()
+def runbook(section: Annotated[str | None, typer.Argument(help="A section's anchor, e.g. stuck, lock-held "
+                                                               "(default: the whole runbook)")] = None) -> None:
+    """Print the runbook shipped with the tool (RUNBOOK.md), or one section of it."""
+    from migrator.cli.runbook_text import runbook_section
+
+    sys.stdout.write(runbook_section(section))
+
+
 @sim_app.command("serve")
 def sim_serve(world: Annotated[str | None, typer.Option("--world", help="World file (default: built-in)")] = None,
               port: Annotated[int, typer.Option("--port", help="0 = any free port")] = 0,

@@ -114,7 +114,7 @@ def describe_summary(summary: dict[str, Any]) -> list[str]:
             manual = ks["manual"]
             lines.append(f"    OPERATOR ACTION NEEDED: the key store is {manual.get('connection_state')}"
                          + (f" ({manual['connection_error_code']})" if manual.get("connection_error_code") else "")
-                         + f"; see {manual.get('runbook')}. Next commands:")
+                         + f"; see `{manual.get('runbook')}`. Next commands:")
             lines.extend(f"      {cmd}" for cmd in manual.get("commands", []))
         calls = ks.get("api_calls") or {}
         if calls:

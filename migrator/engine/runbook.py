@@ -17,4 +17,4 @@ def stuck_help(region: str, store_id: str, original: StoreConfig | None, last: O
     state = last.state if last is not None else "unknown"
     error = (last.error_code if last is not None else "") or None
     return {"connection_state": state, "connection_error_code": error,
-            "commands": stuck_commands(region, store_id, original, state), "runbook": "RUNBOOK.md#stuck"}
+            "commands": stuck_commands(region, store_id, original, state), "runbook": "xksmigrate runbook stuck"}

@@ -17,12 +17,15 @@ from migrator.aws.store_config import KeyInfo, Observation, StoreConfig
 from migrator.plan import VPC, KeystorePlan, Plan
 
 PASS, WARN, BLOCK = "pass", "warn", "block"
+# A check that could not be made is not a pass: it holds the run until it is made or the operator accepts it
+# by name (ACCEPTED then, with who and when in the journal). A BLOCK can never be accepted.
+UNVERIFIED, ACCEPTED = "unverified", "accepted"
 
 
 @dataclass(frozen=True)
 class Finding:
     check: str  # stable id, e.g. "vpc.private_dns_verified"
-    status: str  # "pass" | "warn" | "block"
+    status: str  # "pass" | "warn" | "block" | "unverified" | "accepted"
     message: str  # one line, for an operator
     remedy: str = ""  # the AWS CLI command or console action that fixes it ("" for pass)
     detail: dict[str, object] = field(default_factory=dict)  # JSON-safe, never secrets
@@ -67,6 +70,11 @@ def warn(check: str, message: str, remedy: str = "", **detail: object) -> Findin
 
 def block(check: str, message: str, remedy: str = "", **detail: object) -> Finding:
     return Finding(check, BLOCK, message, remedy, detail)
+
+
+def unverified(check: str, message: str, remedy: str = "", **detail: object) -> Finding:
+    """The check could not be made; `remedy` says what would make it checkable."""
+    return Finding(check, UNVERIFIED, message, remedy, detail)
 
 
 # -- AWS errors ------------------------------------------------------------------------------------
