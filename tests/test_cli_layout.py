@@ -38,3 +38,21 @@ def test_one_place_writes_the_ndjson_version_line() -> None:
               for path in sorted((REPO / "migrator").rglob("*.py"))
               for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if VERSION_LINE.search(line)]
     assert len(places) == 1 and places[0].startswith("migrator/cli/output.py:"), places
+
+
+def test_shell_completion_completes_commands_and_options() -> None:
+    """`--install-completion` / `--show-completion` are offered; the completion protocol answers from the app."""
+    import os
+
+    def complete(words: str) -> list[str]:
+        env = {**os.environ, "_XKSMIGRATE_COMPLETE": "complete_bash", "COMP_WORDS": words,
+               "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1))}
+        done = subprocess.run([sys.executable, "-c", "from migrator.cli import main; main()"], env=env,
+                              capture_output=True, text=True, timeout=60)
+        return done.stdout.split()
+
+    assert {"run", "runbook"} <= set(complete("xksmigrate ru"))
+    assert complete("xksmigrate run --dr") == ["--dry-run"]
+    help_text = subprocess.run([sys.executable, "-m", "migrator.cli", "--help"], capture_output=True, text=True,
+                               timeout=60).stdout
+    assert "--install-completion" in help_text and "--show-completion" in help_text

@@ -22,7 +22,7 @@ from migrator.cli.environment import DEFAULT_STATE
 from migrator.cli.errors import CliError
 from migrator.cli.text import one_line
 
-app = typer.Typer(name="xksmigrate", add_completion=False, no_args_is_help=True,
+app = typer.Typer(name="xksmigrate", add_completion=True, no_args_is_help=True,
                   pretty_exceptions_show_locals=False, rich_markup_mode=None,
                   help="Safely switch an AWS KMS external key store between public and VPC endpoint connectivity.")
 sim_app = typer.Typer(help="The rehearsal world: a local AWS endpoint and XKS proxies.", no_args_is_help=True,
