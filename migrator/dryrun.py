@@ -86,22 +86,23 @@ def rehearsal(plan: Plan, *, world_path: str | None = None, faults_path: str | N
         with open(server.ca_bundle_path, "rb") as fh:
             roots = [fh.read()]
         yield Rehearsal(server.endpoint_url, clients, Clock(world.time_scale), roots,
-                        _resolver(server, world), server, world.region, world.account_id)
+                        _resolver(server), server, world.region, world.account_id)
     finally:
         server.stop()
 
 
-def _resolver(server: Any, world: Any) -> Callable[[str], str]:
-    """How this machine reaches a proxy host in the world: public names only, like the real internet.
+def _resolver(server: Any) -> Callable[[str], str]:
+    """How this machine reaches a proxy host in the world: the world's vantage point (`[world] vantage`).
 
-    A private DNS name resolves only inside the VPC, so from here it is unreachable, and the
-    inspector says so plainly.
+    The same map the server answers at /_rehearsal/vantage, read live: inside the VPC (the default) every
+    proxy host, private DNS names too; outside it only public names, and a private name is unreachable,
+    which the inspector says plainly.
     """
 
     def resolve(host: str) -> str:
-        for proxy in world.proxies:
-            if host in proxy.public_hostnames:
-                return f"127.0.0.1:{server.state.proxy_servers[proxy.name].port}"
-        raise OSError(f"{host} does not resolve from this machine (private DNS or unknown host)")
+        address = server.vantage().get(host.lower().rstrip("."))
+        if address is None:
+            raise OSError(f"{host} does not resolve from this machine (private DNS or unknown host)")
+        return str(address)
 
     return resolve

@@ -2,7 +2,9 @@
 
 The first stdout line is one JSON object (endpoint_url, region, account_id, time_scale, ca_bundle, log),
 flushed at once, so a parent process (tests, benchmarks, a shell script) can read where to point boto3
-or the AWS CLI; stderr then gets the `export AWS_ENDPOINT_URL=... XKSMIGRATE_TIME_SCALE=...` line for a person.
+or the AWS CLI; stderr then gets the `export AWS_ENDPOINT_URL=... XKSMIGRATE_TIME_SCALE=...` line for a person,
+and a line saying how the tool gets its vantage point (which proxy hosts it can dial): automatically, since
+for a loopback --endpoint-url the CLI asks `/_rehearsal/vantage`.
 A bad world or fault file is one line on stderr and exit status 2, never a traceback.
 """
 
@@ -41,9 +43,14 @@ def run_serve(world_path: str | None, port: int, faults_path: str | None, log_pa
     try:
         print(json.dumps({"endpoint_url": server.endpoint_url, "region": world.region,
                           "account_id": world.account_id, "time_scale": world.time_scale,
-                          "ca_bundle": server.ca_bundle_path, "log": log_path}), flush=True)
+                          "ca_bundle": server.ca_bundle_path, "log": log_path, "vantage": world.vantage}),
+              flush=True)
         # for a person: the line that points xksmigrate (and the AWS CLI) at this world on its clock
         print(f"export AWS_ENDPOINT_URL={server.endpoint_url} XKSMIGRATE_TIME_SCALE={world.time_scale:g}",
+              file=sys.stderr, flush=True)
+        reach = ", ".join(sorted(server.vantage())) or "no proxy host"
+        print(f"# vantage point ({world.vantage}): automatic for a loopback --endpoint-url, the tool asks "
+              f"{server.endpoint_url}/_rehearsal/vantage (reaches {reach}); --resolve HOST=IP:PORT overrides it",
               file=sys.stderr, flush=True)
         while not stop.wait(0.5):
             pass

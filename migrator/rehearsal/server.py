@@ -3,8 +3,9 @@
 Routing: `X-Amz-Target: TrentService.*` -> KMS (`kms.api`), `secretsmanager.*` -> Secrets Manager, a form
 body with `Action=` -> the query protocol (EC2/ELBv2/IAM/STS; the service comes from the SigV4 credential
 scope). Any credentials are accepted: the world checks configuration, not callers. `/_rehearsal/*` are
-control paths for tests and benchmarks (never used by the engine). Every response carries
-`x-amzn-RequestId`; every API call is logged with simulated time.
+control paths for tests and benchmarks (never used by the engine); `GET /_rehearsal/vantage` is the one the
+CLI reads for a loopback endpoint (`world.vantage`: the proxy hosts this machine reaches, and the time scale).
+Every response carries `x-amzn-RequestId`; every API call is logged with simulated time.
 
 `RehearsalServer` is also where the wing is put together: it builds the `world.state.WorldState` with KMS's
 connect check and hands it the world CA and one `xks.proxy.XksProxyServer` per proxy, so the state module
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -28,7 +30,7 @@ from migrator.rehearsal.kms.api import JSON_CONTENT_TYPE, handle_kms
 from migrator.rehearsal.kms.checks import connect_check
 from migrator.rehearsal.kms.errors import KmsError
 from migrator.rehearsal.secrets_api import handle_secrets
-from migrator.rehearsal.world import balancing, model
+from migrator.rehearsal.world import balancing, model, vantage
 from migrator.rehearsal.world.ca import WorldCA
 from migrator.rehearsal.world.reader import Reader
 from migrator.rehearsal.world.state import WorldState
@@ -51,6 +53,7 @@ class RehearsalServer:
         self._port = port
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._refusing: socket.socket | None = None  # bound, never listening: connections to it are refused
 
     @property
     def world_state(self) -> WorldState:
@@ -72,12 +75,22 @@ class RehearsalServer:
     def ca_bundle_path(self) -> str:
         return str(self.state.ca.ca_bundle_path) if self.state.ca else ""
 
+    def vantage(self) -> dict[str, str]:
+        """{host: "127.0.0.1:port"} the machine running the tool can dial now (`world.vantage`)."""
+        ports = {name: server.port for name, server in self.state.proxy_servers.items()}
+        refused = self._refusing.getsockname()[1] if self._refusing is not None else 0
+        with self.state.lock:
+            return vantage.reachable(self.world, ports, refused)
+
     def start(self) -> RehearsalServer:
+        self._refusing = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._refusing.bind(("127.0.0.1", 0))
         self.state.start(*self._proxy_servers())
         self.state.add_faults(self._extra_faults)
         httpd = ThreadingHTTPServer(("127.0.0.1", self._port), _Handler)
         httpd.daemon_threads = True
         httpd.world = self.state  # type: ignore[attr-defined]
+        httpd.vantage = self.vantage  # type: ignore[attr-defined]
         self._httpd = httpd
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="rehearsal-endpoint", daemon=True)
@@ -91,6 +104,9 @@ class RehearsalServer:
             httpd.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._refusing is not None:
+            self._refusing.close()
+            self._refusing = None
         self.state.stop()
 
     def __enter__(self) -> RehearsalServer:
@@ -248,6 +264,13 @@ class _Handler(BaseHTTPRequestHandler):
             if path == "/_rehearsal/log" and method == "GET":
                 lines = "".join(json.dumps(e) + "\n" for e in world.log.snapshot())
                 return 200, lines.encode(), "application/x-ndjson"
+            if path == "/_rehearsal/vantage" and method == "GET":
+                reach = self.server.vantage()  # type: ignore[attr-defined]
+                # The world CA stands in for the public roots KMS trusts: the tool trusts it for this loopback
+                # endpoint only, as --dry-run does for its in-process world (certificates only, never a key).
+                roots = [world.ca.ca_pem.decode("ascii")] if world.ca else []
+                return 200, json.dumps({"time_scale": world.clock.time_scale, "vantage": world.world.vantage,
+                                        "resolve": reach, "trusted_roots_pem": roots}).encode(), "application/json"
             if path == "/_rehearsal/state" and method == "GET":
                 return 200, json.dumps(world.snapshot()).encode(), "application/json"
             if path == "/_rehearsal/clock":

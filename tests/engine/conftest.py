@@ -5,7 +5,8 @@ The engine talks to the world exactly as to AWS: boto3 over HTTP to the world's 
 - `world(name="public-to-vpc", **overrides)`: a model.World from plans/worlds/<name>.toml; overrides set
   [world] keys (time_scale) and [latencies] keys (connect, disconnect, ...).
 - `start_world(world, faults=())`: a started RehearsalServer, stopped after the test.
-- `engine_env(server, journal, **kw)`: an engine.Environment wired to that server (dummy credentials).
+- `engine_env(server, journal, **kw)`: an engine.Environment wired to that server (dummy credentials; the
+  vantage point read from the world's GET /_rehearsal/vantage unless `resolve=` is given).
 - `example_plan(name, **overrides)`: plans/<name>.toml with [plan] fields replaced (max_disconnected...).
 - `world_log(server)`: the world's own call log, read over HTTP (the proof of what AWS saw).
 """

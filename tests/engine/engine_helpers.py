@@ -29,8 +29,25 @@ def load_world(name: str = "public-to-vpc", **overrides: Any) -> Any:
     return model.world_from_dict(data, f"{name}.toml")
 
 
+def vantage_resolver(server: Any) -> Any:
+    """host -> "127.0.0.1:port" by the world's vantage point, read over HTTP from GET /_rehearsal/vantage
+    (as the CLI does for a loopback endpoint), so tests meet the world only at its URL. Read on every call:
+    a world changed at run time is seen at once. A host the world does not let this machine reach raises."""
+
+    def resolve(host: str) -> str:
+        with urllib.request.urlopen(f"{server.endpoint_url}/_rehearsal/vantage", timeout=10) as response:
+            reach = json.loads(response.read())["resolve"]
+        name = host.lower().rstrip(".")
+        if name not in reach:
+            raise LookupError(f"{host} cannot be reached from this machine (the rehearsal world's vantage point)")
+        return str(reach[name])
+
+    return resolve
+
+
 def make_env(server: Any, journal: Any, *, approve: bool = True, observer: Any = None, **kwargs: Any) -> Any:
-    """An Environment for `server`, as `run --dry-run` builds it, but with a journal of the test's choice."""
+    """An Environment for `server`, as `run --dry-run` builds it, but with a journal of the test's choice;
+    the vantage point is the world's (`vantage_resolver`) unless `resolve=` is given."""
     from migrator.aws.clients import ClientFactory
     from migrator.aws.secret_refs import resolve_secret
     from migrator.dryrun import DUMMY_CREDENTIALS
@@ -40,6 +57,7 @@ def make_env(server: Any, journal: Any, *, approve: bool = True, observer: Any =
     clients = ClientFactory(region=server.world.region, endpoint_url=server.endpoint_url,
                             credentials=dict(DUMMY_CREDENTIALS))
     roots = [Path(server.ca_bundle_path).read_bytes()]
+    kwargs.setdefault("resolve", vantage_resolver(server))
     return Environment(journal=journal, clients=clients, clock=Clock(server.world.time_scale),
                        observer=observer or Observer(), approve=lambda question: approve,
                        secret_resolver=lambda ref: resolve_secret(ref, client_factory=clients),

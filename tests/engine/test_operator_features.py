@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 import urllib.request
@@ -85,8 +86,11 @@ def test_hooks_never_see_the_plans_secret_variables(tmp_path, monkeypatch):
 
     text = (Path(__file__).resolve().parents[2] / "plans" / "public-to-vpc.toml").read_text()
     credential = ('[keystores.target.credential]\naccess_key_id = "NEWKEYNEWKEYNEWKEY23"\n'
-                  'secret = "env:XKS_NEW_SECRET"\n[keystores.original_credential]\nsecret = "env:XKS_OLD"')
+                  'secret = "env:XKS_NEW_SECRET"')
     text = text.replace("# uri_path unchanged", credential)
+    old_ref = re.search(r'\[keystores\.original_credential\]\nsecret = ("[^"]+")', text)
+    assert old_ref, "the example plan names its current proxy secret"
+    text = text.replace(old_ref.group(1), '"env:XKS_OLD"')
     plan = parse_plan(text, "p.toml")
     monkeypatch.setenv("XKS_NEW_SECRET", "s" * 44)
     monkeypatch.setenv("XKS_OLD", "o" * 44)

@@ -70,7 +70,7 @@ def test_secretsmanager_against_the_rehearsal_world(start_world):
     server = start_world(world)
     factory = ClientFactory(region=world.region, endpoint_url=server.endpoint_url,
                             credentials=dict(DUMMY_CREDENTIALS))
-    arn = world.secrets[0].arn(world.region, world.account_id)
+    arn = world.secrets[-1].arn(world.region, world.account_id)  # the example world serves its own first
 
     assert resolve_secret(f"secretsmanager:{arn}", client_factory=factory).reveal() == CANARY
     assert [k for k, n in factory.request_counter.items() if k.endswith(":GetSecretValue") and n == 1] != []

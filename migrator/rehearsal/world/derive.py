@@ -8,7 +8,10 @@ verified private DNS name equal to the VPC host, the KMS principal allowed, an N
 Credentials: the store's current credential uses the plan's `original_credential` (access key id and, when
 `secrets` resolves its reference, the secret), so a rollback with the operator's secret works. The target
 credential is accepted by the proxy only when `secrets` gives its secret, keyed by the plan's reference
-string (e.g. {"env:NEW": "..."}); `secretsmanager:` references are also served by the world's Secrets Manager.
+string (e.g. {"env:NEW": "..."}). A `secretsmanager:` reference is served by the world's Secrets Manager,
+with a value derived from the plan when `secrets` does not give it (the CLI cannot read it before the world
+exists), and that same value is the store's (or the proxy's new) secret: the tool's signed probes work.
+The world's vantage point is the default, "inside_vpc": the tool reaches the private DNS name too.
 Names, ids and secrets not in the plan are derived from a hash, so the same plan yields the same world.
 The plan is a plain dict (the parsed TOML); this module never imports the engine's plan module.
 """
@@ -55,7 +58,8 @@ def world_for_plan(plan: dict[str, Any], secrets: dict[str, str] | None = None, 
     region = header.get("region", "us-east-1")
     account = header.get("account_id", "111122223333")
     data: dict[str, Any] = {
-        "world": {"account_id": account, "region": region, "time_scale": time_scale, "seed": 1},
+        "world": {"account_id": account, "region": region, "time_scale": time_scale, "seed": 1,
+                  "vantage": "inside_vpc"},
         "latencies": {"connect": 300.0, "disconnect": 300.0},
         "key_managers": [], "proxies": [], "load_balancers": [], "endpoint_services": [],
         "keystores": [], "keys": [], "secrets": [],
@@ -65,11 +69,25 @@ def world_for_plan(plan: dict[str, Any], secrets: dict[str, str] | None = None, 
     return model.world_from_dict(data, f"<world derived from plan {header.get('name', '')!r}>")
 
 
+def _secret_name(ref: object) -> str:
+    """The Secrets Manager secret name of a `secretsmanager:ARN` (or `secretsmanager:NAME`) reference; "" if none."""
+    if not isinstance(ref, str) or not ref.startswith("secretsmanager:"):
+        return ""
+    rest = ref.removeprefix("secretsmanager:")
+    if ":secret:" in rest:
+        return rest.split(":secret:", 1)[1]
+    return "" if rest.startswith("arn:") else rest
+
+
+def _served(ref: object) -> bool:
+    """A `secretsmanager:` reference: the world's own Secrets Manager serves it, with a derived value if need be."""
+    return bool(_secret_name(ref))
+
+
 def _add_secret(data: dict[str, Any], ref: str, value: str) -> None:
-    if ref.startswith("secretsmanager:") and ":secret:" in ref:
-        name = ref.split(":secret:", 1)[1]
-        if not any(s["name"] == name for s in data["secrets"]):
-            data["secrets"].append({"name": name, "value": value})
+    name = _secret_name(ref)
+    if name and not any(s["name"] == name for s in data["secrets"]):
+        data["secrets"].append({"name": name, "value": value})
 
 
 def _add_store(data: dict[str, Any], entry: dict[str, Any], index: int, region: str, account: str,
@@ -88,14 +106,14 @@ def _add_store(data: dict[str, Any], entry: dict[str, Any], index: int, region: 
     original = entry.get("original_credential", {})
     current_akid = original.get("access_key_id") or _access_key_id(seed)
     current_secret = secrets.get(original.get("secret", "")) or _secret(seed)
-    if original.get("secret") in secrets:
+    if original.get("secret") in secrets or _served(original.get("secret")):
         _add_secret(data, original["secret"], current_secret)
     credentials = [{"access_key_id": current_akid, "secret": current_secret}]
     new = target.get("credential")
-    if new and new.get("secret") in secrets:
-        credentials.append({"access_key_id": new.get("access_key_id") or current_akid,
-                            "secret": secrets[new["secret"]]})
-        _add_secret(data, new["secret"], secrets[new["secret"]])
+    if new and (new.get("secret") in secrets or _served(new.get("secret"))):
+        new_secret = secrets.get(new["secret"]) or _secret("new", seed)
+        credentials.append({"access_key_id": new.get("access_key_id") or current_akid, "secret": new_secret})
+        _add_secret(data, new["secret"], new_secret)
 
     if to_vpc:
         service_name = target.get("vpc_endpoint_service_name", "")

@@ -11,7 +11,8 @@ Schema (tables and their keys; every key not marked required has a default that 
 what they meant):
 - `[world]` account_id, region, time_scale, seed, update_state_rule (one of UPDATE_STATE_RULES, default
   "api_operation": which UpdateCustomKeyStore properties may change in which connection state, see
-  `kms.stores`).
+  `kms.stores`), vantage (one of VANTAGES, default "inside_vpc": where the machine running the tool stands,
+  see `world.vantage`; "outside" reaches only public hostnames, like a laptop on the internet).
 - `[latencies]` connect, disconnect, update_propagation, key_availability_after_connect (simulated seconds).
 - `[[key_managers]]` name (required), keys = [{ id, usage, status }].
 - `[[proxies]]` name, key_manager (required), public_hostnames, certificate_hosts, certificate (one of
@@ -27,7 +28,8 @@ what they meant):
 - `[[keystores]]` id, name, connectivity, uri_endpoint, access_key_id, secret (required), uri_path,
   vpc_endpoint_service_name, vpc_endpoint_service_owner, state, connection_error_code.
 - `[[keys]]` key_id, keystore, xks_key_id (required), state, description.
-- `[[secrets]]` name, value. `[iam]` caller_arn, denied_actions, simulation_denied.
+- `[[secrets]]` name and either value or keystore (the id of a key store whose current proxy secret it holds,
+  read live). `[iam]` caller_arn, denied_actions, simulation_denied.
 - `[[faults]]` see `Fault`; proxy_fault is one of PROXY_FAULT_KINDS (incl. "throttling", "dependency_timeout").
 """
 
@@ -80,6 +82,8 @@ PROXY_FAULT_KINDS = ("down", "slow", "unhealthy", "reject_credentials", "invalid
 # Which UpdateCustomKeyStore properties may change in which connection state; the AWS texts disagree
 # (aws-xks-facts.md, "Where the documents disagree" 1). `kms.stores.UPDATE_STATE_RULES` quotes each one.
 UPDATE_STATE_RULES = ("api_operation", "api_exception", "developer_guide")
+# The tool's vantage point: inside the VPC (every proxy host, private DNS names too) or outside it (public only).
+VANTAGES = ("inside_vpc", "outside")
 
 _ACCOUNT = re.compile(r"^[0-9]{12}$")
 _KEYSTORE_ID = re.compile(r"^cks-[0-9a-f]{17}$")
@@ -217,7 +221,8 @@ class Secret:
     """A Secrets Manager secret served by the world (for plans that say `secretsmanager:ARN`)."""
 
     name: str
-    value: str
+    value: str = ""
+    keystore: str = ""  # a key store id: the value is that store's current secret, read when asked
 
     def arn(self, region: str, account_id: str) -> str:
         return f"arn:aws:secretsmanager:{region}:{account_id}:secret:{self.name}"
@@ -239,6 +244,7 @@ class World:
     time_scale: float = 60.0
     seed: int = 1
     update_state_rule: str = "api_operation"  # one of UPDATE_STATE_RULES
+    vantage: str = "inside_vpc"  # one of VANTAGES
     latencies: Latencies = field(default_factory=Latencies)
     key_managers: list[KeyManager] = field(default_factory=list)
     proxies: list[Proxy] = field(default_factory=list)
@@ -286,6 +292,7 @@ def world_from_dict(data: dict[str, Any], source: str = "<world>") -> World:
         time_scale=w.get("time_scale", float, 60.0),
         seed=w.get("seed", int, 1),
         update_state_rule=w.get("update_state_rule", str, "api_operation", choices=UPDATE_STATE_RULES),
+        vantage=w.get("vantage", str, "inside_vpc", choices=VANTAGES),
     )
     if world.time_scale <= 0:
         raise w.fail("time_scale", "must be positive")
@@ -389,7 +396,11 @@ def world_from_dict(data: dict[str, Any], source: str = "<world>") -> World:
         r.done()
 
     for r in top.tables("secrets"):
-        world.secrets.append(Secret(name=r.get("name", str), value=r.get("value", str)))
+        secret = Secret(name=r.get("name", str), value=r.get("value", str, ""),
+                        keystore=r.get("keystore", str, "", pattern=re.compile(r"^(cks-[0-9a-f]{17})?$")))
+        if bool(secret.value) == bool(secret.keystore):
+            raise r.fail("value", "give exactly one of value or keystore (the store whose current secret it is)")
+        world.secrets.append(secret)
         r.done()
 
     iam = top.table_reader("iam")
@@ -465,6 +476,9 @@ def _check_references(world: World, source: str) -> None:
         if svc.load_balancer not in lbs:
             raise WorldFileError(
                 f"{source}: endpoint_services[{i}].load_balancer: no load balancer named {svc.load_balancer!r}")
+    for i, secret in enumerate(world.secrets):
+        if secret.keystore and secret.keystore not in stores:
+            raise WorldFileError(f"{source}: secrets[{i}].keystore: no key store {secret.keystore!r}")
     for i, k in enumerate(world.keys):
         if k.keystore not in stores:
             raise WorldFileError(f"{source}: keys[{i}].keystore: no key store {k.keystore!r}")
