@@ -4,8 +4,9 @@ Once the store is disconnected every key in it is Unavailable, and KMS tests mos
 configuration only when it updates or connects. So everything that can be checked read-only is
 checked first: the store and target (store.py), the VPC endpoint service (vpc.py), the proxy's
 TLS (tls.py), the proxy itself and rollback readiness (proxy.py), keys, IAM and CloudWatch
-(keys.py), and the quota. Each check returns pass/warn/block findings with a
-remedy; `preflight` never raises for AWS or network problems - they become findings too.
+(keys.py), the NLB's targets (balancer.py), and the quota. Each check returns pass/warn/block/unverified
+findings with a remedy; `preflight` never raises for AWS or network problems - they become findings too
+(`unverified` when a check could not be made: fail closed, never a pass or a mere warning).
 
 `migrator.preflight.calls` spells out, in AWS CLI form, what a run and its rollback will do.
 """
@@ -14,9 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from migrator.preflight.balancer import check_rollback_balancer
 from migrator.preflight.base import (
     BLOCK,
-    WARN,
+    UNVERIFIED,
     Finding,
     PreflightContext,
     blocked,
@@ -41,13 +43,14 @@ CHECKS: tuple[tuple[str, Callable[[PreflightContext], list[Finding]], bool], ...
     ("proxy", check_proxy, True),
     ("permissions", check_permissions, False),
     ("rollback", check_rollback, True),
+    ("rollback.vpc", check_rollback_balancer, True),
     ("quota", check_quota, False),
     ("cloudwatch", check_cloudwatch, True),
 )
 
 
 def preflight(ctx: PreflightContext) -> list[Finding]:
-    """Run every check; an AWS/network error inside one becomes a warning naming what was not checked."""
+    """Run every check; an AWS/network error inside one becomes `unverified`, naming what was not checked."""
     findings: list[Finding] = []
     usable_store = ctx.snapshot is not None and ctx.snapshot.is_external
     for group, check, needs_store in CHECKS:
@@ -61,7 +64,8 @@ def preflight(ctx: PreflightContext) -> list[Finding]:
                 findings.append(Finding(f"{group}.error", BLOCK, f"the {group} checks failed internally: "
                                         f"{type(exc).__name__}: {str(exc)[:200]}", "report this as a bug"))
                 continue
-            findings.append(Finding(f"{group}.error", WARN, f"the {group} checks could not run: {short_error(exc)}; "
-                                    f"they were NOT checked", "check the AWS credentials, Region and permissions",
+            findings.append(Finding(f"{group}.error", UNVERIFIED, f"the {group} checks could not run: "
+                                    f"{short_error(exc)}; they were NOT checked", "fix the AWS credentials, Region "
+                                    "or permissions the error names, then run preflight again",
                                     {"error": short_error(exc)}))
     return findings

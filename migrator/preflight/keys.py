@@ -27,6 +27,7 @@ from migrator.preflight.base import (
     short_error,
     store_id,
     target_owner,
+    unverified,
     warn,
 )
 
@@ -193,9 +194,11 @@ def check_permissions(ctx: PreflightContext) -> list[Finding]:
         if not is_aws_or_network_error(exc):
             raise
         why = "is denied" if is_access_denied(exc) else f"failed ({short_error(exc)})"
-        return [*found, warn("permissions.iam", f"iam:SimulatePrincipalPolicy {why} for {principal}: check by hand "
-                             "that it may call " + ", ".join(actions), "grant iam:SimulatePrincipalPolicy on "
-                             "itself, or review the policies for the listed actions", actions=actions)]
+        return [*found, unverified("permissions.iam", f"iam:SimulatePrincipalPolicy {why} for {principal}: whether "
+                                   "it may call " + ", ".join(actions) + " was NOT checked", "grant "
+                                   "iam:SimulatePrincipalPolicy on itself and run preflight again, or review the "
+                                   "policies for the listed actions and accept permissions.iam by name",
+                                   actions=actions)]
     denied = [a for a in actions if decisions.get(a) != "allowed"]
     if denied:
         return [*found, block("permissions.iam", f"{principal} may not call " + ", ".join(denied) + " (the run "
@@ -248,8 +251,10 @@ def check_cloudwatch(ctx: PreflightContext) -> list[Finding]:
     except Exception as exc:
         if not is_aws_or_network_error(exc):
             raise
-        return [warn("cloudwatch.metrics", f"could not read the CloudWatch metrics of {sid} ({short_error(exc)})",
-                     "aws cloudwatch list-metrics --namespace AWS/KMS --dimensions Name=CustomKeyStoreId,Value=" + sid)]
+        return [unverified("cloudwatch.metrics", f"could not read the CloudWatch metrics of {sid} "
+                           f"({short_error(exc)}): they were NOT checked", "allow cloudwatch:ListMetrics and "
+                           "GetMetricStatistics, or drop --cloudwatch; by hand: aws cloudwatch list-metrics "
+                           "--namespace AWS/KMS --dimensions Name=CustomKeyStoreId,Value=" + sid)]
     found: list[Finding] = []
     for name, (stat, bad, text) in METRICS.items():
         if not values.get(name):

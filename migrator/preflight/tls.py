@@ -8,7 +8,14 @@ chain the server sent, with `cryptography`: chain path and signatures, root fing
 
 Where the root is not sent by the server (usual), it is looked up among the extra roots and the
 local OS store by subject and signature; if it is nowhere at hand, a name match against the 130
-owners is the best available and is reported as a warning, not a pass.
+owners is the best available and is reported as `unverified` (not a pass): the fingerprint was not checked.
+
+Fail closed: an endpoint that refuses the connection, resets it, fails or refuses the handshake, or whose
+public name does not resolve blocks (KMS could not connect either). Only what this machine cannot judge is
+`unverified`: a private DNS name with no vantage point (no probe, no --resolve), or a TCP connect that times
+out on the way out of here (our egress firewall and KMS's path differ). Timeouts: 5 s for the TCP connect
+and again for the handshake; a proxy that accepts TCP but does not finish a handshake in 5 s is far beyond
+KMS's 250 ms request timeout, so that blocks.
 """
 
 from __future__ import annotations
@@ -24,7 +31,18 @@ from typing import TYPE_CHECKING
 
 from migrator.aws.xks_client import parse_hostport
 from migrator.plan import VPC
-from migrator.preflight.base import BLOCK, Finding, PreflightContext, address_for, block, host_of, ok, warn
+from migrator.preflight.base import (
+    BLOCK,
+    PASS,
+    Finding,
+    PreflightContext,
+    address_for,
+    block,
+    host_of,
+    ok,
+    unverified,
+    warn,
+)
 from migrator.preflight.trusted_roots import TrustedRoot, root_by_name, trusted_fingerprints
 
 if TYPE_CHECKING:
@@ -46,10 +64,17 @@ class TlsObservation:
 class TlsProbeError(Exception):
     def __init__(self, kind: str, message: str):
         super().__init__(message)
-        self.kind = kind  # dns | connect | timeout | version | tls
+        self.kind = kind  # dns | connect | timeout (TCP) | handshake_timeout | version | tls
 
 
-def fetch_chain(host: str, dial: tuple[str, int], timeout: float = 5.0) -> TlsObservation:
+# Seconds for the TCP connect, then for the handshake (see the module doc).
+CONNECT_TIMEOUT = 5.0
+VANTAGE_REMEDY = ("run `xksmigrate plan` from inside the VPC, or reach {host} through a port forward and say so: "
+                  "probe = \"ip:port\" for the store in the plan, or --resolve {host}=IP:PORT "
+                  "(RUNBOOK.md#vantage-point)")
+
+
+def fetch_chain(host: str, dial: tuple[str, int], timeout: float = CONNECT_TIMEOUT) -> TlsObservation:
     """Handshake with `host` as SNI over a socket to `dial`; TLS 1.2 minimum, certificate not verified here."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
@@ -73,7 +98,8 @@ def fetch_chain(host: str, dial: tuple[str, int], timeout: float = 5.0) -> TlsOb
             raise TlsProbeError("version", f"no TLS 1.2 or newer handshake with {host} ({exc.reason})") from None
         raise TlsProbeError("tls", f"TLS handshake with {host} failed ({exc.reason or exc})") from None
     except TimeoutError:
-        raise TlsProbeError("timeout", f"TLS handshake with {host} timed out") from None
+        raise TlsProbeError("handshake_timeout", f"{dial[0]}:{dial[1]} accepted TCP but the TLS handshake with "
+                            f"{host} did not finish within {timeout:g}s") from None
     except OSError as exc:
         raise TlsProbeError("connect", f"connection to {host} dropped during TLS ({exc})") from None
     finally:
@@ -233,16 +259,20 @@ def judge_chain(host: str, chain_der: list[bytes], *, now: dt.datetime | None = 
         iorg = [str(a.value) for a in last.issuer.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
         named = root_by_name(icn[0] if icn else "", iorg[0] if iorg else "")
         if named is not None:
-            findings.append(warn(f"{prefix}.trusted_root", f"chain ends at an issuer named like the KMS-trusted root "
-                                 f"{named.alias}, but that root is not available here to confirm its fingerprint",
-                                 "compare the root's SHA-256 with the TrustedCertificateAuthorities list by hand",
-                                 issuer=last.issuer.rfc4514_string(), **detail))
+            findings.append(unverified(f"{prefix}.trusted_root", f"chain ends at an issuer named like the "
+                                       f"KMS-trusted root {named.alias}, but that root is not available here, so "
+                                       "its fingerprint was NOT checked", "add the root's PEM to the plan's "
+                                       "extra_trusted_roots (or the OS trust store) so its SHA-256 can be compared "
+                                       "with the TrustedCertificateAuthorities list",
+                                       issuer=last.issuer.rfc4514_string(), **detail))
         else:
-            findings.append(block(f"{prefix}.trusted_root", f"chain is incomplete or untrusted: the issuer "
-                                  f"{last.issuer.rfc4514_string()!r} is not among KMS's 130 trusted roots and was not "
-                                  "sent by the server",
+            # Either a missing intermediate (the server sent the leaf without the CA that signed it: KMS's
+            # "incorrect certificate chaining") or a CA KMS does not know; both fail KMS's connect.
+            findings.append(block(f"{prefix}.trusted_root", f"chain is incomplete or untrusted: the server did not "
+                                  f"send the certificate of the issuer {last.issuer.rfc4514_string()!r} (a missing "
+                                  "intermediate?), and it is not among KMS's 130 trusted roots",
                                   "serve the full chain (leaf + intermediates) from a KMS-trusted CA",
-                                  issuer=last.issuer.rfc4514_string(), **detail))
+                                  issuer=last.issuer.rfc4514_string(), served=len(chain_der), **detail))
 
     cns, sans = cert_names(served[0])
     if hostname_matches(host, cns + sans):
@@ -280,21 +310,26 @@ def _expiry(path: Sequence[Certificate], now: dt.datetime, prefix: str) -> Findi
 
 def probe_tls(ctx: PreflightContext, uri_endpoint: str, *, private: bool, use_probe: bool,
               prefix: str = "tls") -> list[Finding]:
-    """Reach `uri_endpoint` from here and judge its TLS; unreachable -> one plain warning."""
+    """Reach `uri_endpoint` from here and judge its TLS; not reached -> one block, or one unverified finding
+    when only this machine's position is in the way (module doc)."""
     host = host_of(uri_endpoint)
     address, how = address_for(ctx, host, use_probe=use_probe)
-    dial = parse_hostport(address) if address else (host, 443)
     if address == "":
-        return [_unreachable(prefix, host, private, f"the {how.split(' ')[0]} cannot map {host} to an address")]
+        why = f"the {how.split(' ')[0]} cannot map {host} to an address"
+        return [_unreachable(prefix, host, private=private, kind="dns", why=why, vantage=True, mapped=False)]
+    dial = parse_hostport(address) if address else (host, 443)
+    # A probe or a --resolve entry names another address: a vantage point chosen to reach this host.
+    vantage = bool(address) and dial[0].lower().rstrip(".") != host.lower().rstrip(".")
     try:
         seen = fetch_chain(host, dial)
     except TlsProbeError as exc:
         if exc.kind == "version":
             return [block(f"{prefix}.version", f"{host}: {exc}; KMS needs TLS 1.2 or 1.3",
-                          "enable TLS 1.2/1.3 on the proxy")]
+                          "enable TLS 1.2/1.3 on the proxy (KMS never offers TLS 1.0/1.1)")]
         if exc.kind == "tls":
             return [block(f"{prefix}.handshake", f"{host}: {exc}", "check the proxy's TLS configuration")]
-        return [_unreachable(prefix, host, private, str(exc))]
+        return [_unreachable(prefix, host, private=private, kind=exc.kind, why=str(exc), vantage=vantage,
+                             mapped=True)]
     extras = pem_to_der(ctx.extra_roots_pem)
     findings = [ok(f"{prefix}.reachable", f"reached {host} via {how} ({dial[0]}:{dial[1]})")]
     if seen.version in ("TLSv1.2", "TLSv1.3"):
@@ -311,15 +346,36 @@ def probe_tls(ctx: PreflightContext, uri_endpoint: str, *, private: bool, use_pr
     return findings
 
 
-def _unreachable(prefix: str, host: str, private: bool, why: str) -> Finding:
-    if private:
-        return warn(f"{prefix}.reachable", f"{host} is a private DNS name that cannot be reached from here ({why}): "
-                    "its certificate was NOT checked; KMS checks it only at connect time",
-                    "run `xksmigrate plan` from inside the VPC, or set probe = \"ip:port\" for the store in the plan",
-                    host=host)
-    return warn(f"{prefix}.reachable", f"cannot reach {host}:443 from here ({why}): its certificate was NOT checked; "
-                "KMS needs it reachable from the internet on 443", "check DNS and firewalls, or set probe = "
-                "\"ip:port\" for the store in the plan", host=host)
+def _unreachable(prefix: str, host: str, *, private: bool, kind: str, why: str, vantage: bool,
+                 mapped: bool) -> Finding:
+    """Not reached: block when KMS could not connect either; unverified when only our position is in the way.
+
+    `vantage`: the address came from a probe or a resolver (not plain DNS); `mapped`: it named an address at all
+    (False: the vantage point cannot map the host)."""
+    check = f"{prefix}.reachable"
+    detail: dict[str, object] = {"host": host, "kind": kind, "private": private}
+    if private and (not mapped or (not vantage and kind in ("dns", "timeout"))):
+        # A private DNS name resolves only inside its VPC: from here it says nothing about KMS's path.
+        return unverified(check, f"{host} is a private DNS name that cannot be reached from here ({why}): its "
+                          "certificate and the proxy were NOT checked; KMS checks them only at connect time, after "
+                          "the disconnect", VANTAGE_REMEDY.format(host=host), **detail)
+    if not mapped:  # a public name the vantage point does not know: it does not resolve from there
+        return block(check, f"{host} does not resolve from this vantage point ({why}): KMS must resolve it from "
+                     "the internet", f"publish a public DNS record for {host}, or fix uri_endpoint in the plan",
+                     **detail)
+    if kind == "timeout" and not vantage:
+        # A SYN that times out may be our own egress firewall; a refusal or a reset is an answer.
+        return unverified(check, f"no TCP answer from {host}:443 from here ({why}): not known whether KMS can "
+                          "reach it; its certificate and the proxy were NOT checked",
+                          "check from a machine whose egress allows TCP 443 to the proxy, or give a probe "
+                          f"address / --resolve {host}=IP:PORT (RUNBOOK.md#vantage-point)", **detail)
+    if kind == "dns":
+        return block(check, f"{host} does not resolve ({why}): KMS could not reach the proxy",
+                     f"publish a DNS record for {host} (public for PUBLIC_ENDPOINT; the endpoint service's private "
+                     "DNS name for VPC_ENDPOINT_SERVICE), or fix uri_endpoint / the probe address", **detail)
+    return block(check, f"{host} cannot be reached ({why}): KMS's connect would fail (XKS_PROXY_NOT_REACHABLE)",
+                 "start the proxy and let it accept TLS on 443 from KMS (security groups, NLB targets); if a probe or "
+                 "--resolve address was given, check that it forwards to the proxy", **detail)
 
 
 def check_tls(ctx: PreflightContext) -> list[Finding]:
@@ -331,5 +387,5 @@ def check_tls(ctx: PreflightContext) -> list[Finding]:
 
 
 def tls_ok(findings: Sequence[Finding]) -> bool:
-    return not any(f.status == BLOCK for f in findings) and any(f.check.endswith(".reachable") and f.status == "pass"
+    return not any(f.status == BLOCK for f in findings) and any(f.check.endswith(".reachable") and f.status == PASS
                                                                  for f in findings)

@@ -2,7 +2,9 @@
 
 KMS verifies all of this only at connect time, when the store is already disconnected; a missing
 principal or an unverified private DNS name then shows up as FAILED minutes into the window. Here
-the same requirements are read with the EC2/ELBv2 describe calls (facts §4.3) beforehand.
+the same requirements are read with the EC2/ELBv2 describe calls (facts §4.3) beforehand, including the
+health of the NLB's targets (balancer.py). What cannot be read from here (another account's service, an
+API that does not answer) is `unverified`, never a pass.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any  # boto3 clients and responses carry no types
 
 from migrator.aws.clients import aws_error_code
 from migrator.plan import VPC
+from migrator.preflight.balancer import nlb_targets
 from migrator.preflight.base import (
     Finding,
     PreflightContext,
@@ -22,6 +25,7 @@ from migrator.preflight.base import (
     ok,
     short_error,
     target_owner,
+    unverified,
     warn,
 )
 
@@ -120,9 +124,10 @@ def _permissions(ctx: PreflightContext, ec2: Any, sid: str) -> list[Finding]:
     except Exception as exc:
         if not is_aws_or_network_error(exc):
             raise
-        return [warn("vpc.allowed_principal", f"could not read the allowed principals of {sid} "
-                     f"({short_error(exc)}): check by hand that {principal} is allowed",
-                     f"aws ec2 describe-vpc-endpoint-service-permissions --service-id {sid}")]
+        return [unverified("vpc.allowed_principal", f"could not read the allowed principals of {sid} "
+                           f"({short_error(exc)}): whether {principal} is allowed was NOT checked",
+                           "allow ec2:DescribeVpcEndpointServicePermissions for this principal, then run preflight "
+                           f"again; by hand: aws ec2 describe-vpc-endpoint-service-permissions --service-id {sid}")]
     add_cmd = (f"aws ec2 modify-vpc-endpoint-service-permissions --service-id {sid} "
                f"--add-allowed-principals '[\"{principal}\"]' --region {ctx.plan.region}")
     if principal in allowed or any(p.endswith(":" + principal) or p.endswith("/" + principal) for p in allowed):
@@ -169,9 +174,16 @@ def _load_balancers(ctx: PreflightContext, svc: Mapping[str, Any], sid: str) -> 
         else:
             found.append(ok("vpc.nlb_internal", f"{lb_name} is internal"))
         state = (lb.get("State") or {}).get("Code", "active")
-        if state != "active":
-            found.append(warn("vpc.nlb_state", f"{lb_name} is {state}, not active", state=state))
+        if state == "active_impaired":  # it still routes, with less capacity
+            found.append(warn("vpc.nlb_state", f"{lb_name} is {state}, not active", "check the load balancer's "
+                              "subnets and targets", state=state))
+        elif state != "active":  # provisioning or failed: nothing routes through it yet (or any more)
+            found.append(block("vpc.nlb_state", f"{lb_name} is {state}, not active: KMS's connect through the "
+                               "endpoint service would fail", "wait for the load balancer to become active, or "
+                               "recreate it: aws elbv2 describe-load-balancers --load-balancer-arns "
+                               + str(lb.get("LoadBalancerArn", "")), state=state))
         found.append(_listener(elbv2, lb))
+        found.append(nlb_targets(elbv2, lb))
     return found
 
 
@@ -182,7 +194,9 @@ def _listener(elbv2: Any, lb: Mapping[str, Any]) -> Finding:
     except Exception as exc:
         if not is_aws_or_network_error(exc):
             raise
-        return warn("vpc.nlb_listener", f"could not read the listeners of {name} ({short_error(exc)})")
+        return unverified("vpc.nlb_listener", f"could not read the listeners of {name} ({short_error(exc)}): "
+                          "TCP 443 was NOT checked", "allow elasticloadbalancing:DescribeListeners for this "
+                          "principal, then run preflight again")
     if any(li.get("Port") == 443 and li.get("Protocol") == "TCP" for li in listeners):
         return ok("vpc.nlb_listener", f"{name} listens on TCP 443")
     seen = ", ".join(f"{li.get('Protocol')} {li.get('Port')}" for li in listeners) or "none"
@@ -203,10 +217,10 @@ def _consumer_view(ctx: PreflightContext, name: str, owner: str) -> list[Finding
         else:
             raise
     if not details:
-        return [warn("vpc.endpoint_service", f"{name} (owner {owner}) is not visible from this account: it may not "
-                     "exist, or this account is not one of its allowed principals; check it in the owner account",
-                     f"aws ec2 describe-vpc-endpoint-service-configurations --filters Name=service-name,Values={name}"
-                     "  # run in account " + owner)]
+        return [unverified("vpc.endpoint_service", f"{name} (owner {owner}) is not visible from this account: it "
+                           "may not exist, or this account is not one of its allowed principals; it was NOT checked",
+                           "check it in the owner account: aws ec2 describe-vpc-endpoint-service-configurations "
+                           f"--filters Name=service-name,Values={name}  # run in account {owner}")]
     svc = details[0]
     sid = svc.get("ServiceId", name.rsplit(".", 1)[-1])
     # The consumer view has no ServiceState; list it as Available when it is listed at all.
@@ -219,8 +233,12 @@ def _consumer_view(ctx: PreflightContext, name: str, owner: str) -> list[Finding
                  block("vpc.availability_zones", f"{sid} is offered in {len(zones)} Availability Zone(s): KMS needs "
                        "at least two", "add a subnet in another AZ to the NLB in account " + owner, zones=zones))
     principal = kms_principal(ctx.plan.region)
-    found.append(warn("vpc.allowed_principal", f"the allowed principals and the load balancer of {sid} belong to "
-                      f"account {owner} and cannot be read from here: check that {principal} is allowed and the "
-                      "NLB is network type, internal, TCP 443",
-                      f"aws ec2 describe-vpc-endpoint-service-permissions --service-id {sid}  # in account {owner}"))
+    found.append(unverified("vpc.allowed_principal", f"the allowed principals of {sid} belong to account {owner} "
+                            f"and cannot be read from here: whether {principal} is allowed was NOT checked",
+                            f"in account {owner}: aws ec2 describe-vpc-endpoint-service-permissions --service-id "
+                            f"{sid}; then accept vpc.allowed_principal by name"))
+    found.append(unverified("vpc.load_balancer", f"the load balancer of {sid} belongs to account {owner} and cannot "
+                            "be read from here: its type, listener and healthy targets were NOT checked",
+                            f"in account {owner}: aws elbv2 describe-target-health --target-group-arn <arn> (network "
+                            "type, TCP 443, healthy targets); then accept vpc.load_balancer by name"))
     return found

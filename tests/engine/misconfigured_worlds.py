@@ -1,7 +1,9 @@
 """Worlds with one real misconfiguration each, for every blocking preflight check (shared by tests).
 
-Each entry: (label, mutate(world), the check that must block). The base world is
-plans/worlds/public-to-vpc.toml; SECRET is its simulated proxy's secret.
+Each entry: (label, mutate(world), the check that must block). The base world of WORLD_MISCONFIGURATIONS is
+plans/worlds/public-to-vpc.toml (SECRET is its simulated proxy's secret); VPC_TO_PUBLIC_MISCONFIGURATIONS
+change plans/worlds/vpc-to-public.toml (LEDGER_SECRET), the other direction. `vantage_resolver` is the
+tool's vantage point on a running world (the world's own `GET /_rehearsal/vantage` map).
 """
 
 from __future__ import annotations
@@ -12,6 +14,23 @@ from typing import Any
 from migrator.rehearsal.world import model
 
 SECRET = "+IKdHjtP/QDxtGRJxkxhicMq268cVU/UBXExOTwHrQ0="  # the simulated proxy's secret (world file)
+LEDGER_SECRET = "Pcf6BsY8P4L5FGTs1zX3p6ZLWQjVTItj2OeR7uJSfDw="  # the ledger proxy's (vpc-to-public world)
+
+
+def vantage_resolver(server: Any, *, private: bool = True) -> Callable[[str], str]:
+    """host -> "127.0.0.1:port" as the world's vantage point "inside_vpc" gives it (private DNS names to the
+    proxy the NLB routes to, or to a refusing port); private=False: public names only (a laptop outside)."""
+    state = server.state
+
+    def resolve(host: str) -> str:
+        name = host.lower().rstrip(".")
+        public = {h.lower() for p in state.world.proxies for h in p.public_hostnames}
+        address = server.vantage().get(name)
+        if address is None or (not private and name not in public):
+            raise LookupError(f"{host} cannot be reached from this machine")
+        return str(address)
+
+    return resolve
 
 
 def service_of(w: model.World) -> model.EndpointService:
@@ -28,6 +47,17 @@ def add_other_store(w: model.World, **kw: Any) -> None:
                 access_key_id="XKSPROXYACCESSKEY2345", secret=SECRET, state="CONNECTED")
     base.update(kw)
     w.keystores.append(model.KeyStore(**base))
+
+
+def no_healthy_target(lb: model.LoadBalancer) -> None:
+    """The NLB's only target fails its health checks: nothing listens at its address (world.balancing)."""
+    lb.proxy = ""
+    lb.target_groups = [model.TargetGroup(name=f"{lb.name}-tg", targets=[
+        model.Target(id="10.0.1.20", proxy="", health="unhealthy", reason="Target.Timeout")])]
+
+
+def proxy_fault(kind: str) -> Callable[[model.World], None]:
+    return lambda w: w.faults.append(model.Fault(proxy=w.proxies[0].name, proxy_fault=kind))
 
 
 def _second_key_manager(w: model.World) -> None:
@@ -76,4 +106,34 @@ WORLD_MISCONFIGURATIONS: list[tuple[str, Callable[[model.World], None], str]] = 
      "permissions.iam"),
     ("no Enabled key", lambda w: [setattr(k, "state", "Disabled") for k in w.keys if k.state == "Enabled"],
      "keys.verifiable"),
+    # Issue 12, block do not warn: each of these made the real run fail after the disconnect.
+    ("proxy refuses connections", lambda w: setattr(w.proxies[0], "down", True), "tls.reachable"),
+    ("proxy slower than KMS's 250 ms", lambda w: setattr(w.proxies[0], "latency_ms", 320.0), "proxy.latency"),
+    ("proxy throttles", proxy_fault("throttling"), "proxy.health"),
+    ("key manager times out behind the proxy", proxy_fault("dependency_timeout"), "proxy.health"),
+    ("NLB without a healthy target", lambda w: no_healthy_target(load_balancer_of(w)), "vpc.nlb_targets"),
+    ("NLB still provisioning", lambda w: setattr(load_balancer_of(w), "state", "provisioning"), "vpc.nlb_state"),
+    ("leaf served without its intermediate", lambda w: setattr(w.proxies[0], "certificate", "missing_intermediate"),
+     "tls.trusted_root"),
+    ("proxy offers only TLS 1.1", lambda w: setattr(w.proxies[0], "tls_max_version", "1.1"), "tls.version"),
+    ("original public name no longer resolves", lambda w: setattr(w.proxies[0], "public_hostnames", []),
+     "rollback.tls.reachable"),
+]
+
+# The causes that used to pass `plan` with a warning (issue 12); also run through the CLI (test_blocking_worlds).
+ISSUE_12 = {label for label, _, _ in WORLD_MISCONFIGURATIONS[WORLD_MISCONFIGURATIONS.index(next(
+    m for m in WORLD_MISCONFIGURATIONS if m[0] == "proxy refuses connections")):]}
+
+# The other direction: a VPC store (ledger-xks) moving to its public endpoint.
+VPC_TO_PUBLIC_MISCONFIGURATIONS: list[tuple[str, Callable[[model.World], None], str]] = [
+    ("public name does not resolve", lambda w: setattr(w.proxies[0], "public_hostnames", []), "tls.reachable"),
+    ("proxy refuses connections", lambda w: setattr(w.proxies[0], "down", True), "tls.reachable"),
+    ("proxy slower than KMS's 250 ms", lambda w: setattr(w.proxies[0], "latency_ms", 320.0), "proxy.latency"),
+    ("proxy throttles", proxy_fault("throttling"), "proxy.health"),
+    ("key manager times out behind the proxy", proxy_fault("dependency_timeout"), "proxy.health"),
+    ("leaf served without its intermediate", lambda w: setattr(w.proxies[0], "certificate", "missing_intermediate"),
+     "tls.trusted_root"),
+    ("proxy offers only TLS 1.0", lambda w: setattr(w.proxies[0], "tls_max_version", "1.0"), "tls.version"),
+    ("original NLB without a healthy target", lambda w: no_healthy_target(load_balancer_of(w)),
+     "rollback.vpc.nlb_targets"),
 ]

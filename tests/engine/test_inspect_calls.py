@@ -1,4 +1,4 @@
-"""Pure parts of the inspector: the CLI-form call sequences, `blocked`, ARN conversion."""
+"""Pure parts of the inspector: the CLI-form call sequences, `blocked`, ARN conversion, the latency verdict."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from migrator.plan import PUBLIC, VPC, CredentialRef, KeystorePlan, Plan, Target
 from migrator.preflight.calls import mutating_calls, rollback_calls
 from migrator.preflight.inspector import Finding, blocked
 from migrator.preflight.keys import role_arn
+from migrator.preflight.proxy import LATENCY_LIMIT_MS, latency_finding
 
 SNAP_VPC = Observation.from_describe({
     "CustomKeyStoreId": "cks-0fedcba9876543210", "ConnectionState": "DISCONNECTED",
@@ -51,6 +52,23 @@ def test_rollback_without_snapshot_says_so():
 def test_blocked():
     assert not blocked([Finding("a", "pass", "m"), Finding("b", "warn", "m")])
     assert blocked([Finding("a", "pass", "m"), Finding("b", "block", "m")])
+    # Fail closed: a check that could not be made holds the run too, until it is accepted by name.
+    assert blocked([Finding("a", "pass", "m"), Finding("b", "unverified", "m")])
+    assert not blocked([Finding("a", "pass", "m"), Finding("b", "accepted", "m")])
+
+
+def test_latency_is_judged_by_the_median_against_kms_timeout():
+    assert LATENCY_LIMIT_MS == 250.0
+    slow = latency_finding("proxy", [260.0, 300.0, 40.0, 280.0, 255.0])  # one fast call does not save it
+    assert (slow.check, slow.status) == ("proxy.latency", "block")
+    assert slow.detail["median_ms"] == 260.0 and slow.detail["samples_ms"] == [40.0, 255.0, 260.0, 280.0, 300.0]
+    assert "median 260 ms of 5" in slow.message and "250 ms" in slow.message and slow.remedy
+    close = latency_finding("rollback.proxy", [210.0, 220.0, 900.0])  # one outlier does not block
+    assert (close.check, close.status) == ("rollback.proxy.latency", "warn")
+    assert "median 220 ms of 3" in close.message and "max 900" in close.message
+    assert latency_finding("proxy", [199.0, 3.0, 5.0]).status == "pass"
+    assert latency_finding("proxy", [200.0]).status == "pass"  # 80 % of the limit is still headroom
+    assert latency_finding("proxy", [250.0]).status == "warn"  # at the limit: not above it
 
 
 def test_role_arn():
@@ -58,3 +76,4 @@ def test_role_arn():
         "arn:aws:iam::111122223333:role/Deployer"
     assert role_arn("arn:aws:iam::111122223333:user/alice") == "arn:aws:iam::111122223333:user/alice"
     assert role_arn("arn:aws-us-gov:sts::1:assumed-role/R/s") == "arn:aws-us-gov:iam::1:role/R"
+

@@ -132,11 +132,28 @@ def test_self_signed_leaf_blocks(trusted):
     assert by_check(judge_chain(HOST, [me.der], now=NOW, trusted=trusted))["tls.trusted_root"].status == "block"
 
 
-def test_issuer_named_like_a_kms_root_but_absent_warns():
+def test_issuer_named_like_a_kms_root_but_absent_is_unverified():
+    """A name is not a fingerprint: the check could not be made, which holds the run (fail closed)."""
     fake = Authority("ISRG Root X1", "Internet Security Research Group")  # name only; the real root is absent
     f = by_check(judge_chain(HOST, [fake.leaf(sans=[HOST])], now=NOW, system_roots_der=[]))
-    assert f["tls.trusted_root"].status == "warn"
-    assert "isrgrootx1" in f["tls.trusted_root"].message
+    assert f["tls.trusted_root"].status == "unverified"
+    assert "isrgrootx1" in f["tls.trusted_root"].message and "NOT checked" in f["tls.trusted_root"].message
+    assert "extra_trusted_roots" in f["tls.trusted_root"].remedy
+
+
+def test_leaf_served_without_its_intermediate_blocks(kms_root, trusted):
+    """The intermediate exists and chains to a KMS root, but the server does not send it: KMS cannot build
+    the chain ("incorrect certificate chaining"), even though the root is at hand."""
+    inter = Authority("Acme Issuing CA", "Acme Trust", signer=kms_root)
+    leaf = inter.leaf(sans=[HOST])
+    f = by_check(judge_chain(HOST, [leaf], now=NOW, system_roots_der=[kms_root.der], trusted=trusted))
+    root = f["tls.trusted_root"]
+    assert root.status == "block"
+    assert "missing intermediate" in root.message and "Acme Issuing CA" in root.message
+    assert f["tls.trusted_root"].detail["served"] == 1
+    # The same leaf with its intermediate passes (the judgement is about what is served).
+    served = by_check(judge_chain(HOST, [leaf, inter.der], now=NOW, system_roots_der=[kms_root.der], trusted=trusted))
+    assert served["tls.trusted_root"].status == "pass"
 
 
 def test_wrong_host_blocks(kms_root, trusted):
@@ -195,3 +212,51 @@ def test_prefix_names_the_checks(kms_root, trusted):
 ])
 def test_hostname_matches(host, names, expected):
     assert hostname_matches(host, names) is expected
+
+
+# -- reaching the endpoint: what blocks, and what only this machine's position leaves unverified ---------------
+
+@pytest.mark.parametrize(("private", "kind", "vantage", "mapped", "status"), [
+    (True, "dns", False, True, "unverified"),    # a private DNS name from outside its VPC
+    (True, "timeout", False, True, "unverified"),
+    (True, "dns", True, False, "unverified"),    # the vantage point cannot map it
+    (True, "connect", True, True, "block"),      # a vantage point reached the NLB: nothing answers there
+    (True, "dns", True, True, "block"),          # the probe address itself does not resolve
+    (True, "connect", False, True, "block"),     # it resolved here and refused
+    (False, "dns", False, True, "block"),        # a public name that does not resolve
+    (False, "dns", True, False, "block"),        # ... nor from the vantage point
+    (False, "connect", False, True, "block"),    # refused or reset
+    (False, "handshake_timeout", False, True, "block"),  # TCP accepted, no TLS within 5 s: far past 250 ms
+    (False, "timeout", False, True, "unverified"),  # a SYN timing out may be our own egress firewall
+    (False, "timeout", True, True, "block"),     # ... but not through the vantage point chosen to reach it
+])
+def test_unreachable_is_a_block_unless_only_our_position_is_in_the_way(private, kind, vantage, mapped, status):
+    from migrator.preflight.tls import _unreachable
+
+    f = _unreachable("rollback.tls", HOST, private=private, kind=kind, why="why", vantage=vantage, mapped=mapped)
+    assert (f.check, f.status) == ("rollback.tls.reachable", status)
+    assert f.remedy and f.detail["kind"] == kind
+    if status == "unverified" and private:
+        assert f"--resolve {HOST}=IP:PORT" in f.remedy and "probe" in f.remedy
+
+
+def test_fetch_chain_tells_refused_from_a_silent_handshake():
+    import socket
+
+    from migrator.preflight.tls import TlsProbeError, fetch_chain
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, not listening: the kernel refuses
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # the kernel accepts TCP; nobody ever speaks TLS
+    try:
+        with pytest.raises(TlsProbeError) as refused:
+            fetch_chain(HOST, closed.getsockname(), timeout=2.0)
+        assert refused.value.kind == "connect"
+        with pytest.raises(TlsProbeError) as quiet:
+            fetch_chain(HOST, silent.getsockname(), timeout=0.3)
+        assert quiet.value.kind == "handshake_timeout" and "accepted TCP" in str(quiet.value)
+    finally:
+        closed.close()
+        silent.close()

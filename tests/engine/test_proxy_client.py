@@ -68,6 +68,19 @@ def test_wrong_path_gives_invalid_uri_path(ca, proxy):
     assert resp.error_name == "InvalidUriPathException"
 
 
+@pytest.mark.parametrize(("fault", "status", "error_name"), [("throttling", 429, "ThrottlingException"),
+                                                          ("dependency_timeout", 503, "DependencyTimeoutException")])
+def test_throttling_and_dependency_timeout_are_judged_by_error_name(ca, proxy, fault, status, error_name):
+    """Preflight blocks on these (KMS: XksProxyUriUnreachableException); the client only reports them."""
+    proxy.set_fault(fault)
+    try:
+        resp = client(ca, proxy).health()
+    finally:
+        proxy.clear_fault(fault)
+    assert (resp.status, resp.error_name, resp.ok) == (status, error_name, False)
+    assert client(ca, proxy).health().ok
+
+
 def test_key_metadata(ca, proxy):
     c = client(ca, proxy)
     enabled = c.key_metadata("key-1")
