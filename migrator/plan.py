@@ -15,6 +15,10 @@ Plan file keys:
     poll_interval = "5s"               # DescribeCustomKeyStores interval (default 5s, minimum 1s)
     extra_trusted_roots = ["ca.pem"]   # optional PEM files trusted besides KMS's 130 roots (rehearsals)
 
+    [preflight]                        # optional
+    accept_unverified = ["proxy.credential"]  # checks that could not be made, run anyway (journaled with who
+                                       # and when; RUNBOOK.md#accepting-unverified-checks); a block never is
+
     [[keystores]]
     id = "cks-..." | name = "..."      # exactly one
     probe = "host:port"                # optional address to reach the target endpoint for TLS checks
@@ -49,13 +53,10 @@ from pathlib import Path
 from typing import Any
 
 from migrator.aws.secret_refs import REFERENCE_FORMS, is_reference
+from migrator.plan_toml import SECRETISH, PlanError, Table, one_line, show, type_name
 
 PUBLIC = "PUBLIC_ENDPOINT"
 VPC = "VPC_ENDPOINT_SERVICE"
-
-
-class PlanError(ValueError):
-    """The plan is unusable; str() is one line: `FILE: KEY: reason`."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ class Plan:
     poll_interval: float = 5.0  # seconds
     account_id: str | None = None
     extra_trusted_roots: tuple[str, ...] = ()
+    accept_unverified: tuple[str, ...] = ()  # check ids the operator accepts as unverified ([preflight])
     path: str = ""
     text: str = field(default="", repr=False)
     fingerprint: str = ""  # sha256 hex of the file's bytes
@@ -134,118 +136,21 @@ RE_SERVICE = re.compile(r"^(com|eu)\.amazonaws\.vpce\.([a-z]+-){2,3}\d+\.vpce-sv
 RE_ACCESS_KEY_ID = re.compile(r"^[A-Z2-7]+$")
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 RE_KEY_ID = re.compile(rf"^{_UUID}$|^arn:aws[a-z-]*:kms:[a-z]{{2}}(-[a-z]+){{1,2}}-\d{{1,2}}:[0-9]{{12}}:key/{_UUID}$")
+RE_CHECK_ID = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)+$")  # a preflight check id: proxy.credential
 RE_PROBE = re.compile(r"^([a-zA-Z0-9.-]+|\[[0-9a-fA-F:.]+\]):([0-9]{1,5})$")
 RE_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-# Any run this long of the RawSecretAccessKey alphabet might be a secret: such values are never echoed.
-_SECRETISH = re.compile(r"[a-zA-Z0-9/+=]{43,}")
-_TOML_TYPES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "an array",
-               dict: "a table"}
-
-
-def _one_line(text: str) -> str:
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
-
-
-def _show(value: Any) -> str:
-    """A value for an error message: quoted, one line, short, and never something that could be a secret."""
-    if isinstance(value, str) and _SECRETISH.search(value):
-        return "(value not shown: it could be a secret)"
-    text = repr(value)
-    return _one_line(text if len(text) <= 140 else text[:137] + "...")
-
-
-def _type_name(value: Any) -> str:
-    for kind, name in _TOML_TYPES.items():
-        if isinstance(value, kind):
-            return name.split(" ", 1)[1]
-    return type(value).__name__  # datetime, date, time
-
-
-def _key_text(key: str) -> str:
-    if re.fullmatch(r"[A-Za-z0-9_-]+(\[\d+\])?", key) and not _SECRETISH.search(key):
-        return key
-    return _show(key) if _SECRETISH.search(key) else _one_line(repr(key))
-
-
-class _Table:
-    """One TOML table with typed getters; every failure is a PlanError `FILE: KEY: reason`."""
-
-    def __init__(self, source: str, path: str, data: dict[str, Any]):
-        self.source, self.path, self.data = source, path, data
-        self.used: set[str] = set()
-
-    def where(self, key: str) -> str:
-        key = _key_text(key)
-        return f"{self.path}.{key}" if self.path else key
-
-    def fail(self, key: str, reason: str) -> PlanError:
-        return PlanError(_one_line(f"{self.source}: {self.where(key)}: {reason}"))
-
-    def has(self, key: str) -> bool:
-        return key in self.data
-
-    def get(self, key: str, kind: type, *, required: bool = False, default: Any = None) -> Any:
-        self.used.add(key)
-        if key not in self.data:
-            if required:
-                raise self.fail(key, "is required")
-            return default
-        value = self.data[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            raise self.fail(key, f"must be {_TOML_TYPES[kind]}, not {_type_name(value)}")
-        return value
-
-    def text(self, key: str, pattern: re.Pattern[str] | None = None, *, lengths: tuple[int, int] = (1, 256),
-             required: bool = False, hint: str = "", secret: bool = False) -> str | None:
-        value = self.get(key, str, required=required)
-        if value is None:
-            return None
-        shown = "the value (not shown)" if secret else _show(value)
-        lo, hi = lengths
-        if not lo <= len(value) <= hi:
-            raise self.fail(key, f"{shown} is {len(value)} characters; must be {lo}-{hi}{hint}")
-        if pattern is not None and not pattern.fullmatch(value):
-            raise self.fail(key, f"{shown} does not match {pattern.pattern}{hint}")
-        if pattern is None and not value.isprintable():
-            raise self.fail(key, "must be printable text on one line")
-        return str(value)
-
-    def table(self, key: str, *, required: bool = False) -> _Table | None:
-        raw = self.get(key, dict, required=required)
-        return None if raw is None else _Table(self.source, self.where(key), raw)
-
-    def tables(self, key: str) -> list[_Table]:
-        raw = self.get(key, list, default=[])
-        if not all(isinstance(item, dict) for item in raw):
-            raise self.fail(key, "must be an array of tables ([[...]])")
-        return [_Table(self.source, f"{self.where(key)}[{i}]", item) for i, item in enumerate(raw)]
-
-    def expect(self, *keys: str) -> None:
-        """Refuse unknown keys first: a typo'd key explains a "required" error better than the error itself."""
-        unknown = sorted(set(self.data) - set(keys))
-        if unknown:
-            raise self.fail(unknown[0], f"unknown key (expected one of: {', '.join(keys)})")
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            raise self.fail(unknown[0], "unknown key")
-
-
 def parse_duration(value: str | int | float, where: str) -> float:
     """`15m`, `5s`, `1h30m`, `250ms` (units in descending order) or a number of seconds -> seconds."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise PlanError(_one_line(f"{where}: must be a duration like '15m' or '5s', not {_type_name(value)}"))
+        raise PlanError(one_line(f"{where}: must be a duration like '15m' or '5s', not {type_name(value)}"))
     if isinstance(value, str):
         text = value.strip()
         parts = RE_DURATION_PART.findall(text)
         units = [unit for _, unit in parts]
         order = [list(_UNIT_SECONDS).index(u) for u in units]
         if not parts or "".join(n + u for n, u in parts) != text or order != sorted(set(order)):
-            raise PlanError(_one_line(f"{where}: {_show(value)} is not a duration like '15m', '1h30m', '90s', '250ms'"))
+            raise PlanError(one_line(f"{where}: {show(value)} is not a duration like '15m', '1h30m', '90s', '250ms'"))
         seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
     else:
         try:
@@ -253,7 +158,7 @@ def parse_duration(value: str | int | float, where: str) -> float:
         except OverflowError:
             seconds = math.inf
     if not math.isfinite(seconds) or seconds < 0:
-        raise PlanError(_one_line(f"{where}: {_show(value)} is not a finite, non-negative duration"))
+        raise PlanError(one_line(f"{where}: {show(value)} is not a finite, non-negative duration"))
     return seconds
 
 
@@ -265,7 +170,7 @@ def load_plan(path: str | Path) -> Plan:
         with path.open("rb") as fh:
             raw = fh.read(MAX_PLAN_BYTES + 1)
     except OSError as exc:
-        raise PlanError(_one_line(f"{source}: cannot read: {exc.strerror or type(exc).__name__}")) from None
+        raise PlanError(one_line(f"{source}: cannot read: {exc.strerror or type(exc).__name__}")) from None
     plan = parse_plan(raw, source)
     roots = tuple(r if Path(r).is_absolute() else str(path.parent / r) for r in plan.extra_trusted_roots)
     return replace(plan, extra_trusted_roots=roots)
@@ -273,7 +178,7 @@ def load_plan(path: str | Path) -> Plan:
 
 def parse_plan(text: str | bytes, source: str) -> Plan:
     """Validate plan text; `source` names the file in messages and becomes `Plan.path`."""
-    src = _one_line(str(source))
+    src = one_line(str(source))
     if isinstance(text, str):
         try:
             raw = text.encode("utf-8")
@@ -290,16 +195,16 @@ def parse_plan(text: str | bytes, source: str) -> Plan:
     try:
         data = tomllib.loads(decoded.removeprefix("\ufeff"))
     except tomllib.TOMLDecodeError as exc:
-        reason = _SECRETISH.sub("(not shown)", str(exc))  # tomllib quotes duplicate keys
-        raise PlanError(_one_line(f"{src}: not valid TOML: {reason}")) from None
+        reason = SECRETISH.sub("(not shown)", str(exc))  # tomllib quotes duplicate keys
+        raise PlanError(one_line(f"{src}: not valid TOML: {reason}")) from None
     except RecursionError:
         raise PlanError(f"{src}: not valid TOML: nested too deeply") from None
-    plan = _plan_from_dict(_Table(src, "", data))
+    plan = _plan_from_dict(Table(src, "", data))
     return replace(plan, path=str(source), text=decoded, fingerprint=hashlib.sha256(raw).hexdigest())
 
 
-def _plan_from_dict(top: _Table) -> Plan:
-    top.expect("plan", "keystores")
+def _plan_from_dict(top: Table) -> Plan:
+    top.expect("plan", "preflight", "keystores")
     head = top.table("plan", required=True)
     assert head is not None
     head.expect("name", "region", "account_id", "max_disconnected", "poll_interval", "extra_trusted_roots")
@@ -320,22 +225,39 @@ def _plan_from_dict(top: _Table) -> Plan:
         raise head.fail("extra_trusted_roots", "must be an array of file names")
     head.done()
 
+    accepted = _preflight(top.table("preflight"))
     stores = [_keystore(t, region) for t in top.tables("keystores")]
     if not stores:
         raise top.fail("keystores", "at least one [[keystores]] table is required")
     top.done()
     _check_unique(top, stores)
     return Plan(name=name or "", region=region or "", keystores=tuple(stores), max_disconnected=max_disc,
-                poll_interval=poll, account_id=account_id, extra_trusted_roots=tuple(roots))
+                poll_interval=poll, account_id=account_id, extra_trusted_roots=tuple(roots),
+                accept_unverified=accepted)
 
 
-def _duration(t: _Table, key: str, default: str) -> float:
+def _preflight(t: Table | None) -> tuple[str, ...]:
+    """`[preflight] accept_unverified`: a list of check ids, each once."""
+    if t is None:
+        return ()
+    t.expect("accept_unverified")
+    names = t.get("accept_unverified", list, default=[])
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not RE_CHECK_ID.fullmatch(name):
+            raise t.fail(f"accept_unverified[{i}]", f"{show(name)} is not a check id like \"proxy.credential\"")
+    if len(set(names)) != len(names):
+        raise t.fail("accept_unverified", "lists a check twice")
+    t.done()
+    return tuple(names)
+
+
+def _duration(t: Table, key: str, default: str) -> float:
     t.used.add(key)
     value = t.data.get(key, default)
     return parse_duration(value, f"{t.source}: {t.where(key)}")
 
 
-def _keystore(t: _Table, region: str | None) -> KeystorePlan:
+def _keystore(t: Table, region: str | None) -> KeystorePlan:
     t.expect("id", "name", "probe", "target", "original_credential", "accept_no_rollback", "verify")
     store_id = t.text("id", RE_STORE_ID, lengths=(21, 21))
     name = t.text("name", lengths=(1, 256))
@@ -343,7 +265,7 @@ def _keystore(t: _Table, region: str | None) -> KeystorePlan:
         raise t.fail("id", "give exactly one of id (cks-...) or name" if store_id else "id or name is required")
     probe = t.text("probe", RE_PROBE, lengths=(3, 300), hint=" (host:port)")
     if probe is not None and not 1 <= int(probe.rsplit(":", 1)[1]) <= 65535:
-        raise t.fail("probe", f"{_show(probe)}: port must be 1-65535")
+        raise t.fail("probe", f"{show(probe)}: port must be 1-65535")
     target_table = t.table("target", required=True)
     assert target_table is not None
     target = _target(target_table, region)
@@ -366,9 +288,9 @@ def _keystore(t: _Table, region: str | None) -> KeystorePlan:
             raise verify.fail("key_ids", f"at most {MAX_VERIFY_KEYS} keys (each costs an Encrypt+Decrypt)")
         for i, key_id in enumerate(key_ids):
             if not isinstance(key_id, str) or not RE_KEY_ID.fullmatch(key_id):
-                raise verify.fail(f"key_ids[{i}]", f"{_show(key_id)} is not a key id (UUID) or key ARN")
+                raise verify.fail(f"key_ids[{i}]", f"{show(key_id)} is not a key id (UUID) or key ARN")
             if region and key_id.startswith("arn:") and key_id.split(":")[3] != region:
-                raise verify.fail(f"key_ids[{i}]", f"{_show(key_id)} is not in the plan's region {region}")
+                raise verify.fail(f"key_ids[{i}]", f"{show(key_id)} is not in the plan's region {region}")
         if len(set(key_ids)) != len(key_ids):
             raise verify.fail("key_ids", "lists a key twice")
         verify.done()
@@ -377,12 +299,12 @@ def _keystore(t: _Table, region: str | None) -> KeystorePlan:
                         original_credential=original, accept_no_rollback=accept, probe=probe)
 
 
-def _target(t: _Table, region: str | None) -> Target:
+def _target(t: Table, region: str | None) -> Target:
     t.expect("connectivity", "uri_endpoint", "uri_path", "vpc_endpoint_service_name", "vpc_endpoint_service_owner",
              "credential")
     conn = t.get("connectivity", str, required=True)
     if conn not in (PUBLIC, VPC):
-        raise t.fail("connectivity", f"must be {PUBLIC} or {VPC}, not {_show(conn)}")
+        raise t.fail("connectivity", f"must be {PUBLIC} or {VPC}, not {show(conn)}")
     endpoint = t.text("uri_endpoint", RE_ENDPOINT, lengths=(10, 128), required=True,
                       hint=_endpoint_hint(t.data.get("uri_endpoint")))
     path = t.text("uri_path", RE_PATH, lengths=(10, 128), hint=" (the proxy's path prefix ending in /kms/xks/v1)")
@@ -416,7 +338,7 @@ def _endpoint_hint(value: Any) -> str:
     return ""
 
 
-def _credential(t: _Table, *, require_key_id: bool, require_secret: bool) -> CredentialRef | None:
+def _credential(t: Table, *, require_key_id: bool, require_secret: bool) -> CredentialRef | None:
     t.expect("access_key_id", "secret", *(("accept_no_rollback",) if not require_key_id else ()))
     key_id = t.text("access_key_id", RE_ACCESS_KEY_ID, lengths=(20, 30), required=require_key_id, secret=True)
     t.used.add("secret")
@@ -432,7 +354,7 @@ def _credential(t: _Table, *, require_key_id: bool, require_secret: bool) -> Cre
     return CredentialRef(access_key_id=key_id or "", secret_ref=secret)
 
 
-def _check_unique(top: _Table, stores: list[KeystorePlan]) -> None:
+def _check_unique(top: Table, stores: list[KeystorePlan]) -> None:
     """KMS refuses two stores sharing an endpoint or a service (facts §1.3); catch it before any call."""
     seen: dict[tuple[str, str], int] = {}
     for i, store in enumerate(stores):
@@ -444,4 +366,4 @@ def _check_unique(top: _Table, stores: list[KeystorePlan]) -> None:
             first = seen.setdefault((key, value), i)
             if first != i:
                 where = f"keystores[{i}].{key}"
-                raise PlanError(_one_line(f"{top.source}: {where}: {_show(value)} is also used by keystores[{first}]"))
+                raise PlanError(one_line(f"{top.source}: {where}: {show(value)} is also used by keystores[{first}]"))

@@ -15,11 +15,14 @@ from migrator.cli import environment as support
 def run(plan_file: str, *, dry_run: bool, yes: bool, json_output: bool, state: str | None, world: str | None,
         faults: str | None, profile: str | None, region: str | None, endpoint_url: str | None,
         time_scale: float | None, hooks: str | None, postpone_cutover: bool, postpone_flag_file: str | None,
-        cutover_at: str | None, allow_insecure_hooks: bool = False) -> int:
-    """`run`: a new run of the plan in PLAN_FILE; what a resume must re-derive is recorded with it (recorded.py)."""
+        cutover_at: str | None, allow_insecure_hooks: bool = False, accept_unverified: list[str] | None = None,
+        resolve: list[str] | None = None) -> int:
+    """`run`: a new run of the plan in PLAN_FILE; what a resume must re-derive is recorded with it (recorded.py),
+    the --accept-unverified names too (a resume needs no flag to keep them)."""
     from migrator.cli import recorded
     from migrator.engine import runner as engine
 
+    accepted = accept_names(accept_unverified)
     plan = support.load_plan(plan_file)
     when = support.parse_cutover_at(cutover_at) if cutover_at else None
     run_hooks = support.make_hooks(hooks, allow_insecure=allow_insecure_hooks)
@@ -27,34 +30,49 @@ def run(plan_file: str, *, dry_run: bool, yes: bool, json_output: bool, state: s
     support.interruptible()
     with support.environment(plan, dry_run=dry_run, json_output=json_output, command="run", yes=yes, state=state,
                              world=world, faults=faults, profile=profile, region=region, endpoint_url=endpoint_url,
-                             time_scale=time_scale) as (env, renderer):
+                             time_scale=time_scale, resolve=resolve) as (env, renderer):
         env.hooks = run_hooks
         renderer.stores, renderer.simulated = [ks.id or ks.ref for ks in plan.keystores], env.clock.simulated
         env.postpone, env.postpone_flag_file, env.cutover_at = postpone_cutover, postpone_flag_file, when
         env.run_facts = recorded.run_facts(
             plan, hooks_dir=hooks, allow_insecure_hooks=allow_insecure_hooks, endpoint_url=endpoint_url,
             account_id=None if dry_run else recorded.caller_account(env.clients), dry_run=dry_run)
-        return support.finish(renderer, engine.start(plan, env))
+        if accepted:
+            env.run_facts["accept_unverified"] = list(accepted)
+        return support.finish(renderer, engine.start(plan, env), env.journal)
+
+
+def accept_names(names: list[str] | None) -> tuple[str, ...]:
+    """--accept-unverified CHECK names, each a check id (exit 2 otherwise), once each, in order."""
+    from migrator.plan import RE_CHECK_ID
+
+    for name in names or ():
+        if not RE_CHECK_ID.fullmatch(name):
+            raise support.fail(f"--accept-unverified: {name!r} is not a check id like proxy.credential "
+                               "(`xksmigrate plan` names each unverified check)")
+    return tuple(dict.fromkeys(names or ()))
 
 
 def plan(plan_file: str, *, dry_run: bool, json_output: bool, state: str | None, world: str | None,
-         faults: str | None, profile: str | None, region: str | None, endpoint_url: str | None) -> int:
-    """`plan`: the read-only report (0 ready or nothing to change, 3 blocked)."""
+         faults: str | None, profile: str | None, region: str | None, endpoint_url: str | None,
+         accept_unverified: list[str] | None = None, resolve: list[str] | None = None) -> int:
+    """`plan`: the read-only report (0 ready or nothing to change, 3 blocked or an unaccepted unverified check)."""
     from migrator.cli import plan_view
     from migrator.preflight import planner
 
+    accepted = accept_names(accept_unverified)
     plan = support.load_plan(plan_file)
     with support.environment(plan, dry_run=dry_run, json_output=json_output, command="plan", yes=False, state=state,
                              world=world, faults=faults, profile=profile, region=region, endpoint_url=endpoint_url,
-                             time_scale=None, observe=False) as (env, _):
-        report = planner.make_report(plan, env)
+                             time_scale=None, observe=False, resolve=resolve) as (env, _):
+        report = planner.make_report(plan, env, accepted)
         plan_view.render(report, json_output)
     return plan_view.exit_code(report)
 
 
 def resume(run_id: str | None, *, yes: bool, json_output: bool, state: str | None, retry_stuck: bool,
            profile: str | None, region: str | None, endpoint_url: str | None, time_scale: float | None,
-           hooks: str | None, allow_insecure_hooks: bool = False) -> int:
+           hooks: str | None, allow_insecure_hooks: bool = False, resolve: list[str] | None = None) -> int:
     """`resume`: continue RUN_ID (default: the latest unfinished run) from where its journal says it stood.
 
     The plan, hooks, endpoint, account and paths come from the journal (cli/recorded.py), not the command line.
@@ -66,8 +84,8 @@ def resume(run_id: str | None, *, yes: bool, json_output: bool, state: str | Non
     plan, env, renderer = support.recorded_run_env(
         journal, run_view, command="resume", json_output=json_output, yes=yes, profile=profile, region=region,
         endpoint_url=endpoint_url, time_scale=time_scale, hooks=hooks, retry_stuck=retry_stuck,
-        allow_insecure_hooks=allow_insecure_hooks)
-    return support.finish(renderer, engine.resume(plan, env, run_view.id))
+        allow_insecure_hooks=allow_insecure_hooks, resolve=resolve)
+    return support.finish(renderer, engine.resume(plan, env, run_view.id), env.journal)
 
 
 def _report(command: str, json_output: bool, text: str, **facts: object) -> None:
@@ -98,7 +116,7 @@ def proceed(run_id: str, *, state: str | None, json_output: bool = False) -> int
 
 def rollback(run_id: str, *, yes: bool, json_output: bool, state: str | None, profile: str | None,
              region: str | None, endpoint_url: str | None, time_scale: float | None, hooks: str | None,
-             allow_insecure_hooks: bool = False) -> int:
+             allow_insecure_hooks: bool = False, resolve: list[str] | None = None) -> int:
     """`rollback`: return every key store a run changed to its recorded original configuration, last first."""
     from migrator.engine import runner as engine
 
@@ -112,8 +130,9 @@ def rollback(run_id: str, *, yes: bool, json_output: bool, state: str | None, pr
                            "nothing to roll back")
     plan, env, renderer = support.recorded_run_env(
         journal, run_view, command="rollback", json_output=json_output, yes=yes, profile=profile, region=region,
-        endpoint_url=endpoint_url, time_scale=time_scale, hooks=hooks, allow_insecure_hooks=allow_insecure_hooks)
-    return support.finish(renderer, engine.rollback(plan, env, run_view.id))
+        endpoint_url=endpoint_url, time_scale=time_scale, hooks=hooks, allow_insecure_hooks=allow_insecure_hooks,
+        resolve=resolve)
+    return support.finish(renderer, engine.rollback(plan, env, run_view.id), env.journal)
 
 
 def unlock(lock_id: str, *, force: bool, state: str | None, json_output: bool = False) -> int:

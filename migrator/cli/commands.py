@@ -60,6 +60,12 @@ InsecureHooksOpt = Annotated[bool, typer.Option("--allow-insecure-hooks",
                                                 help="Run hooks from a directory other users may write")]
 ScaleOpt = Annotated[float | None, typer.Option("--time-scale", envvar="XKSMIGRATE_TIME_SCALE",
                                                 help="Simulated seconds per real second (rehearsal endpoints only)")]
+AcceptOpt = Annotated[list[str] | None, typer.Option(
+    "--accept-unverified", metavar="CHECK", help="Run although CHECK could not be made (repeatable; journaled with "
+    "who and when; a block can never be accepted; RUNBOOK.md#accepting-unverified-checks)")]
+ResolveOpt = Annotated[list[str] | None, typer.Option(
+    "--resolve", metavar="HOST=IP:PORT", help="Dial HOST at IP:PORT for preflight's probes, e.g. an SSM port "
+    "forward (repeatable; also $XKSMIGRATE_RESOLVE=\"host=ip:port,...\"; RUNBOOK.md#vantage-point)")]
 
 
 # -- commands: parse, call one function in actions.py or views.py, exit with its code -----------
@@ -77,8 +83,8 @@ def run(plan_file: Annotated[str, typer.Argument(metavar="PLAN", help="plan.toml
         postpone_flag_file: Annotated[str | None, typer.Option(
             "--postpone-flag-file", help="Postpone while this file exists (created if missing)")] = None,
         cutover_at: Annotated[str | None, typer.Option(
-            "--cutover-at", help="Wait before the disconnect until this local time (HH:MM or ISO 8601)")] = None
-        ) -> None:
+            "--cutover-at", help="Wait before the disconnect until this local time (HH:MM or ISO 8601)")] = None,
+        accept_unverified: AcceptOpt = None, resolve: ResolveOpt = None) -> None:
     """Migrate the key stores of PLAN: snapshot, preflight, disconnect, update, connect, verify."""
     from migrator.cli import actions
 
@@ -86,7 +92,8 @@ def run(plan_file: Annotated[str, typer.Argument(metavar="PLAN", help="plan.toml
                                  world=world, faults=faults, profile=profile, region=region,
                                  endpoint_url=endpoint_url, time_scale=time_scale, hooks=hooks,
                                  postpone_cutover=postpone_cutover, postpone_flag_file=postpone_flag_file,
-                                 cutover_at=cutover_at, allow_insecure_hooks=allow_insecure_hooks))
+                                 cutover_at=cutover_at, allow_insecure_hooks=allow_insecure_hooks,
+                                 accept_unverified=accept_unverified or [], resolve=resolve or []))
 
 
 @app.command("plan")
@@ -95,12 +102,14 @@ def plan_command(plan_file: Annotated[str, typer.Argument(metavar="PLAN", help="
                  json_output: JsonOpt = False, state: StateOpt = None,
                  world: Annotated[str | None, typer.Option("--world", help="World file for --dry-run")] = None,
                  faults: Annotated[str | None, typer.Option("--faults", help="Fault file for --dry-run")] = None,
-                 profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None) -> None:
+                 profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None,
+                 accept_unverified: AcceptOpt = None, resolve: ResolveOpt = None) -> None:
     """Read-only: snapshot, every preflight check, the exact call sequence and the rollback sequence."""
     from migrator.cli import actions
 
     raise typer.Exit(actions.plan(plan_file, dry_run=dry_run, json_output=json_output, state=state, world=world,
-                                  faults=faults, profile=profile, region=region, endpoint_url=endpoint_url))
+                                  faults=faults, profile=profile, region=region, endpoint_url=endpoint_url,
+                                  accept_unverified=accept_unverified or [], resolve=resolve or []))
 
 
 @app.command()
@@ -110,13 +119,14 @@ def resume(run_id: Annotated[str | None, typer.Argument(help="Run id (default: t
                                                      help="Try the rollback of a stuck run again")] = False,
            profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None,
            time_scale: ScaleOpt = None, hooks: HooksOpt = None,
-           allow_insecure_hooks: InsecureHooksOpt = False) -> None:
+           allow_insecure_hooks: InsecureHooksOpt = False, resolve: ResolveOpt = None) -> None:
     """Continue an interrupted run exactly where it stood (it re-observes the key store first)."""
     from migrator.cli import actions
 
     raise typer.Exit(actions.resume(run_id, yes=yes, json_output=json_output, state=state, retry_stuck=retry_stuck,
                                     profile=profile, region=region, endpoint_url=endpoint_url,
-                                    time_scale=time_scale, hooks=hooks, allow_insecure_hooks=allow_insecure_hooks))
+                                    time_scale=time_scale, hooks=hooks, allow_insecure_hooks=allow_insecure_hooks,
+                                    resolve=resolve or []))
 
 
 @app.command()
@@ -132,13 +142,14 @@ def proceed(run_id: Annotated[str, typer.Argument(help="The postponed run")], js
 def rollback(run_id: Annotated[str, typer.Argument(help="A completed run")], yes: YesOpt = False,
              json_output: JsonOpt = False, state: StateOpt = None, profile: ProfileOpt = None,
              region: RegionOpt = None, endpoint_url: EndpointOpt = None, time_scale: ScaleOpt = None,
-             hooks: HooksOpt = None, allow_insecure_hooks: InsecureHooksOpt = False) -> None:
+             hooks: HooksOpt = None, allow_insecure_hooks: InsecureHooksOpt = False,
+             resolve: ResolveOpt = None) -> None:
     """Return a completed run's key stores to their recorded original configuration, verified."""
     from migrator.cli import actions
 
     raise typer.Exit(actions.rollback(run_id, yes=yes, json_output=json_output, state=state, profile=profile,
                                       region=region, endpoint_url=endpoint_url, time_scale=time_scale, hooks=hooks,
-                                      allow_insecure_hooks=allow_insecure_hooks))
+                                      allow_insecure_hooks=allow_insecure_hooks, resolve=resolve or []))
 
 
 @app.command()
@@ -146,7 +157,11 @@ def status(run_id: Annotated[str | None, typer.Argument(help="Run id (default: t
            watch: Annotated[bool, typer.Option("--watch", help="Follow the run until it ends")] = False,
            timeout: Annotated[float, typer.Option("--timeout", help="Give up watching after N seconds (0: never)")]
            = 0.0, json_output: JsonOpt = False, state: StateOpt = None) -> None:
-    """Where a run stands, from the journal (works while another process runs it)."""
+    """Where a run stands, from the journal (works while another process runs it).
+
+    Exits with the run's exit code (0, 3, 4, 5; 130 interrupted or its runner seen dead), 124 if it is still
+    going when status stops looking (--timeout, or one look without --watch).
+    """
     from migrator.cli import views
 
     raise typer.Exit(views.status(state, run_id, watch=watch, timeout=timeout, json_output=json_output))

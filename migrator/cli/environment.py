@@ -181,24 +181,32 @@ def who() -> str:
 
 def real_env(plan: Plan, *, journal: Journal, renderer: Renderer, yes: bool, profile: str | None, region: str | None,
              endpoint_url: str | None, time_scale: float | None, retry_stuck: bool = False,
-             roots_required: bool = True) -> Environment:
+             roots_required: bool = True, resolve: list[str] | None = None, scale_check: bool = True) -> Environment:
     """An Environment for an AWS account (or a `sim serve` endpoint); `roots_required=False` (a resume) only warns
-    about an unreadable extra trusted root: they serve preflight, and a store mid-window must not wait on them."""
+    about an unreadable extra trusted root: they serve preflight, and a store mid-window must not wait on them.
+    `resolve` (--resolve HOST=IP:PORT, with XKSMIGRATE_RESOLVE and a loopback world's own) is the vantage point."""
     from migrator.aws.clients import ClientFactory
     from migrator.aws.secret_refs import resolve_secret
+    from migrator.cli import vantage
     from migrator.engine.clock import Clock
     from migrator.engine.runner import Environment
 
+    explicit = vantage.explicit_resolve(resolve)
     scale = time_scale or 1.0
     if scale != 1.0 and not is_loopback(endpoint_url):
         raise fail("--time-scale: only a rehearsal endpoint on loopback may run on simulated time")
     if region and region != plan.region:
         raise fail(f"--region {region} differs from the plan's region {plan.region}")
+    roots = extra_roots(plan, required=roots_required)
+    world = vantage.ask_rehearsal(endpoint_url) if endpoint_url and is_loopback(endpoint_url) else None
+    if world is not None and scale_check and (told := vantage.scale_warning(world.time_scale, time_scale)):
+        warn(told)  # after every refusal above: an error stays the one line a bad command prints
     clients = ClientFactory(region=plan.region, profile=profile, endpoint_url=endpoint_url)
     return Environment(journal=journal, clients=clients, clock=Clock(scale), observer=renderer,
                        secret_resolver=lambda ref: resolve_secret(ref, client_factory=clients),
                        approve=approver(yes, renderer), who=who(), retry_stuck=retry_stuck,
-                       extra_roots_pem=extra_roots(plan, required=roots_required))
+                       extra_roots_pem=roots + list(world.trusted_roots_pem if world else ()),
+                       resolve=vantage.resolver(explicit, world.resolve if world else None))
 
 
 def extra_roots(plan: Plan, required: bool = True) -> list[bytes]:
@@ -225,8 +233,8 @@ def is_loopback(url: str | None) -> bool:
 @contextlib.contextmanager
 def environment(plan: Plan, *, dry_run: bool, json_output: bool, command: str, yes: bool, state: str | None,
                 world: str | None, faults: str | None, profile: str | None, region: str | None,
-                endpoint_url: str | None, time_scale: float | None,
-                observe: bool = True) -> Iterator[tuple[Environment, Renderer]]:
+                endpoint_url: str | None, time_scale: float | None, observe: bool = True,
+                resolve: list[str] | None = None) -> Iterator[tuple[Environment, Renderer]]:
     """The Environment for a real account, or for an in-process rehearsal world (--dry-run), and its renderer.
 
     `observe=False` (plan) gives the engine a renderer that shows nothing: the command renders its own report.
@@ -242,10 +250,12 @@ def environment(plan: Plan, *, dry_run: bool, json_output: bool, command: str, y
         journal = open_journal(state)
         renderer = make_renderer()
         yield real_env(plan, journal=journal, renderer=renderer, yes=yes, profile=profile, region=region,
-                       endpoint_url=endpoint_url, time_scale=time_scale), renderer
+                       endpoint_url=endpoint_url, time_scale=time_scale, resolve=resolve,
+                       scale_check=command != "plan"), renderer
         return
     from migrator import dryrun
     from migrator.aws.secret_refs import SecretError, resolve_secret
+    from migrator.cli import vantage
     from migrator.engine.runner import Environment
 
     # only a --state given on this command line, never XKSMIGRATE_STATE (gh-ost #1769: a dry run touched real progress)
@@ -264,14 +274,20 @@ def environment(plan: Plan, *, dry_run: bool, json_output: bool, command: str, y
             yield Environment(journal=journal, clients=rh.clients, clock=rh.clock, observer=renderer,
                               secret_resolver=lambda ref: resolve_secret(ref, client_factory=rh.clients),
                               approve=approver(yes, renderer), who=who(), dry_run=True,
-                              extra_roots_pem=rh.extra_roots_pem + extra_roots(plan), resolve=rh.resolve), renderer
+                              extra_roots_pem=rh.extra_roots_pem + extra_roots(plan),
+                              resolve=vantage.first(vantage.explicit_resolve(resolve), rh.resolve)), renderer
     except dryrun.RehearsalError as exc:
         raise fail(str(exc)) from None
 
 
-def finish(renderer: Renderer, result: RunResult) -> int:
-    """Hand the run's summary to the renderer; the run's exit code."""
+def finish(renderer: Renderer, result: RunResult, journal: Journal | None = None) -> int:
+    """Hand the run's summary (with the acceptances its journal holds) to the renderer; the run's exit code."""
     summary = result.summary()
+    if journal is not None:
+        from migrator.engine.run_context import accepted_unverified
+
+        with contextlib.suppress(Exception):  # a journal that cannot be read: the summary says what it can
+            summary["accepted_unverified"] = accepted_unverified(journal.events(result.run_id))
     renderer.finish(summary)
     return int(result.exit_code)
 
@@ -344,8 +360,8 @@ def find_run(journal: Journal, run_id: str | None, *, unfinished: bool = False, 
 
 def recorded_run_env(journal: Journal, run_view: RunView, *, command: str, json_output: bool, yes: bool,
                      profile: str | None, region: str | None, endpoint_url: str | None, time_scale: float | None,
-                     hooks: str | None, retry_stuck: bool = False,
-                     allow_insecure_hooks: bool = False) -> tuple[Plan, Environment, Renderer]:
+                     hooks: str | None, retry_stuck: bool = False, allow_insecure_hooks: bool = False,
+                     resolve: list[str] | None = None) -> tuple[Plan, Environment, Renderer]:
     """The plan recorded with a run, an Environment to continue it (resume, rollback) and its renderer.
 
     Everything the run depends on comes from the journal (cli/recorded.py): a command line that contradicts
@@ -372,7 +388,8 @@ def recorded_run_env(journal: Journal, run_view: RunView, *, command: str, json_
         raise fail(f"--time-scale {time_scale:g} contradicts the {scale:g} that {run_view.id} was run with; "
                    "leave it out (the journal knows it)")
     env = real_env(plan, journal=journal, renderer=output.Renderer(), yes=yes, profile=profile, region=region,
-                   endpoint_url=derived.endpoint_url, time_scale=scale, retry_stuck=retry_stuck, roots_required=False)
+                   endpoint_url=derived.endpoint_url, time_scale=scale, retry_stuck=retry_stuck, roots_required=False,
+                   resolve=resolve)
     env.hooks = make_hooks(derived.hooks_dir, allow_insecure=derived.allow_insecure_hooks,
                            recorded=derived.hooks_recorded)
     recorded.check_account(env.clients, derived.account_id, run_view.id)

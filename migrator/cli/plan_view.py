@@ -17,8 +17,8 @@ from migrator.cli.text import printable
 if TYPE_CHECKING:
     from migrator.preflight.planner import PlanReport
 
-_COLOUR = {"pass": "green", "warn": "yellow", "block": "bold red"}
-_ORDER = ("block", "warn", "pass")
+_COLOUR = {"pass": "green", "warn": "yellow", "block": "bold red", "unverified": "bold magenta", "accepted": "cyan"}
+_ORDER = ("block", "unverified", "warn", "accepted", "pass")
 # The findings that block only because the target already is the store's configuration (preflight/gate.py,
 # preflight/store.py): a plan blocked by nothing else is a no-op, not a problem to fix.
 _NOTHING_TO_DO = frozenset({"engine.target_differs", "keystore.target_differs"})
@@ -28,7 +28,11 @@ NO_CHANGES = "No changes: the key store already has the target configuration"
 def no_changes(report: PlanReport) -> bool:
     """Every key store of the plan already has its target: each is blocked, and only by "nothing to do"."""
     return bool(report.stores) and all(
-        s.blocked and {f.check for f in s.findings if f.status == "block"} <= _NOTHING_TO_DO for s in report.stores)
+        _only_nothing_to_do({f.check for f in s.findings if f.status == "block"}) for s in report.stores)
+
+
+def _only_nothing_to_do(blocks: set[str]) -> bool:
+    return bool(blocks) and blocks <= _NOTHING_TO_DO
 
 
 def exit_code(report: PlanReport) -> int:
@@ -53,6 +57,14 @@ def _render_json(report: PlanReport) -> None:
     nothing = no_changes(report)
     out.write(json_line({"type": "summary", "plan": report.plan.name, "ready": not report.blocked,
                          "changes": not nothing, "exit_code": exit_code(report),
+                         "unverified": [{"keystore": s.store_id or s.ref, "check": f.check, "message": f.message,
+                                         "remedy": f.remedy} for s in report.stores for f in s.unverified],
+                         "accepted_unverified": [{"keystore": s.store_id or s.ref, "check": f.check,
+                                                  "accepted_by": f.detail.get("accepted_by"),
+                                                  "source": f.detail.get("accepted_via")}
+                                                 for s in report.stores for f in s.accepted],
+                         "unused_acceptances": [{"check": c, "message": why}
+                                                for c, why in report.unused_acceptances()],
                          "keystores": [{"ref": s.ref, "id": s.store_id, "blocked": s.blocked, "current": s.current,
                                         "calls": [] if nothing else s.calls, "rollback": [] if nothing else s.rollback}
                                        for s in report.stores]}))
@@ -90,6 +102,23 @@ def _render_human(report: PlanReport) -> None:
         console.print(f"\n[bold green]{NO_CHANGES}[/]" + ("" if len(report.stores) == 1 else
                                                          " (every key store of the plan)"))
         return
-    verdict = "[bold red]BLOCKED[/]: fix the blocking findings; nothing was changed" if report.blocked else \
-        "[bold green]READY[/]: `xksmigrate run` would proceed to the disconnect after asking"
+    for check, why in report.unused_acceptances():
+        console.print(f"note: accepting {printable(check)} accepted nothing: {printable(why)}", highlight=False,
+                      markup=False)
+    unverified = [(s, f) for s in report.stores for f in s.unverified]
+    if unverified:
+        console.print("\n[bold]Not checked (unverified): each holds the run until it is made checkable or "
+                      "accepted by name[/bold]")
+        for s, f in unverified:
+            what = printable(f.remedy or f.message)
+            console.print(f"  {printable(s.store_id or s.ref)}: {printable(f.check)}: {what}; or accept it: "
+                          f"--accept-unverified {printable(f.check)}", highlight=False, markup=False)
+    blocks = any(f.status == "block" for s in report.stores for f in s.findings)
+    if blocks:
+        verdict = "[bold red]BLOCKED[/]: fix the blocking findings; nothing was changed"
+    elif report.blocked:
+        verdict = (f"[bold red]NOT READY[/]: {len(unverified)} check(s) could not be made; make them checkable "
+                   "or accept each by name (RUNBOOK.md#accepting-unverified-checks); nothing was changed")
+    else:
+        verdict = "[bold green]READY[/]: `xksmigrate run` would proceed to the disconnect after asking"
     console.print(f"\n{verdict}")

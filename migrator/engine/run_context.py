@@ -4,6 +4,10 @@ hooks, the postponed cut-over, secrets and preflight (the `RunServices` protocol
 Journal writes come first and are mirrored to the observer (the CLI's renderer); `_crash_point` is the
 crash-matrix seam after every journal write. Nothing here knows a Driver: each method takes plain
 values (a migration id, a frozen `HookFacts`, an `Observation`), so calls go one way.
+
+Acceptances of unverified checks (the plan's `[preflight] accept_unverified`, the run's recorded
+`--accept-unverified`) are applied to every preflight and each is journaled once as its own
+`acceptance` event; a resume or a preflight re-run takes them back from the journal, not the flag.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import dataclasses
 import os
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from migrator.aws.kms import KmsApplier
@@ -210,29 +214,71 @@ class RunContext:
             raise SecretUnavailable(f"cannot resolve the proxy secret {reason}") from None
 
     def preflight(self, mid: int, keystore: KeystorePlan, snapshot: Observation) -> list[Finding]:
-        """The engine's gate and the read-only inspector; every finding is journaled."""
+        """The engine's gate and the read-only inspector, with the operator's acceptances; all journaled."""
         from migrator.preflight.gate import GateInputs, run_gate
 
         findings = run_gate(GateInputs(
             plan=self.plan, keystore=keystore, snapshot=snapshot, clients=self.env.clients, secret=self.secret,
             extra_roots_pem=tuple(self.env.extra_roots_pem), resolve=self.env.resolve,
             include_cloudwatch=self.env.include_cloudwatch, unfinished_runs=self._other_unfinished()))
+        store = snapshot.id or keystore.ref
+        findings, new, unused = self._accept(store, findings)
         for f in findings:
             self.record(mid, kind="finding", outcome=f.status,
                         detail={"check": f.check, "message": f.message, "remedy": f.remedy})
+        for acceptance in new:
+            self.record(mid, kind="acceptance", outcome="accepted", detail=acceptance)
+        for check, why in unused:
+            self.record(mid, kind="note", outcome="acceptance_unused",
+                        detail={"check": check, "keystore": store, "message": f"accepting {check}: {why}"})
         return findings
 
-    def _other_unfinished(self) -> tuple[str, ...]:
+    def _accept(self, store: str, findings: list[Finding]
+                ) -> tuple[list[Finding], list[dict[str, object]], list[tuple[str, str]]]:
+        """Apply the journaled acceptances of `store` (who and when as first recorded), then the plan's and the
+        run's; the acceptances to journal now, and the names that accepted nothing."""
+        from migrator.preflight.base import ACCEPTED, accept, unused_acceptances
+
+        prior = {str(a["check"]): a for a in accepted_unverified(self.events(self.run_id)) if a["keystore"] == store}
+        for check, a in prior.items():
+            findings = accept(findings, {check}, str(a["accepted_by"]), str(a["source"]))
+        cli = self.options.get("accept_unverified")
+        named = {"plan": set(self.plan.accept_unverified),
+                 "cli": {str(c) for c in cli} if isinstance(cli, list | tuple) else set()}
+        for source, names in named.items():
+            findings = accept(findings, names - prior.keys(), self.who or "unknown", source)
+        new = [{"check": f.check, "keystore": store, "accepted_by": f.detail.get("accepted_by"),
+                "at": self.clock.now(), "source": f.detail.get("accepted_via"), "message": f.message}
+               for f in findings if f.status == ACCEPTED and f.check not in prior]
+        return findings, new, unused_acceptances(findings, named["plan"] | named["cli"])
+
+    def _other_unfinished(self) -> tuple[str, ...] | None:
+        """Other unfinished runs in the Region; None when the journal cannot say (quota.concurrent_runs unverified)."""
         try:
             runs = self.journal.unfinished_runs(self.plan.region, self.plan.account_id)
-        except Exception:  # a journal hiccup must not fail preflight; the check only warns
-            return ()
+        except Exception:  # a journal hiccup must not fail preflight: the check says it could not be made
+            return None
         return tuple(r.id for r in runs if r.id != self.run_id)
 
 
 class SecretUnavailable(StepFailed, SecretError):
     """A secret the run needs cannot be resolved: a step failure whose reason names the reference and what is
     missing (never "internal error"), and still a SecretError for the preflight gate, which reports it."""
+
+
+def accepted_unverified(events: Sequence[EventView]) -> list[dict[str, object]]:
+    """The run's acceptances of unverified checks, from its journal: {keystore, check, accepted_by, at, source},
+    once per key store and check (the first record: who accepted it, and when)."""
+    found: dict[tuple[str, str], dict[str, object]] = {}
+    for e in events:
+        if e.kind != "acceptance":
+            continue
+        d = e.detail or {}
+        item: dict[str, object] = {"keystore": str(d.get("keystore") or ""), "check": str(d.get("check") or ""),
+                                   "accepted_by": d.get("accepted_by"), "at": d.get("at", e.at),
+                                   "source": d.get("source")}
+        found.setdefault((str(item["keystore"]), str(item["check"])), item)
+    return list(found.values())
 
 
 def _text(value: object) -> str | None:

@@ -7,8 +7,8 @@ without a cycle. Nothing here imports boto3. Every check reads the store as one 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from migrator.aws.clients import ClientFactory, aws_error_code
@@ -31,9 +31,46 @@ class Finding:
     detail: dict[str, object] = field(default_factory=dict)  # JSON-safe, never secrets
 
 
+def holding(findings: Sequence[Finding]) -> list[Finding]:
+    """What holds the run (fail closed): every `block`, and every `unverified` the operator did not accept."""
+    return [f for f in findings if f.status in (BLOCK, UNVERIFIED)]
+
+
 def blocked(findings: Sequence[Finding]) -> bool:
-    """Any `block` stops the run with nothing changed."""
-    return any(f.status == BLOCK for f in findings)
+    """Not ready: a `block`, or a check that could not be made and was not accepted; nothing is changed."""
+    return bool(holding(findings))
+
+
+ACCEPT_SOURCES = {"cli": "with --accept-unverified {check}", "plan": "in the plan's [preflight] accept_unverified"}
+
+
+def accept(findings: Sequence[Finding], accepted: Collection[str], by: str, source: str) -> list[Finding]:
+    """`findings` with each `unverified` one named in `accepted` turned ACCEPTED (who and how in its message and
+    detail). A `block` is never changed: only a check that could not be made can be accepted."""
+    how = ACCEPT_SOURCES.get(source, "via " + source)
+    return [replace(f, status=ACCEPTED, message=f"{f.message} (accepted by {by} {how.format(check=f.check)})",
+                    detail={**f.detail, "accepted_by": by, "accepted_via": source})
+            if f.status == UNVERIFIED and f.check in accepted else f for f in findings]
+
+
+def unused_acceptances(findings: Sequence[Finding], accepted: Collection[str]) -> list[tuple[str, str]]:
+    """(check, why) for each accepted name that accepted nothing here: reported, never an error."""
+    status_of: dict[str, set[str]] = {}
+    for f in findings:
+        status_of.setdefault(f.check, set()).add(f.status)
+    unused: list[tuple[str, str]] = []
+    for check in sorted(set(accepted)):
+        seen = status_of.get(check, set())
+        if ACCEPTED in seen or UNVERIFIED in seen:
+            continue
+        if BLOCK in seen:
+            unused.append((check, f"{check} blocks, and a block can never be accepted: fix it"))
+        elif seen:
+            unused.append((check, f"{check} was checked ({', '.join(sorted(seen))}), not unverified: "
+                                  "nothing to accept"))
+        else:
+            unused.append((check, f"no check {check} ran here: nothing to accept"))
+    return unused
 
 
 @dataclass
@@ -55,7 +92,7 @@ class PreflightContext:
     secret_resolver: Callable[[str], SecretValue]
     extra_roots_pem: Sequence[bytes] = ()
     resolve: Callable[[str], str | None] | None = None  # host -> "ip:port"; None = DNS + 443
-    unfinished_runs: Sequence[str] = ()
+    unfinished_runs: Sequence[str] | None = ()  # None: the journal could not say (quota.concurrent_runs unverified)
     include_cloudwatch: bool = False
     cache: Answers = field(default_factory=Answers, repr=False, compare=False)
 

@@ -4,8 +4,9 @@
 target equal to the current configuration, without a way back for a changed credential, or with
 secrets it cannot resolve. `inspector_checks` plugs in the full read-only inspector
 (`migrator.preflight.inspector`). `run_gate` is both, in that order. The gate sees only
-`GateInputs`, never the engine: the caller (a run, or `xksmigrate plan`) journals the findings, and
-any `block` stops the run with nothing changed.
+`GateInputs`, never the engine: the caller (a run, or `xksmigrate plan`) applies the operator's
+acceptances (`accept`) and journals the findings; any `block`, or any `unverified` check not accepted
+by name, stops the run with nothing changed (fail closed).
 """
 
 from __future__ import annotations
@@ -20,15 +21,15 @@ from migrator.aws.kms import needs_disconnect, update_parameters
 from migrator.aws.secret_refs import SecretError, SecretValue
 from migrator.aws.store_config import Observation, StoreConfig
 from migrator.plan import KeystorePlan, Plan
-from migrator.preflight.base import Finding, PreflightContext, block, blocked, ok
+from migrator.preflight.base import Finding, PreflightContext, accept, block, blocked, holding, ok, unused_acceptances
 
 # AWS: connecting or disconnecting an external key store "takes approximately five minutes" (facts §2).
 AWS_CHANGE_SECONDS = 300.0
 # A rehearsal world (a loopback endpoint) may be faster: told out of band, like its time scale.
 REHEARSAL_CHANGE_ENV = "XKSMIGRATE_REHEARSAL_CHANGE_SECONDS"
 
-__all__ = ["AWS_CHANGE_SECONDS", "GateInputs", "blocked", "budget_floor", "change_seconds", "essential_checks",
-           "inspector_checks", "run_gate", "same_store_findings"]
+__all__ = ["AWS_CHANGE_SECONDS", "GateInputs", "accept", "blocked", "budget_floor", "change_seconds",
+           "essential_checks", "holding", "inspector_checks", "run_gate", "same_store_findings", "unused_acceptances"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,8 @@ class GateInputs:
     extra_roots_pem: tuple[bytes, ...] = ()
     resolve: Callable[[str], str] | None = None  # host -> "ip:port"; None = DNS + 443
     include_cloudwatch: bool = False
-    unfinished_runs: tuple[str, ...] = ()  # ids of other unfinished runs in the Region (the caller asks the journal)
+    # ids of other unfinished runs in the Region (the caller asks the journal); None: it could not say
+    unfinished_runs: tuple[str, ...] | None = ()
 
     @property
     def original(self) -> StoreConfig:

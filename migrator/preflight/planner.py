@@ -2,12 +2,14 @@
 
 For each key store: a read-only snapshot, the engine's gate and the full inspector, the exact
 mutating call sequence and the rollback sequence. Nothing is written to the journal; it is only
-read, to report other unfinished runs in the same Region.
+read, to report other unfinished runs in the same Region. Fail closed: the report is not ready while
+any check blocks or could not be made (`unverified`) and was not accepted by name (the plan's
+`[preflight] accept_unverified`, or `--accept-unverified CHECK`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -16,7 +18,7 @@ from migrator.aws.kms import AwsCallError, KmsApplier
 from migrator.aws.secret_refs import SecretValue
 from migrator.plan import Plan
 from migrator.preflight import calls, gate, inspector
-from migrator.preflight.base import Finding, PreflightContext, block
+from migrator.preflight.base import ACCEPTED, UNVERIFIED, Finding, PreflightContext, block
 
 
 @dataclass
@@ -27,10 +29,20 @@ class StorePlan:
     findings: list[Finding]
     calls: list[str]
     rollback: list[str]
+    unused: list[tuple[str, str]] = field(default_factory=list)  # (accepted check, why it accepted nothing)
 
     @property
     def blocked(self) -> bool:
         return gate.blocked(self.findings)
+
+    @property
+    def unverified(self) -> list[Finding]:
+        """The checks that could not be made and hold the run; each remedy says what would make it checkable."""
+        return [f for f in self.findings if f.status == UNVERIFIED]
+
+    @property
+    def accepted(self) -> list[Finding]:
+        return [f for f in self.findings if f.status == ACCEPTED]
 
 
 @dataclass
@@ -40,11 +52,21 @@ class PlanReport:
 
     @property
     def blocked(self) -> bool:
+        """Not ready: a block, or an unverified check nobody accepted, in any store."""
         return any(s.blocked for s in self.stores)
 
     @property
     def exit_code(self) -> int:
         return 3 if self.blocked else 0
+
+    def unused_acceptances(self) -> list[tuple[str, str]]:
+        """(check, why) for each accepted name that accepted nothing in any store of the plan."""
+        used = {f.check for s in self.stores for f in s.accepted}
+        first: dict[str, str] = {}
+        for s in self.stores:
+            for check, why in s.unused:
+                first.setdefault(check, why)
+        return [(check, why) for check, why in sorted(first.items()) if check not in used]
 
 
 class _Run(Protocol):
@@ -71,6 +93,8 @@ class PlanEnvironment(Protocol):
     def resolve(self) -> Callable[[str], str] | None: ...
     @property
     def include_cloudwatch(self) -> bool: ...
+    @property
+    def who(self) -> str: ...
 
 
 def _secret(env: PlanEnvironment) -> Callable[[str], SecretValue]:
@@ -82,15 +106,22 @@ def _secret(env: PlanEnvironment) -> Callable[[str], SecretValue]:
     return secret
 
 
-def _unfinished_runs(plan: Plan, env: PlanEnvironment) -> tuple[str, ...]:
-    """Other unfinished runs in the Region (read-only; a journal that cannot answer reports none)."""
+def _unfinished_runs(plan: Plan, env: PlanEnvironment) -> tuple[str, ...] | None:
+    """Other unfinished runs in the Region (read-only; None: the journal could not answer)."""
     try:
         return tuple(r.id for r in env.journal.unfinished_runs(plan.region, plan.account_id))
     except Exception:
-        return ()
+        return None
 
 
-def make_report(plan: Plan, env: PlanEnvironment) -> PlanReport:
+def accepted(findings: Sequence[Finding], plan: Plan, cli: Collection[str], who: str
+             ) -> tuple[list[Finding], list[tuple[str, str]]]:
+    """The findings with the plan's and the command line's acceptances applied, and those that accepted nothing."""
+    out = gate.accept(gate.accept(findings, plan.accept_unverified, who, "plan"), cli, who, "cli")
+    return out, gate.unused_acceptances(out, {*plan.accept_unverified, *cli})
+
+
+def make_report(plan: Plan, env: PlanEnvironment, accept_unverified: Collection[str] = ()) -> PlanReport:
     kms = KmsApplier(env.clients.client("kms"))
     secret = _secret(env)
     report = PlanReport(plan)
@@ -112,4 +143,6 @@ def make_report(plan: Plan, env: PlanEnvironment) -> PlanReport:
                                        calls.mutating_calls(plan, ks, obs), calls.rollback_calls(plan, ks, obs)))
     for index, finding in gate.same_store_findings([(s.ref, s.store_id) for s in report.stores]).items():
         report.stores[index].findings.append(finding)
+    for s in report.stores:
+        s.findings, s.unused = accepted(s.findings, plan, accept_unverified, env.who)
     return report

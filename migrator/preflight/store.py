@@ -19,6 +19,7 @@ from migrator.preflight.base import (
     store_id,
     target_owner,
     target_path,
+    unverified,
     warn,
 )
 
@@ -130,8 +131,11 @@ def check_target(ctx: PreflightContext) -> list[Finding]:
     else:
         cur = ctx.snapshot.config if ctx.snapshot else None
         if cur and cur.connectivity != t.connectivity and cur.uri_endpoint == t.uri_endpoint:
-            found.append(warn("target.connectivity", "connectivity changes but the endpoint stays the same; KMS "
-                              "documents that a connectivity change must also change XksProxyUriEndpoint",
+            # UpdateCustomKeyStore API reference: "If you change the XksProxyConnectivity to VPC_ENDPOINT_SERVICE,
+            # you must also change the XksProxyUriEndpoint" - a rejected update, so to VPC it blocks.
+            make = block if t.connectivity == VPC else warn
+            found.append(make("target.connectivity", "connectivity changes but the endpoint stays the same; KMS "
+                              "documents that a change to VPC_ENDPOINT_SERVICE must also change XksProxyUriEndpoint",
                               "use the private DNS name (to VPC) or the public name (to public) as uri_endpoint"))
         else:
             found.append(ok("target.connectivity", f"{t.connectivity} with the required fields"))
@@ -192,7 +196,11 @@ def check_quota(ctx: PreflightContext) -> list[Finding]:
     else:
         found.append(ok("quota.poll_interval", f"poll_interval {interval:g}s: about {rate:.2f} "
                         "DescribeCustomKeyStores/s of the 5/s quota", requests_per_second=round(rate, 2)))
-    if ctx.unfinished_runs:
+    if ctx.unfinished_runs is None:
+        found.append(unverified("quota.concurrent_runs", "the journal could not say whether other runs are "
+                                "unfinished in this account and Region",
+                                "make the journal readable (xksmigrate status), then run preflight again"))
+    elif ctx.unfinished_runs:
         found.append(warn("quota.concurrent_runs", f"{len(ctx.unfinished_runs)} other unfinished run(s) in this "
                           "account and Region share the same quotas: " + ", ".join(ctx.unfinished_runs[:5]),
                           "xksmigrate status  # finish or roll back the other runs first",

@@ -199,18 +199,24 @@ def test_connect_failed_rolls_back_to_the_verified_original(journal, start_world
 
 
 def test_update_rejected_by_kms_for_a_certificate_preflight_cannot_see_rolls_back(journal, start_world):
-    """The certificate lacks the private DNS name; that name does not resolve from the tool, so preflight
-    only warns, and KMS rejects the update when it reaches the proxy through PrivateLink."""
+    """The certificate lacks the private DNS name; that name does not resolve from the tool (a world seen from
+    outside the VPC), so preflight cannot check it: the operator accepts those two checks by name, and KMS
+    rejects the update when it reaches the proxy through PrivateLink. The rollback is what saves the store."""
     server = start_world(data_world("cert-misses-private-name", **FAST))
     env = make_env(server, journal)
+    plan = example_plan("public-to-vpc", max_disconnected=ROOMY_BUDGET,
+                        accept_unverified=("tls.reachable", "proxy.reachable"))
 
-    result = engine.start(example_plan("public-to-vpc", max_disconnected=ROOMY_BUDGET), env)
+    result = engine.start(plan, env)
 
     assert (result.outcome, result.exit_code) == ("rolled_back", 4), result.message
     assert "XksProxyUriUnreachableException" in result.stores[0].error
     findings = [e for e in journal.events(result.run_id) if e.kind == "finding"]
-    assert not [f for f in findings if f.outcome == "block"]
-    assert any(f.outcome == "warn" and f.detail["check"] == "tls.reachable" for f in findings)
+    assert not [f for f in findings if f.outcome in ("block", "unverified")]
+    assert {f.detail["check"] for f in findings if f.outcome == "accepted"} == {"tls.reachable", "proxy.reachable"}
+    accepted = [e for e in journal.events(result.run_id) if e.kind == "acceptance"]
+    assert sorted(e.detail["check"] for e in accepted) == ["proxy.reachable", "tls.reachable"]
+    assert all(e.detail["accepted_by"] == "pytest" for e in accepted)
     live = live_store(env, result.stores[0].id)
     original = original_of(journal, result.run_id)
     assert live.state == "CONNECTED"

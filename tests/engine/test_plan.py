@@ -355,3 +355,34 @@ def test_data_mutations_give_plan_or_one_line_error(text):
         assert SECRET not in message, message
     else:
         assert isinstance(plan, Plan) and plan.keystores
+
+
+# -- [preflight] accept_unverified (issue 12: fail closed, accept by name) ----------------------------------
+
+def test_accept_unverified_is_read_in_order_and_absent_means_none():
+    assert parse_plan(BASE, "p.toml").accept_unverified == ()
+    plan = parse_plan(BASE + '\n[preflight]\naccept_unverified = ["proxy.credential", "rollback.tls.reachable"]\n',
+                      "p.toml")
+    assert plan.accept_unverified == ("proxy.credential", "rollback.tls.reachable")
+    assert parse_plan(BASE + "\n[preflight]\n", "p.toml").accept_unverified == ()
+
+
+@pytest.mark.parametrize(("body", "where", "reason"), [
+    ('accept_unverified = "proxy.credential"', "preflight.accept_unverified", "must be an array, not string"),
+    ('accept_unverified = [""]', "preflight.accept_unverified[0]", "is not a check id"),
+    ('accept_unverified = ["proxy.credential", 3]', "preflight.accept_unverified[1]", "is not a check id"),
+    ('accept_unverified = ["Proxy Credential"]', "preflight.accept_unverified[0]", "is not a check id"),
+    ('accept_unverified = ["a.b", "a.b"]', "preflight.accept_unverified", "lists a check twice"),
+    ("accept = []", "preflight.accept", "unknown key (expected one of: accept_unverified)"),
+])
+def test_a_bad_accept_unverified_is_one_line_naming_the_key(body, where, reason):
+    with pytest.raises(PlanError) as err:
+        parse_plan(BASE + f"\n[preflight]\n{body}\n", "p.toml")
+    message = str(err.value)
+    assert message.startswith(f"p.toml: {where}: ") and reason in message, message
+    assert "\n" not in message
+
+
+def test_preflight_must_be_a_table():
+    with pytest.raises(PlanError, match=r"^p\.toml: preflight: must be a table, not string$"):
+        parse_plan('preflight = "x"\n' + BASE, "p.toml")

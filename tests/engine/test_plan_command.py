@@ -51,8 +51,18 @@ def test_plan_reads_well_for_a_person(tmp_path):
                  cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "The run will call, in order:" in done.stdout and "the rollback calls:" in done.stdout
-    assert "READY" in done.stdout
-    assert "[keystores.original_credential]" in done.stdout  # remedies are shown verbatim, not eaten as markup
+    assert "READY" in done.stdout and "NOT READY" not in done.stdout
+
+
+def test_remedies_are_shown_verbatim_not_eaten_as_markup(tmp_path):
+    plan = tmp_path / "short.toml"
+    plan.write_text((REPO / "plans" / "public-to-vpc.toml").read_text().replace('max_disconnected = "15m"',
+                                                                               'max_disconnected = "1m"'))
+    done = _plan(str(plan), "--dry-run", "--world", str(REPO / "plans" / "worlds" / "public-to-vpc.toml"), "--state",
+                 f"sqlite:///{tmp_path}/r.db", cwd=tmp_path)
+    assert done.returncode == 3, done.stderr
+    assert "set [plan] max_disconnected to at least" in " ".join(done.stdout.split())  # the budget floor's remedy
+    assert "BLOCKED" in done.stdout
 
 
 def test_plan_on_a_misconfigured_world_exits_3_naming_the_check(tmp_path):
@@ -65,3 +75,53 @@ def test_plan_on_a_misconfigured_world_exits_3_naming_the_check(tmp_path):
     blocks = [json.loads(line) for line in done.stdout.splitlines()]
     assert [b["check"] for b in blocks if b.get("status") == "block"] == ["vpc.acceptance_required"]
     assert blocks[-1]["ready"] is False
+
+
+@pytest.mark.parametrize(("args", "env", "said"), [
+    (["--resolve", "myproxy-private.xks.example.com"], {}, "--resolve: 'myproxy-private.xks.example.com' is not "
+                                                           "HOST=IP:PORT"),
+    (["--resolve", "myproxy-private.xks.example.com=127.0.0.1:99999"], {}, "port 1-65535"),
+    ([], {"XKSMIGRATE_RESOLVE": "myproxy-private.xks.example.com=nowhere"}, "XKSMIGRATE_RESOLVE: 'nowhere'"),
+    (["--accept-unverified", "not a check"], {}, "--accept-unverified: 'not a check' is not a check id"),
+])
+def test_a_bad_vantage_point_or_acceptance_is_one_line_and_exit_2(args, env, said, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "migrator.cli", "plan", str(REPO / "plans" / "public-to-vpc.toml"),
+                           "--dry-run", "--state", f"sqlite:///{tmp_path}/r.db", *args], cwd=tmp_path,
+                          env={**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "XKSMIGRATE_"))},
+                               **env}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert said in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_rehearsal_endpoint_on_another_clock_is_one_warning_line(tmp_path):
+    """Issue 11: the world runs at time scale 60; a run that says 30 (or nothing) is told so, once."""
+    import tomllib
+
+    from engine_helpers import roomy_plan_file
+
+    from migrator.rehearsal.server import RehearsalServer
+    from migrator.rehearsal.world import model
+
+    text = (REPO / "plans" / "worlds" / "public-to-vpc.toml").read_text()
+    data = tomllib.loads(text.replace("acceptance_required = false", "acceptance_required = true"))  # blocks
+    data.setdefault("world", {})["time_scale"] = 60.0
+    server = RehearsalServer(model.world_from_dict(data, "w.toml")).start()
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "XKSMIGRATE_"))}
+        env.update(AWS_ACCESS_KEY_ID="AKIAREHEARSAL0000000", AWS_SECRET_ACCESS_KEY="rehearsal")
+        for scale, told in ((["--time-scale", "30"], "this run has --time-scale 30"),
+                            ([], "this run has no --time-scale")):
+            done = subprocess.run([sys.executable, "-m", "migrator.cli", "run", str(roomy_plan_file(tmp_path)),
+                                   "--yes", "--endpoint-url", server.endpoint_url, "--state",
+                                   f"sqlite:///{tmp_path}/j.db", *scale], cwd=tmp_path, env=env,
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 3, done.stdout + done.stderr  # blocked before anything changed
+            warnings = [line for line in done.stderr.splitlines() if "time scale 60" in line]
+            assert len(warnings) == 1 and told in warnings[0] and "--time-scale 60" in warnings[0], done.stderr
+        same = subprocess.run([sys.executable, "-m", "migrator.cli", "run", str(roomy_plan_file(tmp_path)), "--yes",
+                               "--endpoint-url", server.endpoint_url, "--state", f"sqlite:///{tmp_path}/j.db",
+                               "--time-scale", "60"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert same.returncode == 3 and "time scale" not in same.stderr, same.stderr
+    finally:
+        server.stop()

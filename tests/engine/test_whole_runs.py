@@ -135,7 +135,9 @@ def back_to_public_plan(workdir: Path) -> Path:
     path = workdir / "back-to-public.toml"
     path.write_text('[plan]\nname = "payments-back-to-public"\nregion = "us-east-1"\nmax_disconnected = "4h"\n'
                     'poll_interval = "5s"\n\n[[keystores]]\nid = "cks-1234567890abcdef0"\n\n[keystores.target]\n'
-                    'connectivity = "PUBLIC_ENDPOINT"\nuri_endpoint = "https://myproxy.xks.example.com"\n')
+                    'connectivity = "PUBLIC_ENDPOINT"\nuri_endpoint = "https://myproxy.xks.example.com"\n\n'
+                    '[keystores.original_credential]\nsecret = "secretsmanager:arn:aws:secretsmanager:us-east-1:'
+                    '111122223333:secret:payments-xks-proxy-credential"\n')
     return path
 
 
