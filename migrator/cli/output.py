@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from migrator import __version__
 from migrator.cli.text import printable
+from migrator.engine.budget import BudgetFacts
+from migrator.engine.results import over_budget_line
 from migrator.engine.runner import Observer
 
 if TYPE_CHECKING:
@@ -95,6 +97,8 @@ def describe_event(event: dict[str, Any], simulated: bool = False) -> str | None
             return f"  {event.get('operation')} {detail.get('code')}; retrying (attempt {detail.get('attempt')})"
     if kind == "hook":
         return f"  hook {detail.get('hook')}: exit {detail.get('exit_code')}"
+    if kind == "acceptance":
+        return f"  accepted unverified {detail.get('check')}: by {detail.get('accepted_by')} ({detail.get('source')})"
     return None
 
 
@@ -102,8 +106,13 @@ def describe_summary(summary: dict[str, Any]) -> list[str]:
     unit = " (simulated)" if summary.get("simulated") else ""
     lines = [f"run {summary['run_id']}: {summary['outcome']} (exit {summary['exit_code']})"]
     for ks in summary.get("keystores", []):
+        budget = f" of a {fmt_seconds(ks['budget_seconds'])} budget" if ks.get("budget_seconds") is not None else ""
         lines.append(f"  {ks['id'] or ks['ref']}: {ks['outcome']}, disconnected "
-                     f"{fmt_seconds(ks.get('disconnected_seconds'))}{unit}")
+                     f"{fmt_seconds(ks.get('disconnected_seconds'))}{unit}{budget}")
+        if over := over_budget_line(BudgetFacts(ks.get("budget_seconds"), ks.get("window_seconds"),
+                                                float(ks.get("over_budget_seconds") or 0.0),
+                                                ks.get("over_budget_reason")), bool(summary.get("simulated"))):
+            lines.append(f"    {over}")
         if ks.get("final"):
             f = ks["final"]
             lines.append(f"    now {f.get('connectivity')} {f.get('uri_endpoint')}{f.get('uri_path') or ''}"
@@ -111,17 +120,23 @@ def describe_summary(summary: dict[str, Any]) -> list[str]:
         if ks.get("error") and ks["outcome"] != "completed":
             lines.append(f"    reason: {ks['error']}")
         if ks.get("manual"):
-            manual = ks["manual"]
-            lines.append(f"    OPERATOR ACTION NEEDED: the key store is {manual.get('connection_state')}"
-                         + (f" ({manual['connection_error_code']})" if manual.get("connection_error_code") else "")
-                         + f"; see `{manual.get('runbook')}`. Next commands:")
-            lines.extend(f"      {cmd}" for cmd in manual.get("commands", []))
+            lines.extend(manual_lines(ks["manual"]))
         calls = ks.get("api_calls") or {}
         if calls:
             lines.append("    AWS requests: " + ", ".join(f"{k.split(':')[-1]} {v}" for k, v in calls.items()))
+    for a in summary.get("accepted_unverified") or []:
+        lines.append(f"  accepted unverified {a['check']} on {a['keystore']} by {a['accepted_by']} ({a['source']})")
     if summary.get("message") and summary["outcome"] not in ("completed",):
         lines.append(summary["message"])
     return lines
+
+
+def manual_lines(manual: dict[str, Any]) -> list[str]:
+    """A stuck store's recovery: its state, the runbook section and the commands (the summary's and status's)."""
+    return [f"    OPERATOR ACTION NEEDED: the key store is {manual.get('connection_state')}"
+            + (f" ({manual['connection_error_code']})" if manual.get("connection_error_code") else "")
+            + f"; see `{manual.get('runbook')}`. Next commands:",
+            *(f"      {cmd}" for cmd in manual.get("commands") or [])]
 
 
 class Renderer(Observer):
@@ -202,9 +217,12 @@ class LiveView(Renderer):
         from rich.console import Console
         from rich.live import Live
 
+        from migrator.cli.window_timer import WindowTimer
+
         self.console = Console()
         self.status: dict[str, Any] = {}
-        self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=True)
+        self.timer = WindowTimer()  # ticks between reports, during a slow call too (cli/window_timer.py)
+        self.live = Live(console=self.console, refresh_per_second=4, transient=True, get_renderable=self._render)
         self.live.start()
 
     def _render(self) -> Table:
@@ -213,7 +231,7 @@ class LiveView(Renderer):
         s = self.status
         table = Table.grid(padding=(0, 2))
         table.add_row("phase", str(s.get("state", "starting")))
-        window, budget = s.get("window_seconds"), s.get("budget_seconds")
+        window, budget = self.timer.window(), s.get("budget_seconds")
         if window is not None:
             unit = " simulated" if s.get("simulated") else ""
             table.add_row("disconnected", f"{fmt_seconds(window)} of {fmt_seconds(budget)} budget{unit}")
@@ -230,6 +248,8 @@ class LiveView(Renderer):
             self.status["state"] = event.get("to_state")
         elif event.get("kind") == "note" and (event.get("detail") or {}).get("connection_state"):
             self.status["connection_state"] = event["detail"]["connection_state"]
+        window = event.get("window_seconds", (event.get("detail") or {}).get("window_seconds"))
+        self.timer.report(window, event.get("to_state") if event.get("kind") == "transition" else None)
         if event.get("type") == "event":
             for line in (self.headline(event), describe_event(event, self.simulated)):
                 if line:

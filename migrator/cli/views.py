@@ -4,6 +4,11 @@ Both read only the journal, and open it read-only (never creating or upgrading i
 auditor's read-only copy and from any machine that shares it, while another process runs the migration
 (`status --watch` follows it like `kubectl rollout status`). A run whose journal says `running` but
 whose runner's lock heartbeat has gone quiet is reported as probably dead, with the resume command.
+
+`status` is a rollout status: it exits with the run's exit code (0, 3, 4, 5; 130 for a runner seen dead),
+124 while the run is still going when it stops looking (--timeout, or one look without --watch). Its
+summary is `run`'s, rebuilt from the journal (engine/journal_summary.py), plus the run's facts
+(STATUS_EXTRAS); the budget, window and overrun come from engine/budget.py, as in every other view.
 """
 
 from __future__ import annotations
@@ -11,39 +16,38 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from migrator.cli import environment as support
-from migrator.cli.output import describe_event, fmt_seconds, json_line, write_version
+from migrator.cli.output import describe_event, fmt_seconds, json_line, manual_lines, write_version
 from migrator.cli.text import printable
-from migrator.engine.machine import TERMINAL
+from migrator.engine.journal_summary import plan_budget, run_scale, store_budget, summarize
+from migrator.engine.results import over_budget_line
+from migrator.engine.run_context import accepted_unverified
 
 if TYPE_CHECKING:
     from migrator.journal.repository import EventView, Journal, RunView
 
 STALE_AFTER = 60.0  # seconds without a heartbeat before a running run is called probably dead
+TIMED_OUT = 124  # still going when status stopped looking (like timeout(1))
+DEAD = 130  # running in the journal, but no live runner: interrupted in all but name
+STATUS_EXTRAS = ("plan", "region", "dry_run", "started_at", "finished_at", "who", "host")  # beyond run's summary
 
 
-def _run_dict(run: RunView) -> dict[str, Any]:
-    return {"run_id": run.id, "plan": run.plan_name, "outcome": run.outcome, "exit_code": run.exit_code,
-            "dry_run": run.dry_run, "region": run.region, "started_at": run.started_at,
-            "finished_at": run.finished_at, "who": run.who, "host": run.host,
-            "keystores": [{"ref": m.keystore_ref, "id": m.keystore_id, "state": m.state,
-                           "outcome": m.outcome or (m.state if m.state in TERMINAL else None),
-                           "disconnected_seconds": m.window_seconds, "error": m.error,
-                           "disconnected_at": m.disconnected_at, "verified_at": m.verified_at,
-                           "original": _original(m.snapshot)}
-                          for m in run.migrations]}
+def _run_facts(run: RunView) -> dict[str, Any]:
+    return {"plan": run.plan_name, "region": run.region, "dry_run": run.dry_run, "started_at": run.started_at,
+            "finished_at": run.finished_at, "who": run.who, "host": run.host}
 
 
-def _original(snapshot: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The configuration recorded before the disconnect: what a rollback by hand restores (RUNBOOK.md)."""
-    if not snapshot:
-        return None
-    keys = ("connectivity", "uri_endpoint", "uri_path", "vpc_endpoint_service_name", "vpc_endpoint_service_owner",
-            "access_key_id")
-    return {k: snapshot.get(k) for k in keys} | {"verify_key_ids": [k.get("key_id") for k in
-                                                                      snapshot.get("verify_keys") or []]}
+def _summary(journal: Journal, run: RunView, *, warning: str | None = None,
+             exit_code: int | None = None) -> dict[str, Any]:
+    """`run`'s summary of RUN (the same keys and values), rebuilt from the journal, plus STATUS_EXTRAS."""
+    events = journal.events(run.id)
+    result = summarize(run, events, now=time.time(), runner_gone=warning is not None, exit_code=exit_code)
+    summary: dict[str, Any] = {**result.summary(), "accepted_unverified": accepted_unverified(events)}
+    if warning:
+        summary["warning"] = warning
+    return {**summary, **_run_facts(run)}
 
 
 def _event_dict(e: EventView) -> dict[str, Any]:
@@ -83,6 +87,7 @@ def _status(journal: Journal, run_id: str, *, watch: bool, timeout: float, json_
     out = sys.stdout
     started = time.monotonic()
     last_seq = 0
+    timer = _WatchTimer(out)
     if json_output:
         write_version(out, "status")
     while True:
@@ -93,37 +98,110 @@ def _status(journal: Journal, run_id: str, *, watch: bool, timeout: float, json_
         if json_output:
             for e in events if watch else []:
                 out.write(json_line(_event_dict(e)))
-        elif watch:
-            for e in events:
-                line = describe_event(_event_dict(e))
-                if line:
-                    out.write(time.strftime("%H:%M:%S ", time.localtime(e.at)) + printable(line) + "\n")
+        elif watch:  # the state moves and the window timer against the budget, not every line of the run
+            timer.moves([e for e in events if e.kind == "transition" or e.outcome in ("interrupted", "drift")])
+            timer.tick(run, journal.events(run_id))
         warning = _liveness(journal, run)
         ended = run.outcome != "running"
         if not watch or ended or warning or (timeout and time.monotonic() - started > timeout):
             break
         out.flush()
         time.sleep(1.0)
+    timer.done()
+    code = _exit_code(run, warning)
+    summary = _summary(journal, run, warning=warning, exit_code=code)
     if json_output:
-        out.write(json_line({"type": "summary", **_run_dict(run), "warning": warning}))
+        out.write(json_line(summary))
     else:
-        _print_status(run, journal, warning, show_recent=not watch)
+        _print_status(run, summary, journal, warning, show_recent=not watch)
+        for a in summary["accepted_unverified"]:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(a["at"] or 0)))
+            out.write(printable(f"  accepted unverified {a['check']} on {a['keystore']}: by {a['accepted_by']} "
+                                f"at {when} ({a['source']})") + "\n")
+        if code == TIMED_OUT:
+            out.write(f"still {run.outcome} (exit {TIMED_OUT}: status stopped looking before the run ended)\n")
     out.flush()
-    return 0
+    return code
 
 
-def _print_status(run: RunView, journal: Journal, warning: str | None, show_recent: bool) -> None:
+class _WatchTimer:
+    """`status --watch` on text: each state move on its own line, and the window against the budget: redrawn in
+    place on a terminal every second, a line every PLAIN_EVERY seconds otherwise (a log)."""
+
+    PLAIN_EVERY = 30.0
+
+    def __init__(self, out: TextIO):
+        self.out, self.tty, self.drawn, self.last = out, out.isatty(), False, 0.0
+
+    def moves(self, events: list[EventView]) -> None:
+        for e in events:
+            if line := describe_event(_event_dict(e)):
+                self._clear()
+                self.out.write(time.strftime("%H:%M:%S ", time.localtime(e.at)) + printable(line.strip()) + "\n")
+                self.last = 0.0
+
+    def tick(self, run: RunView, events: list[EventView]) -> None:
+        now = time.time()
+        if not self.tty and now - self.last < self.PLAIN_EVERY:
+            return
+        scale, fallback = run_scale(run), plan_budget(run)
+        parts = []
+        for m in run.migrations:
+            facts = store_budget(m, events, scale=scale, now=now, fallback=fallback)
+            if facts.window_seconds is not None and m.verified_at is None:
+                unit = " simulated" if scale != 1.0 else ""
+                parts.append(f"{m.keystore_id or m.keystore_ref} {m.state}: disconnected "
+                             f"{fmt_seconds(facts.window_seconds)} of {fmt_seconds(facts.budget_seconds)} budget{unit}"
+                             + (f", OVER by {fmt_seconds(facts.over_budget_seconds)}"
+                                if facts.over_budget_seconds > 0 else ""))
+        if not parts:
+            return
+        line = time.strftime("%H:%M:%S ") + printable("; ".join(parts))
+        self._clear()
+        self.out.write(line if self.tty else line + "\n")
+        self.drawn, self.last = self.tty, now
+
+    def _clear(self) -> None:
+        if self.drawn:
+            self.out.write("\r\x1b[K")
+            self.drawn = False
+
+    def done(self) -> None:
+        if self.drawn:
+            self.out.write("\n")
+            self.drawn = False
+
+
+def _exit_code(run: RunView, warning: str | None) -> int:
+    """The run's exit code; 130 for a runner seen dead; 124 for a run still going."""
+    if run.outcome == "running":
+        return DEAD if warning else TIMED_OUT
+    if run.exit_code is not None:
+        return int(run.exit_code)
+    from migrator.engine.results import EXIT_CODES
+
+    return EXIT_CODES.get(run.outcome, 1)
+
+
+def _print_status(run: RunView, summary: dict[str, Any], journal: Journal, warning: str | None,
+                  show_recent: bool) -> None:
     out = sys.stdout
     kind = " (rehearsal)" if run.dry_run else ""
+    simulated = bool(summary.get("simulated"))
+    unit = " simulated" if simulated else ""
     out.write(printable(f"run {run.id}{kind}: {run.outcome}  plan {run.plan_name}  region {run.region}  "
                         f"by {run.who}@{run.host}") + "\n")
-    for m in run.migrations:
-        window = m.window_seconds
-        if window is None and m.disconnected_at and m.verified_at is None:
-            scale = float((run.options or {}).get("time_scale") or 1.0)
-            window = (time.time() - m.disconnected_at) * scale
-        out.write(printable(f"  {m.keystore_id or m.keystore_ref}: {m.state}  disconnected {fmt_seconds(window)}"
-                            + (f"  ({m.error})" if m.error else "")) + "\n")
+    for ks in summary["keystores"]:
+        budget = ks.get("budget_seconds")
+        out.write(printable(f"  {ks['id'] or ks['ref']}: {ks['state']}  disconnected "
+                            f"{fmt_seconds(ks.get('window_seconds'))}"
+                            + (f" of {fmt_seconds(budget)} budget{unit}" if budget is not None else "")
+                            + (f"  ({ks['error']})" if ks.get("error") else "")) + "\n")
+        if over := _over_line(ks, simulated):
+            out.write(printable(f"    {over}") + "\n")
+        if ks.get("manual"):
+            for line in manual_lines(ks["manual"]):
+                out.write(printable(line) + "\n")
     if show_recent:
         for e in journal.events(run.id)[-8:]:
             line = describe_event(_event_dict(e))
@@ -131,6 +209,14 @@ def _print_status(run: RunView, journal: Journal, warning: str | None, show_rece
                 out.write(time.strftime("  %H:%M:%S ", time.localtime(e.at)) + printable(line.strip()) + "\n")
     if warning:
         out.write(f"warning: {printable(warning)}\n")
+
+
+def _over_line(facts: dict[str, Any], simulated: bool) -> str | None:
+    from migrator.engine.budget import BudgetFacts
+
+    return over_budget_line(BudgetFacts(facts.get("budget_seconds"), facts.get("window_seconds"),
+                                        float(facts.get("over_budget_seconds") or 0.0),
+                                        facts.get("over_budget_reason")), simulated)
 
 
 def history(state: str | None, *, limit: int, json_output: bool) -> int:
@@ -143,16 +229,21 @@ def history(state: str | None, *, limit: int, json_output: bool) -> int:
     if json_output:
         write_version(out, "history")
         for run in runs:
-            out.write(json_line({"type": "run", **_run_dict(run)}))
+            warning = _liveness(journal, run)
+            out.write(json_line({**_summary(journal, run, warning=warning, exit_code=_exit_code(run, warning)),
+                                 "type": "run"}))
         out.write(json_line({"type": "summary", "runs": len(runs)}))
         return 0
     if not runs:
         out.write(f"no runs in {journal.url_for_display}\n")
         return 0
     for run in runs:
-        windows = ", ".join(fmt_seconds(m.window_seconds) for m in run.migrations if m.window_seconds is not None)
+        summary = _summary(journal, run)
+        windows = ", ".join(fmt_seconds(ks["window_seconds"]) for ks in summary["keystores"]
+                            if ks.get("window_seconds") is not None)
+        over = _over_line(summary, bool(summary.get("simulated")))
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started_at))
         kind = " rehearsal" if run.dry_run else ""
         out.write(printable(f"{run.id}  {started}  {run.outcome:<12} {run.plan_name}{kind}"
-                            + (f"  window {windows}" if windows else "")) + "\n")
+                            + (f"  window {windows}" if windows else "") + (f"  {over}" if over else "")) + "\n")
     return 0

@@ -103,7 +103,8 @@ class Driver:
             self.move(failure.trigger, error=reason, attempts=self.attempts,
                       detail={"reason": reason, "window_seconds": self.window()})
         elif failure is OnFailure.STUCK:
-            self.move(failure.trigger, outcome="stuck", error=reason, detail={"reason": reason, **self.manual_help()})
+            self.move(failure.trigger, outcome="stuck", error=reason,
+                      detail={"reason": reason, **self.manual_help(), **self.final_seen()})
             self.hook("stuck")
         else:
             raise exc
@@ -253,15 +254,18 @@ class Driver:
     def _preflight(self, again: bool = False) -> list[Finding]:
         assert self.snapshot is not None
         findings = self.services.preflight(self.mid, self.verified_keystore(), Observation.from_dict(self.snapshot))
-        blocking = [f for f in findings if f.status == "block"]
-        if blocking:
-            reasons = "; ".join(f"{f.check}: {f.message}" for f in blocking)
+        holding = [f for f in findings if f.status in ("block", "unverified")]  # fail closed (preflight/base.py)
+        if holding:
+            reasons = "; ".join(f"{f.check}: {f.message}" if f.status == "block" else
+                                f"{f.check} unverified: {f.message} (to check it: {f.remedy or 'see plan'}; or "
+                                f"--accept-unverified {f.check})" for f in holding)
             raise Blocked(("preflight again before the disconnect: " if again else "") + reasons)
         return findings
 
     def step_preflight(self) -> Fields:
         findings = self._preflight()
-        return {"detail": {"warnings": sum(f.status == "warn" for f in findings), "checks": len(findings)}}
+        return {"detail": {"warnings": sum(f.status == "warn" for f in findings), "checks": len(findings),
+                           "accepted": sum(f.status == "accepted" for f in findings)}}
 
     def step_approval(self) -> Fields:
         if self.services.wait_for_cutover(self.mid, lambda: self.hook("postponed")):
@@ -353,7 +357,7 @@ class Driver:
         now = self.clock.now()
         self.hook("verified")
         return {"outcome": "completed", "verified_at": now, "window_seconds": self.window(now),
-                "detail": {"window_seconds": self.window(now)}}
+                "detail": {"window_seconds": self.window(now), **self.final_seen()}}
 
     # -- the way back (one row, five idempotent steps) ---------------------------------------------
     def step_rollback_begin(self) -> None:
@@ -388,7 +392,11 @@ class Driver:
         now = self.clock.now()
         self.hook("rolled-back")
         return {"outcome": "rolled_back", "verified_at": now, "window_seconds": self.window(now),
-                "detail": {"window_seconds": self.window(now)}}
+                "detail": {"window_seconds": self.window(now), **self.final_seen()}}
+
+    def final_seen(self) -> Fields:
+        """The configuration last seen live, journaled with the end of the window (`status` shows it as final)."""
+        return {"final": self.last_seen.config.to_dict()} if self.last_seen is not None else {}
 
     # -- observe-before-act building blocks ---------------------------------------------------------
     def ensure_connected(self, deadline: float | None) -> None:

@@ -21,17 +21,16 @@ from migrator.engine import machine, runbook, whole_run
 from migrator.engine.clock import leave_signals_to_the_main_thread
 from migrator.engine.environment import Environment, Observer
 from migrator.engine.errors import JournalLostStop, LockLostStop
-from migrator.engine.results import EXIT_CODES, RunResult, StoreResult
+from migrator.engine.journal_summary import store_budget
+from migrator.engine.results import CONFIG_KEYS, EXIT_CODES, RunResult, StoreResult, original_view, verify_key_ids
 from migrator.engine.run_context import RunContext
 from migrator.plan import KeystorePlan, Plan
 
 if TYPE_CHECKING:
-    from migrator.journal.models import LockInfo, MigrationView
+    from migrator.journal.models import EventView, LockInfo, MigrationView
 
-__all__ = ["Environment", "Observer", "RunResult", "StoreResult", "resume", "rollback", "start"]
+__all__ = ["CONFIG_KEYS", "Environment", "Observer", "RunResult", "StoreResult", "resume", "rollback", "start"]
 
-# The configuration fields a summary shows for `original` and `final`.
-CONFIG_KEYS = ("connectivity", "uri_endpoint", "uri_path", "vpc_endpoint_service_name", "access_key_id")
 LOCK_PROBE_SECONDS = 1.0  # between heartbeats, how often the heartbeat thread asks whether the locks still hold
 _T = TypeVar("_T")
 
@@ -225,12 +224,13 @@ def _config_view(config: StoreConfig) -> dict[str, object]:
     return {k: values[k] for k in CONFIG_KEYS}
 
 
-def _store_result(ctx: RunContext, m: MigrationView, last: Observation | None) -> StoreResult:
+def _store_result(ctx: RunContext, m: MigrationView, last: Observation | None,
+                  events: list[EventView] | None) -> StoreResult:
     if last is None and m.keystore_id and m.state in ("completed", "rolled_back") and ctx.may_call_aws:
         with contextlib.suppress(Exception):
             last = ctx.kms.describe(m.keystore_id)
     original_config = StoreConfig.from_dict(m.snapshot) if m.snapshot else None
-    original: dict[str, object] | None = {k: m.snapshot.get(k) for k in CONFIG_KEYS} if m.snapshot else None
+    original = original_view(m.snapshot)
     final = _config_view(last.config) if last else None
     if final is None and m.state == "blocked":  # nothing changed: the snapshot is the last look
         final = original
@@ -238,6 +238,9 @@ def _store_result(ctx: RunContext, m: MigrationView, last: Observation | None) -
     window = m.window_seconds
     if window is None and m.disconnected_at is not None:  # still disconnected (stuck, interrupted)
         window = round(ctx.clock.elapsed(m.disconnected_at), 3)
+    facts = None  # the journal's account of the budget (engine/budget.py); a lost journal: the window alone
+    if events is not None:
+        facts = store_budget(m, events, scale=ctx.clock.scale, now=ctx.clock.now(), fallback=ctx.plan.max_disconnected)
     manual = (runbook.stuck_help(ctx.plan.region, m.keystore_id or m.keystore_ref, original_config, last)
               if m.state == "stuck" else None)
     error = m.error
@@ -245,7 +248,8 @@ def _store_result(ctx: RunContext, m: MigrationView, last: Observation | None) -
         error = _where_it_stands(m, last)
     return StoreResult(ref=m.keystore_ref, id=m.keystore_id or "", state=m.state, outcome=store_outcome,
                        original=original, final=final, disconnected_seconds=window,
-                       api_calls=dict(m.api_calls or {}), error=error, manual=manual)
+                       api_calls=dict(m.api_calls or {}), error=error, manual=manual, budget=facts,
+                       verify_key_ids=verify_key_ids(m.snapshot))
 
 
 def _where_it_stands(m: MigrationView, last: Observation | None) -> str:
@@ -259,7 +263,8 @@ def _where_it_stands(m: MigrationView, last: Observation | None) -> str:
 
 def _result(ctx: RunContext, run_id: str, outcome: str, exit_code: int, message: str,
             last_seen: dict[int, Observation], migrations: list[MigrationView]) -> RunResult:
-    stores = [_store_result(ctx, m, last_seen.get(m.id)) for m in migrations]
+    events = None if ctx.journal_lost is not None else _if_journal_works(ctx, lambda: ctx.env.journal.events(run_id))
+    stores = [_store_result(ctx, m, last_seen.get(m.id), events) for m in migrations]
     if not message:
         message = next((s.error for s in stores if s.error), "") or outcome
     return RunResult(run_id, outcome, exit_code, stores, message, simulated=ctx.clock.simulated)

@@ -166,7 +166,8 @@ def test_stuck_help_reports_the_last_observation_and_the_commands():
     last = Observation(STORE, "payments", "EXTERNAL_KEY_STORE", "FAILED", "XKS_PROXY_TIMED_OUT", PUBLIC_CONFIG)
     help_ = stuck_help(REGION, STORE, VPC_CONFIG, last)
     assert help_ == {"connection_state": "FAILED", "connection_error_code": "XKS_PROXY_TIMED_OUT",
-                     "commands": stuck_commands(REGION, STORE, VPC_CONFIG, "FAILED"), "runbook": "xksmigrate runbook stuck"}
+                     "commands": stuck_commands(REGION, STORE, VPC_CONFIG, "FAILED"),
+                     "runbook": "xksmigrate runbook stuck"}
     unseen = stuck_help(REGION, STORE, None, None)
     assert (unseen["connection_state"], unseen["connection_error_code"]) == ("unknown", None)
 
