@@ -472,9 +472,11 @@ def check_resumed(sim: Sim, journal: Any, before: JournalView, resumed: Proc | N
     if live.get("ConnectionState") != "CONNECTED" or live_config != want:
         problems.append(f"live store {live.get('ConnectionState')} {live_config}, journal says {expect} {want}")
     if summary.get("keystores"):
-        final = {k: v or "" for k, v in (summary["keystores"][0].get("final") or {}).items()}
-        if final != live_config:
-            problems.append(f"the resume reported final {final}, AWS has {live_config}")
+        reported = summary["keystores"][0].get("final") or {}
+        final = {k: reported.get(k) or "" for k in CONFIG_KEYS}
+        owner = live.get("XksProxyConfiguration", {}).get("VpcEndpointServiceOwner") or ""
+        if final != live_config or (reported.get("vpc_endpoint_service_owner") or "") != owner:
+            problems.append(f"the resume reported final {reported}, AWS has {live_config} (owner {owner!r})")
     # Side effects happened once (see the module docstring for what a random kill may add).
     problems += effects_problems(Effects.of(sim.log(), m.keystore_id), effects, inflight, exact)
     return problems

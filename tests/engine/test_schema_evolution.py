@@ -85,7 +85,9 @@ def run_indexes(url: str) -> set[str]:
 def _old_runner(url: str, endpoint_url: str, ca_bundle: str, region: str) -> None:
     """A runner on the 0001 schema: the journal opened without upgrading, then the whole forward path."""
     sys.path.insert(0, str(Path(__file__).parent))
-    from engine_helpers import example_plan
+    from types import SimpleNamespace
+
+    from engine_helpers import example_plan, vantage_resolver
 
     from migrator.aws.clients import ClientFactory
     from migrator.aws.secret_refs import resolve_secret
@@ -99,7 +101,8 @@ def _old_runner(url: str, endpoint_url: str, ca_bundle: str, region: str) -> Non
     clients = ClientFactory(region=region, endpoint_url=endpoint_url, credentials=dict(DUMMY_CREDENTIALS))
     env = Environment(journal=journal, clients=clients, clock=Clock(TIME_SCALE), approve=lambda question: True,
                       secret_resolver=lambda ref: resolve_secret(ref, client_factory=clients), who="old-runner",
-                      extra_roots_pem=[Path(ca_bundle).read_bytes()])
+                      extra_roots_pem=[Path(ca_bundle).read_bytes()],
+                      resolve=vantage_resolver(SimpleNamespace(endpoint_url=endpoint_url)))
     engine.start(example_plan("public-to-vpc"), env)
 
 

@@ -288,10 +288,23 @@ def world_with_second_credential(tmp_path: Path, accepted: bool = True) -> Path:
     return path
 
 
-def credential_run(tmp_path: Path, journal_url: str, *, accepted: bool, budget: str = "1h"
-                   ) -> tuple[int, list[dict[str, Any]], dict[str, Any], Any]:
+# The XKS proxy requests preflight makes on this world: five signed GetHealthStatus and GetKeyMetadata of the
+# verify keys on the target, five GetHealthStatus on the rollback target (the same proxy, the old credential).
+PREFLIGHT_PROXY_REQUESTS = 12
+
+
+def rejected_after_preflight(tmp_path: Path) -> Path:
+    """The proxy rejects the next request after preflight's (KMS's check of the update), then recovers."""
+    path = tmp_path / "faults.toml"
+    path.write_text(f'[[faults]]\nproxy = "payments-proxy"\nproxy_fault = "reject_credentials"\ncount = 1\n'
+                    f'after = {PREFLIGHT_PROXY_REQUESTS}\n')
+    return path
+
+
+def credential_run(tmp_path: Path, journal_url: str, *, accepted: bool, budget: str = "1h",
+                   faults: Path | None = None) -> tuple[int, list[dict[str, Any]], dict[str, Any], Any]:
     plan = plan_file(tmp_path, budget=budget, target=CREDENTIAL_TARGET)
-    with Sim(tmp_path, world=world_with_second_credential(tmp_path, accepted)) as sim:
+    with Sim(tmp_path, world=world_with_second_credential(tmp_path, accepted), faults=faults) as sim:
         proc = start_run(sim, journal_url, tmp_path, plan=plan, NEW_XKS_SECRET=NEW_SECRET, OLD_XKS_SECRET=OLD_SECRET)
         code = proc.wait()
         return code, sim.log(), sim.describe(STORE), proc
@@ -312,8 +325,22 @@ def test_a_credential_only_change_is_made_while_connected(journal_url: str, tmp_
     assert NEW_SECRET not in proc.out.read_text() + proc.err.read_text()
 
 
-def test_a_rejected_credential_rolls_back_without_a_disconnect(journal_url: str, tmp_path: Path) -> None:
+def test_a_credential_the_proxy_rejects_is_blocked_before_any_change(journal_url: str, tmp_path: Path) -> None:
+    """Preflight signs a probe with the new credential (the vantage point and the secret): caught, nothing called."""
     code, log, live, proc = credential_run(tmp_path, journal_url, accepted=False)
+
+    assert code == 3, proc.err.read_text()[-2000:]
+    assert tool_calls(log) == []
+    view = read_journal(journal_url)
+    assert view is not None and view.migration.state == "blocked" and "proxy.auth" in view.migration.error
+    assert live["XksProxyConfiguration"]["AccessKeyId"] == "XKSPROXYACCESSKEY2345"
+
+
+def test_a_credential_rejected_after_preflight_rolls_back_without_a_disconnect(journal_url: str,
+                                                                               tmp_path: Path) -> None:
+    """The proxy accepted preflight's probes, then rejects KMS's check of the update: the in-place rollback."""
+    code, log, live, proc = credential_run(tmp_path, journal_url, accepted=True,
+                                           faults=rejected_after_preflight(tmp_path))
 
     assert code == 4, proc.err.read_text()[-2000:]
     updates = [e for e in log if e.get("kind") == "call" and e.get("operation") == "UpdateCustomKeyStore"]
