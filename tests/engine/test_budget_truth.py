@@ -10,7 +10,6 @@ with the same reason; a run within its budget says 0; `status` exits with the ru
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 from engine_helpers import REPO, load_world, roomy_plan_file
+from test_lock_cli import advance_world, cli_env, wait_until
 
 from migrator.engine.budget import BudgetFacts, budget_of, duration, measure
 from migrator.engine.results import RunResult, StoreResult, over_budget_line
@@ -160,15 +160,8 @@ DATA = Path(__file__).parent / "data"
 BAD_WORLD = DATA / "service-without-kms-principal.toml"
 
 
-def _env() -> dict[str, str]:
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "AKIAREHEARSAL0000000", "AWS_SECRET_ACCESS_KEY": "rehearsal"}
-    for name in ("AWS_ENDPOINT_URL", "XKSMIGRATE_STATE", "XKSMIGRATE_TEST_KILL_AFTER_SEQ", "XKSMIGRATE_TIME_SCALE"):
-        env.pop(name, None)
-    return env
-
-
 def cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "migrator.cli", *args], cwd=tmp_path, env=_env(), text=True,
+    return subprocess.run([sys.executable, "-m", "migrator.cli", *args], cwd=tmp_path, env=cli_env(), text=True,
                           capture_output=True, timeout=180, stdin=subprocess.DEVNULL)
 
 
@@ -187,16 +180,6 @@ def plan_with_budget(tmp_path: Path, budget: str, server: Any) -> Path:
     return path
 
 
-def wait_for(what: str, condition: Any, proc: subprocess.Popen[bytes], timeout: float = 90.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        assert proc.poll() is None, f"the runner exited ({proc.returncode}) before {what}"
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def connecting(journal: Any) -> Any:
     """The run id once the runner has sent ConnectCustomKeyStore (it is in the connect wait)."""
     def check() -> Any:
@@ -206,15 +189,6 @@ def connecting(journal: Any) -> Any:
             return runs[0].id
         return None
     return check
-
-
-def advance_world(server: Any, seconds: float) -> None:
-    import urllib.request
-
-    request = urllib.request.Request(f"{server.endpoint_url}/_rehearsal/clock", method="POST",
-                                     data=json.dumps({"advance": seconds}).encode())
-    with urllib.request.urlopen(request, timeout=10) as response:
-        response.read()
 
 
 BUDGET_KEYS = ("budget_seconds", "window_seconds", "over_budget_seconds", "over_budget_reason")
@@ -230,9 +204,9 @@ def test_ctrl_c_in_the_connect_wait_and_a_late_resume_show_the_overrun_everywher
         runner = subprocess.Popen([sys.executable, "-m", "migrator.cli", "run", str(plan), "--yes", "--json",
                                    "--endpoint-url", server.endpoint_url, "--time-scale", str(SCALE),
                                    "--state", journal_url], stdout=fo, stderr=subprocess.PIPE,
-                                  stdin=subprocess.DEVNULL, cwd=tmp_path, env=_env())
+                                  stdin=subprocess.DEVNULL, cwd=tmp_path, env=cli_env())
     try:
-        run_id = wait_for("the connect wait", connecting(journal), runner)
+        run_id = wait_until("the connect wait", connecting(journal), runner, timeout=90.0)
         runner.send_signal(signal.SIGINT)
         assert runner.wait(timeout=60) == 130
     finally:
@@ -329,11 +303,11 @@ def test_status_gives_up_with_124_while_the_run_is_still_going(journal_url, jour
     runner = subprocess.Popen([sys.executable, "-m", "migrator.cli", "run", str(plan), "--yes", "--endpoint-url",
                                server.endpoint_url, "--time-scale", str(SCALE), "--state", journal_url],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                              cwd=tmp_path, env=_env())
+                              cwd=tmp_path, env=cli_env())
     try:
-        run_id = wait_for("the disconnect", lambda: next((r.id for r in journal.list_runs(limit=1)
-                                                          if r.migrations and r.migrations[0].disconnected_at), None),
-                          runner)
+        run_id = wait_until("the disconnect", lambda: next((r.id for r in journal.list_runs(limit=1)
+                                                            if r.migrations and r.migrations[0].disconnected_at),
+                                                           None), runner, timeout=90.0)
         watched = cli(["status", run_id, "--watch", "--timeout", "2", "--json", "--state", journal_url], tmp_path)
         assert watched.returncode == 124, watched.stdout[-2000:] + watched.stderr
         shown = last_json(watched.stdout)
@@ -404,9 +378,9 @@ def test_a_killed_runner_is_seen_dead_by_status_with_its_gap_counted_to_now(jour
     runner = subprocess.Popen([sys.executable, "-m", "migrator.cli", "run", str(plan), "--yes", "--endpoint-url",
                                server.endpoint_url, "--time-scale", str(SCALE), "--state", journal_url],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                              cwd=tmp_path, env=_env())
+                              cwd=tmp_path, env=cli_env())
     try:
-        run_id = wait_for("the connect wait", connecting(journal), runner)
+        run_id = wait_until("the connect wait", connecting(journal), runner, timeout=90.0)
     finally:
         runner.send_signal(signal.SIGKILL)
         runner.wait()

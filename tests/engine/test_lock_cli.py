@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 
 def cli_env() -> dict[str, str]:
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "AKIAREHEARSAL0000000", "AWS_SECRET_ACCESS_KEY": "rehearsal"}
-    for name in ("AWS_ENDPOINT_URL", "XKSMIGRATE_STATE", "XKSMIGRATE_TEST_KILL_AFTER_SEQ"):
+    for name in ("AWS_ENDPOINT_URL", "XKSMIGRATE_STATE", "XKSMIGRATE_TEST_KILL_AFTER_SEQ", "XKSMIGRATE_TIME_SCALE"):
         env.pop(name, None)
     return env
 
