@@ -32,7 +32,8 @@ def run(plan_file: str, *, dry_run: bool, yes: bool, json_output: bool, state: s
                              world=world, faults=faults, profile=profile, region=region, endpoint_url=endpoint_url,
                              time_scale=time_scale, resolve=resolve) as (env, renderer):
         env.hooks = run_hooks
-        renderer.stores, renderer.simulated = [ks.id or ks.ref for ks in plan.keystores], env.clock.simulated
+        renderer.stores = [ks.id or ks.ref for ks in plan.keystores]
+        renderer.use_clock(env.clock.scale)
         env.postpone, env.postpone_flag_file, env.cutover_at = postpone_cutover, postpone_flag_file, when
         env.run_facts = recorded.run_facts(
             plan, hooks_dir=hooks, allow_insecure_hooks=allow_insecure_hooks, endpoint_url=endpoint_url,

@@ -396,6 +396,6 @@ def recorded_run_env(journal: Journal, run_view: RunView, *, command: str, json_
     interruptible()
     renderer = output.make_renderer(json_output, command)
     renderer.stores = [m.keystore_id or m.keystore_ref for m in run_view.migrations]
-    renderer.simulated = env.clock.simulated
+    renderer.use_clock(env.clock.scale)
     env.observer, env.approve = renderer, approver(yes, renderer)
     return plan, env, renderer

@@ -150,6 +150,10 @@ class Renderer(Observer):
     simulated: bool = False
     _announced: bool = False
 
+    def use_clock(self, scale: float) -> None:
+        """The run's time scale (1: real time): windows are labelled simulated when it is not 1."""
+        self.simulated = scale != 1.0
+
     def headline(self, event: dict[str, Any]) -> str | None:
         """`run RUN_ID: key store ID`, once: for the first event that carries the run id."""
         if self._announced or not event.get("run_id"):
@@ -224,6 +228,11 @@ class LiveView(Renderer):
         self.timer = WindowTimer()  # ticks between reports, during a slow call too (cli/window_timer.py)
         self.live = Live(console=self.console, refresh_per_second=4, transient=True, get_renderable=self._render)
         self.live.start()
+
+    def use_clock(self, scale: float) -> None:
+        """The timer ticks at the run's scale from the first report on (it learns it only when not told)."""
+        super().use_clock(scale)
+        self.timer.scale = scale
 
     def _render(self) -> Table:
         from rich.table import Table
