@@ -70,6 +70,9 @@ class RunContext:
         self.journal_lost: str | None = None  # why the journal became unusable; from then on nothing is done
         self.journaled: dict[int, dict[str, object]] = {}  # per migration: what this process journaled
         self._emit_lock = threading.Lock()
+        # Verify threads journal concurrently; one writer at a time keeps "commit, then (test seam) die" atomic:
+        # no other thread's event can land between a crash point's commit and its SIGKILL.
+        self._record_lock = threading.RLock()
         # AWS: connecting or disconnecting "takes approximately five minutes"; refined by each wait.
         self.expected_change_seconds: float = 300.0
 
@@ -128,10 +131,11 @@ class RunContext:
 
     def record(self, mid: int | None, *, kind: str, operation: str | None = None, outcome: str | None = None,
                request_id: str | None = None, detail: dict[str, object] | None = None) -> int:
-        seq = self.journal_call(lambda: self.journal.record(
-            self.run_id, kind=kind, migration_id=mid, operation=operation, outcome=outcome, request_id=request_id,
-            detail=detail))
-        _crash_point(seq)
+        with self._record_lock:
+            seq = self.journal_call(lambda: self.journal.record(
+                self.run_id, kind=kind, migration_id=mid, operation=operation, outcome=outcome,
+                request_id=request_id, detail=detail))
+            _crash_point(seq)
         self._emit(mid, seq, kind, operation=operation, outcome=outcome, request_id=request_id, detail=detail)
         return seq
 
