@@ -1,6 +1,7 @@
 """`xksmigrate sim serve`: run the rehearsal world in the foreground until SIGTERM or SIGINT.
 
-The first stdout line is one JSON object (endpoint_url, region, account_id, time_scale, ca_bundle, log),
+The first stdout line is one JSON object (endpoint_url, region, account_id, time_scale, ca_bundle, log, vantage,
+accounts: each account's id, Regions and assumable role ARNs; the default account first),
 flushed at once, so a parent process (tests, benchmarks, a shell script) can read where to point boto3
 or the AWS CLI; stderr then gets the `export AWS_ENDPOINT_URL=... XKSMIGRATE_TIME_SCALE=...` line for a person,
 and a line saying how the tool gets its vantage point (which proxy hosts it can dial): automatically, since
@@ -43,7 +44,9 @@ def run_serve(world_path: str | None, port: int, faults_path: str | None, log_pa
     try:
         print(json.dumps({"endpoint_url": server.endpoint_url, "region": world.region,
                           "account_id": world.account_id, "time_scale": world.time_scale,
-                          "ca_bundle": server.ca_bundle_path, "log": log_path, "vantage": world.vantage}),
+                          "ca_bundle": server.ca_bundle_path, "log": log_path, "vantage": world.vantage,
+                          "accounts": [{"account_id": a.id, "regions": a.regions,
+                                        "roles": [r.arn(a.id) for r in a.roles]} for a in world.accounts]}),
               flush=True)
         # for a person: the line that points xksmigrate (and the AWS CLI) at this world on its clock
         print(f"export AWS_ENDPOINT_URL={server.endpoint_url} XKSMIGRATE_TIME_SCALE={world.time_scale:g}",

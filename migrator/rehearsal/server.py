@@ -2,10 +2,13 @@
 
 Routing: `X-Amz-Target: TrentService.*` -> KMS (`kms.api`), `secretsmanager.*` -> Secrets Manager, a form
 body with `Action=` -> the query protocol (EC2/ELBv2/IAM/STS; the service comes from the SigV4 credential
-scope). Any credentials are accepted: the world checks configuration, not callers. `/_rehearsal/*` are
+scope). The access key id of the signature decides the account and its Region the cell (`auth`,
+`world.identity`, `WorldState.cell_for`); signatures are not verified, any long-term key the world does not
+know is the default account's, a world-issued role session is refused once expired on the world's clock.
+Per account-Region quotas (`[[quotas]]`) throttle before faults and handlers. `/_rehearsal/*` are
 control paths for tests and benchmarks (never used by the engine); `GET /_rehearsal/vantage` is the one the
 CLI reads for a loopback endpoint (`world.vantage`: the proxy hosts this machine reaches, and the time scale).
-Every response carries `x-amzn-RequestId`; every API call is logged with simulated time.
+Every response carries `x-amzn-RequestId`; every API call is logged with simulated time, account and Region.
 
 `RehearsalServer` is also where the wing is put together: it builds the `world.state.WorldState` with KMS's
 connect check and hands it the world CA and one `xks.proxy.XksProxyServer` per proxy, so the state module
@@ -26,17 +29,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+from migrator.rehearsal.auth import JSON_SERVICES, Signature, refusal
 from migrator.rehearsal.kms.api import JSON_CONTENT_TYPE, handle_kms
 from migrator.rehearsal.kms.checks import connect_check
 from migrator.rehearsal.kms.errors import KmsError
 from migrator.rehearsal.secrets_api import handle_secrets
 from migrator.rehearsal.world import balancing, model, vantage
 from migrator.rehearsal.world.ca import WorldCA
+from migrator.rehearsal.world.identity import CALLER_ARN, AuthFailure, Caller
 from migrator.rehearsal.world.reader import Reader
 from migrator.rehearsal.world.state import WorldState
 from migrator.rehearsal.xks.proxy import FaultHook, XksProxyServer
 
-_SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/[^/]+/([^/]+)/aws4_request")
 _MUTABLE = {"endpoint_service": ("endpoint_services", "service_id"), "proxy": ("proxies", "name"),
             "keystore": ("keystores", "id"), "key": ("keys", "key_id"), "load_balancer": ("load_balancers", "name")}
 _SECRET_FIELDS = {"secret", "credentials"}
@@ -79,8 +83,11 @@ class RehearsalServer:
         """{host: "127.0.0.1:port"} the machine running the tool can dial now (`world.vantage`)."""
         ports = {name: server.port for name, server in self.state.proxy_servers.items()}
         refused = self._refusing.getsockname()[1] if self._refusing is not None else 0
+        found: dict[str, str] = {}
         with self.state.lock:
-            return vantage.reachable(self.world, ports, refused)
+            for cell in self.world.all_cells().values():  # the tool's VPC vantage reaches every account's
+                found.update(vantage.reachable(cell, ports, refused))
+        return found
 
     def start(self) -> RehearsalServer:
         self._refusing = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -124,7 +131,7 @@ class RehearsalServer:
         def fault_hook(name: str) -> FaultHook:
             return lambda _api: state.faults.proxy_faults(name)
 
-        return ca, {proxy.name: XksProxyServer(proxy, managers[proxy.key_manager], state.region, ca,
+        return ca, {proxy.name: XksProxyServer(proxy, managers[proxy.key_manager], proxy.region or state.region, ca,
                                                certificate_hosts=state.certificate_hosts(proxy),
                                                fault_hook=fault_hook(proxy.name))
                     for proxy in self.world.proxies}
@@ -191,69 +198,105 @@ class _Handler(BaseHTTPRequestHandler):
             status, payload, ctype = self._control(path, body)
             self._send(status, payload, ctype, request_id)
             return
+        signature = Signature.of(self.headers)
         target = self.headers.get("X-Amz-Target", "")
         if "." in target:
             prefix, operation = target.split(".", 1)
             service = {"TrentService": "kms", "secretsmanager": "secretsmanager"}.get(prefix, "")
-            self._api(service, operation, body, request_id)
+            self._api(service, operation, body, request_id, signature)
             return
         params = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
         if "Action" in params:
-            match = _SCOPE.search(self.headers.get("Authorization", ""))
-            self._api(match.group(1) if match else "", params.pop("Action"), body, request_id, params)
+            self._api(signature.service, params.pop("Action"), body, request_id, signature, params)
             return
         err = KmsError("UnknownOperationException", "Send X-Amz-Target (JSON protocol) or a form body with Action.")
         self._send(err.status, err.body(), JSON_CONTENT_TYPE, request_id)
 
-    def _api(self, service: str, operation: str, body: bytes, request_id: str,
+    def _caller(self, service: str, signature: Signature) -> tuple[WorldState, Caller]:
+        """The cell that answers and who is asking (the access key decides the account, the signing Region the
+        cell); raises AuthFailure for expired or unknown session credentials or a Region the account lacks."""
+        root = self.world
+        caller = root.identity.caller(signature.access_key_id, signature.token)
+        cell = root.cell_for(caller.account, signature.region, global_service=service in ("iam", "sts"))
+        if cell is None:
+            raise AuthFailure("invalid", f"account {caller.account} has no Region {signature.region}", caller.account)
+        return cell, caller
+
+    def _api(self, service: str, operation: str, body: bytes, request_id: str, signature: Signature,
              params: dict[str, str] | None = None) -> None:
-        world = self.world
-        delay = world.faults.latency(operation)
-        if delay:
-            time.sleep(world.clock.real_seconds(delay))
-        keystore = None
-        fault = world.faults.api_error(operation)
-        if service in ("kms", "secretsmanager", ""):
-            ctype = JSON_CONTENT_TYPE
-            if fault is not None:
-                err = KmsError(fault.error_code, fault.message or f"{fault.error_code} (rehearsal fault)",
-                               fault.http_status if fault.http_status != 400 else None)
-                status, payload, error = err.status, err.body(), err.name
-            elif service == "kms":
-                answer = handle_kms(world, operation, body)
-                status, payload, error, keystore = answer.status, answer.body, answer.error, answer.keystore
-            elif service == "secretsmanager":
-                status, payload, error = handle_secrets(world, operation, body)
-            else:
-                err = KmsError("UnknownOperationException", f"Unknown target or service for {operation}.")
-                status, payload, error = err.status, err.body(), err.name
-        else:
-            ctype = "text/xml"
-            status, payload, error = self._query(service, operation, params or {}, fault)
-        world.log.add("call", operation, keystore=keystore, error=error, request_id=request_id,
-                      detail=None if service == "kms" else service)
+        detail = None if service == "kms" else service
+        try:
+            cell, caller = self._caller(service, signature)
+        except AuthFailure as exc:
+            status, payload, ctype, error = refusal(service, exc.kind)
+            self.world.base_log.add("call", operation, error=error, request_id=request_id, detail=detail,
+                                    account=exc.account, region=signature.region or None)
+            self._send(status, payload, ctype, request_id)
+            return
+        if self.world.quotas.admit(cell.account_id, cell.region, operation) is not None:
+            status, payload, ctype, error = refusal(service, "throttled")
+            cell.log.add("call", operation, error=error, request_id=request_id, detail=detail)
+            self._send(status, payload, ctype, request_id)
+            return
+        context = CALLER_ARN.set(caller.arn if caller.session is not None else "")
+        try:
+            status, payload, ctype, error, keystore = self._answer(cell, caller, service, operation, body, params)
+        finally:
+            CALLER_ARN.reset(context)
+        cell.log.add("call", operation, keystore=keystore, error=error, request_id=request_id, detail=detail)
         self._send(status, payload, ctype, request_id)
 
-    def _query(self, service: str, action: str, params: dict[str, str],
-               fault: model.Fault | None) -> tuple[int, bytes, str]:
+    def _answer(self, cell: WorldState, caller: Caller, service: str, operation: str, body: bytes,
+                params: dict[str, str] | None) -> tuple[int, bytes, str, str, str | None]:
+        """(status, body, content type, error name, key store for the log) of one API call in `cell`."""
+        delay = cell.faults.latency(operation, cell.account_id, cell.region)
+        if delay:
+            time.sleep(cell.clock.real_seconds(delay))
+        keystore = None
+        fault = cell.faults.api_error(operation, cell.account_id, cell.region)
+        if service not in JSON_SERVICES:
+            return (*self._query(cell, caller, service, operation, params or {}, fault), None)
+        if fault is not None:
+            err = KmsError(fault.error_code, fault.message or f"{fault.error_code} (rehearsal fault)",
+                           fault.http_status if fault.http_status != 400 else None)
+            status, payload, error = err.status, err.body(), err.name
+        elif service == "kms":
+            answer = handle_kms(cell, operation, body)
+            status, payload, error, keystore = answer.status, answer.body, answer.error, answer.keystore
+        elif service == "secretsmanager":
+            status, payload, error = handle_secrets(cell, operation, body)
+        else:
+            err = KmsError("UnknownOperationException", f"Unknown target or service for {operation}.")
+            status, payload, error = err.status, err.body(), err.name
+        return status, payload, JSON_CONTENT_TYPE, error, keystore
+
+    def _query(self, cell: WorldState, caller: Caller, service: str, action: str, params: dict[str, str],
+               fault: model.Fault | None) -> tuple[int, bytes, str, str]:
         try:
+            from migrator.rehearsal.query import sts
             from migrator.rehearsal.query.api import handle_query
             from migrator.rehearsal.query.common import QueryError, error_body
         except ImportError:  # the query API is optional for a KMS-only world
             err = KmsError("UnknownOperationException", f"{service} is not served by this world.")
-            return err.status, err.body(), err.name
+            return err.status, err.body(), JSON_CONTENT_TYPE, err.name
         if fault is not None:
             qerr = QueryError(fault.error_code, fault.message or f"{fault.error_code} (rehearsal fault)",
                               fault.http_status)
-            return qerr.http_status, error_body(service, qerr), qerr.code
-        with self.world.lock:
-            self.world.advance()
-            status, payload = handle_query(self.world.world, service, action, params)
+            return qerr.http_status, error_body(service, qerr), "text/xml", qerr.code
+        with cell.lock:
+            cell.advance()
+            if service == "sts":
+                try:
+                    status, payload = 200, sts.handle(cell, caller, action, params)
+                except QueryError as exc:
+                    status, payload = exc.http_status, error_body(service, exc)
+            else:
+                status, payload = handle_query(cell.world, service, action, params)
         error = ""
         if status >= 400:
             found = re.search(rb"<Code>([^<]+)</Code>", payload)
             error = found.group(1).decode() if found else f"HTTP {status}"
-        return status, payload, error
+        return status, payload, "text/xml", error
 
     # -- control paths ---------------------------------------------------------------------------
 
@@ -308,17 +351,25 @@ def _find_target(world: model.World, ident: str) -> model.Target | None:
 
 
 def mutate(world: WorldState, request: dict[str, Any]) -> dict[str, Any]:
-    """Change one world object at run time: {"kind", "id", "set": {field: value}}; returns it (no secrets)."""
+    """Change one world object at run time: {"kind", "id", "set": {field: value}}; returns it (no secrets).
+
+    The object is looked for in every cell (default first); "account" and "region" narrow the search."""
     kind, ident, changes = request.get("kind"), request.get("id"), request.get("set")
     if kind not in (*_MUTABLE, "target") or not isinstance(changes, dict):
         raise ValueError(f"kind must be one of {', '.join(_MUTABLE)}, target and set an object")
     collection, id_field = _MUTABLE.get(kind, ("", "id"))
     with world.lock:
         world.advance()
-        if kind == "target":  # id "<target group name>/<target id>", e.g. to turn a target unhealthy
-            obj = _find_target(world.world, str(ident))
-        else:
-            obj = next((o for o in getattr(world.world, collection) if getattr(o, id_field) == ident), None)
+        obj, cell = None, world
+        for (account, region), cell in world.cells.items():
+            if request.get("account") not in (None, account) or request.get("region") not in (None, region):
+                continue
+            if kind == "target":  # id "<target group name>/<target id>", e.g. to turn a target unhealthy
+                obj = _find_target(cell.world, str(ident))
+            else:
+                obj = next((o for o in getattr(cell.world, collection) if getattr(o, id_field) == ident), None)
+            if obj is not None:
+                break
         if obj is None:
             raise KeyError(f"no {kind} {ident!r}")
         names = {f.name for f in fields(obj)}
@@ -336,9 +387,11 @@ def mutate(world: WorldState, request: dict[str, Any]) -> dict[str, Any]:
             before = getattr(obj, name)
             setattr(obj, name, float(value) if isinstance(before, float) else value)
             if kind == "keystore" and name == "state":
-                world.stores[ident].pending = ""
-                world.log.add("state", "Mutate", keystore=ident, from_=before, to=value)
+                cell.stores[ident].pending = ""
+                cell.log.add("state", "Mutate", keystore=ident, from_=before, to=value)
         if kind != "keystore" or "state" not in changes:
-            world.log.add("state", "Mutate", keystore=ident if kind == "keystore" else None,
-                          detail=f"{kind} {ident}: {', '.join(sorted(changes))}")
+            log = cell.log if kind in ("keystore", "key", "endpoint_service", "load_balancer", "target") \
+                else world.base_log
+            log.add("state", "Mutate", keystore=ident if kind == "keystore" else None,
+                    detail=f"{kind} {ident}: {', '.join(sorted(changes))}")
         return public_view(obj)

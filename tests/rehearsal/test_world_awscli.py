@@ -84,8 +84,10 @@ def test_serve_main_prints_one_json_line_and_answers_boto3(tmp_path):
                             text=True)
     try:
         info = json.loads(proc.stdout.readline())
-        assert set(info) == {"endpoint_url", "region", "account_id", "time_scale", "ca_bundle", "log", "vantage"}
+        assert set(info) == {"endpoint_url", "region", "account_id", "time_scale", "ca_bundle", "log", "vantage",
+                             "accounts"}
         assert info["region"] == "us-east-1" and info["account_id"] == "111122223333"
+        assert info["accounts"] == [{"account_id": "111122223333", "regions": ["us-east-1"], "roles": []}]
         assert info["vantage"] == "inside_vpc"
         assert os.path.exists(info["ca_bundle"])
         kms = boto3.client("kms", endpoint_url=info["endpoint_url"], region_name=info["region"],

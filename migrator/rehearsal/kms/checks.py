@@ -109,9 +109,16 @@ def check_service(world: model.World, target: Target) -> Outcome:
     return FINE
 
 
+def service_world(state: WorldState, owner: str) -> model.World:
+    """Where an endpoint service owned by `owner` lives: that account's cell in this Region when the world has
+    it (cross-account VPC connectivity), else this cell (whose services may name another `owner`)."""
+    cell = state.cells.get((owner, state.region)) if owner and owner != state.account_id else None
+    return cell.world if cell is not None else state.world
+
+
 def resolve(state: WorldState, target: Target) -> tuple[model.Proxy | None, Outcome]:
     """Name resolution inside the world (docs/ARCHITECTURE.md): which proxy the endpoint host reaches."""
-    world = state.world
+    world = state.world if target.connectivity == PUBLIC else service_world(state, target.service_owner)
     if target.connectivity == PUBLIC:
         for proxy in world.proxies:
             if target.host.lower() in (h.lower() for h in proxy.public_hostnames):
@@ -178,7 +185,7 @@ def full_check(state: WorldState, target: Target, operation: str, keystore: str,
                with_proxy: bool = True) -> Outcome:
     """Everything KMS checks for `operation` (Create/Update/ConnectCustomKeyStore) with these values."""
     if target.connectivity == VPC:
-        outcome = check_service(state.world, target)
+        outcome = check_service(service_world(state, target.service_owner), target)
         if not outcome.ok or not with_proxy:
             return outcome
     proxy, outcome = resolve(state, target)

@@ -23,13 +23,14 @@ from migrator.rehearsal.kms import checks
 from migrator.rehearsal.kms import proxy_client as pc
 from migrator.rehearsal.kms.errors import KmsError, invalid_state, require
 from migrator.rehearsal.world import model
+from migrator.rehearsal.world.identity import CALLER_ARN
 from migrator.rehearsal.world.state import WorldState
 
 _BLOB_MAGIC = b"XKSW\x01"
 
 
 def _caller(state: WorldState) -> str:
-    return state.world.iam.caller_arn or f"arn:aws:iam::{state.account_id}:user/rehearsal-operator"
+    return CALLER_ARN.get() or state.world.iam.caller_arn or f"arn:aws:iam::{state.account_id}:user/rehearsal-operator"
 
 
 def _find_key(state: WorldState, key_ref: Any) -> model.Key:

@@ -12,6 +12,8 @@ Rules modelled (with the choices made where the references say UNCONFIRMED):
   then reaches the proxy through it, i.e. the same checks a connect makes.
 - Connect on CONNECTED/CONNECTING is accepted and changes nothing (UNCONFIRMED, open item 3).
 - Uniqueness is checked against OTHER stores only; a store may keep its hostname across a switch (open item 2).
+  A public and a VPC store may not share an endpoint in a Region across accounts either (facts §5); the other
+  rules are per account and Region (the cell).
 - Missing or contradictory connectivity parameters raise ValidationException (the model has no better name).
 """
 
@@ -101,9 +103,14 @@ def _uniqueness(state: WorldState, target: checks.Target, exclude: str) -> None:
             raise KmsError("XksProxyUriInUseException",
                            f"The proxy URI {target.uri_endpoint}{target.uri_path} is already associated with "
                            f"another external key store in this Region.")
-    for ks in others:
-        if ks.uri_endpoint.lower() == target.uri_endpoint.lower() and checks.VPC in (ks.connectivity,
-                                                                                     target.connectivity):
+    # "... even if the key stores are in different AWS accounts" (facts §5): a public store and a VPC store
+    # never share an endpoint in a Region; within the account a VPC store shares its endpoint with nobody.
+    elsewhere = [rt.ks for cell in state.cells.values() if cell.region == state.region and cell is not state
+                 for rt in cell.stores.values()]
+    for ks, rule in [*((ks, "any") for ks in others), *((ks, "mixed") for ks in elsewhere)]:
+        vpc = {ks.connectivity, target.connectivity} == {checks.PUBLIC, checks.VPC} if rule == "mixed" \
+            else checks.VPC in (ks.connectivity, target.connectivity)
+        if vpc and ks.uri_endpoint.lower() == target.uri_endpoint.lower():
             raise KmsError("XksProxyUriEndpointInUseException",
                            f"The proxy URI endpoint {target.uri_endpoint} is already associated with another "
                            f"external key store with VPC endpoint service connectivity in this Region.")

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from migrator.rehearsal.world import model
+from migrator.rehearsal.world.identity import CALLER_ARN
 
 EC2_XMLNS = "http://ec2.amazonaws.com/doc/2016-11-15/"
 XMLNS = {
@@ -204,7 +205,8 @@ def denied(world: model.World, iam_action: str) -> bool:
 
 
 def caller_arn(world: model.World) -> str:
-    return world.iam.caller_arn or f"arn:aws:iam::{world.account_id}:user/rehearsal-operator"
+    """The principal of the request being answered (a role session's, set by the server), else `[iam]`'s."""
+    return CALLER_ARN.get() or world.iam.caller_arn or f"arn:aws:iam::{world.account_id}:user/rehearsal-operator"
 
 
 def unique(values: Iterable[str]) -> list[str]:

@@ -63,20 +63,24 @@ class FaultBook:
         item.fired += 1
         return True
 
-    def _matching(self, operation: str, attr: str) -> list[_FaultRuntime]:
-        return [i for i in self.items if getattr(i.fault, attr) and i.fault.operation in (operation, "*")]
+    def _matching(self, operation: str, attr: str, account: str | None, region: str | None) -> list[_FaultRuntime]:
+        """Faults of `operation` setting `attr`, limited to a cell when they name one (None: any cell)."""
+        return [i for i in self.items if getattr(i.fault, attr) and i.fault.operation in (operation, "*")
+                and (not i.fault.account or account is None or i.fault.account == account)
+                and (not i.fault.region or region is None or i.fault.region == region)]
 
-    def api_error(self, operation: str) -> model.Fault | None:
-        for item in self._matching(operation, "error_code"):
+    def api_error(self, operation: str, account: str | None = None, region: str | None = None) -> model.Fault | None:
+        for item in self._matching(operation, "error_code", account, region):
             if self._take(item):
                 return item.fault
         return None
 
-    def latency(self, operation: str) -> float:
-        return sum(i.fault.latency_seconds for i in self._matching(operation, "latency_seconds") if self._take(i))
+    def latency(self, operation: str, account: str | None = None, region: str | None = None) -> float:
+        return sum(i.fault.latency_seconds for i in self._matching(operation, "latency_seconds", account, region)
+                   if self._take(i))
 
-    def connection_error(self) -> str:
-        for item in self._matching("ConnectCustomKeyStore", "connection_error_code"):
+    def connection_error(self, account: str | None = None, region: str | None = None) -> str:
+        for item in self._matching("ConnectCustomKeyStore", "connection_error_code", account, region):
             if self._take(item):
                 return item.fault.connection_error_code
         return ""

@@ -1,7 +1,8 @@
 """Reading the world's log (GET /_rehearsal/log) on the world's own clock, for tests and benchmarks.
 
 The log is the rehearsal's ground truth: what KMS did and when, in simulated seconds, independent of
-what the engine believes or journals.
+what the engine believes or journals. Every entry names its account and Region, so calls can be counted per
+account-Region cell (`calls_per_cell`, `peak_rate`, `throttled`).
 """
 
 from __future__ import annotations
@@ -23,3 +24,52 @@ def poll_lag(log: list[dict[str, Any]]) -> float:
         seen = min(e["t"] for e in describes if e["t"] >= changed)
         lag += seen - changed
     return lag
+
+
+# ---------------------------------------------------------------------------------------------
+# Per account-Region cell (every entry names its `account` and `region`; see `world.state.CallLog`)
+
+Cell = tuple[str, str]  # (account id, Region)
+
+THROTTLING_ERRORS = ("ThrottlingException", "Throttling", "RequestLimitExceeded")
+
+
+def cell_of(entry: dict[str, Any]) -> Cell:
+    return str(entry.get("account")), str(entry.get("region"))
+
+
+def calls(log: list[dict[str, Any]], operation: str | None = None, cell: Cell | None = None, *,
+          accepted: bool = False) -> list[dict[str, Any]]:
+    """API calls, optionally of one operation, in one cell, and only those not throttled (`accepted`)."""
+    return [e for e in log if e.get("kind") == "call"
+            and (operation is None or e.get("operation") == operation)
+            and (cell is None or cell_of(e) == cell)
+            and not (accepted and e.get("error") in THROTTLING_ERRORS)]
+
+
+def calls_per_cell(log: list[dict[str, Any]], operation: str | None = None) -> dict[Cell, int]:
+    """How many calls (of `operation`, or all) each cell received, throttled ones included."""
+    counts: dict[Cell, int] = {}
+    for e in calls(log, operation):
+        counts[cell_of(e)] = counts.get(cell_of(e), 0) + 1
+    return counts
+
+
+def throttled(log: list[dict[str, Any]], cell: Cell | None = None) -> list[dict[str, Any]]:
+    return [e for e in calls(log, cell=cell) if e.get("error") in THROTTLING_ERRORS]
+
+
+def peak_rate(log: list[dict[str, Any]], operation: str, cell: Cell, *, window: float = 1.0,
+              accepted: bool = False) -> int:
+    """The most calls of `operation` in `cell` within any `window` simulated seconds ([t, t + window)).
+
+    "At most 1 DescribeCustomKeyStores per second for the cell" is `peak_rate(log, "DescribeCustomKeyStores",
+    cell) <= 1`; `accepted=True` counts only what the quota let through.
+    """
+    times = sorted(e["t"] for e in calls(log, operation, cell, accepted=accepted))
+    peak, start = 0, 0
+    for end, t in enumerate(times):
+        while times[start] <= t - window:
+            start += 1
+        peak = max(peak, end - start + 1)
+    return peak

@@ -8,7 +8,7 @@ behaviour lives in `world.state` (live state and transitions) and the `kms`, `qu
 Errors name the file, the key and the reason in one line (`WorldFileError`).
 
 Schema (tables and their keys; every key not marked required has a default that keeps older files meaning
-what they meant):
+what they meant; accounts, roles and quotas: the end of this list and `world.accounts`):
 - `[world]` account_id, region, time_scale, seed, update_state_rule (one of UPDATE_STATE_RULES, default
   "api_operation": which UpdateCustomKeyStore properties may change in which connection state, see
   `kms.stores`), vantage (one of VANTAGES, default "inside_vpc": where the machine running the tool stands,
@@ -30,232 +30,86 @@ what they meant):
 - `[[keys]]` key_id, keystore, xks_key_id (required), state, description.
 - `[[secrets]]` name and either value or keystore (the id of a key store whose current proxy secret it holds,
   read live). `[iam]` caller_arn, denied_actions, simulation_denied.
-- `[[faults]]` see `Fault`; proxy_fault is one of PROXY_FAULT_KINDS (incl. "throttling", "dependency_timeout").
+- `[[faults]]` see `Fault`; proxy_fault is one of PROXY_FAULT_KINDS (incl. "throttling", "dependency_timeout");
+  optional account / region limit an API fault (and a connect outcome) to calls in that account / Region.
+- `[[proxies]] region`: the Region whose KMS signs to the proxy (SigV4 scope), default `[world] region`.
+
+Many accounts and Regions (all optional; a file without them means exactly what it meant before):
+- The top-level tables above are the *default account* (`[world] account_id`) in `[world] region`. Any access
+  key the world does not know is the default account's, as before.
+- `[[quotas]]` operations = ["DescribeCustomKeyStores", ...], rate (requests per simulated second, per account
+  and Region, shared by the operations listed together; see `accounts`). None: no throttling (opt-in).
+- `[[accounts]]` id (required), regions (default `[world] region`; a nested item's `region` defaults to the
+  first), access_keys (long-term access key ids whose requests are this account's), `[accounts.iam]` (as
+  `[iam]`), `[[accounts.roles]]` name, trusted (principals: account id, `arn:aws:iam::ID:root`, a user or
+  role ARN, `*`; default the default account), external_id, max_session_seconds (3600..43200, default 3600),
+  `[[accounts.quotas]]` (replaces the world's for this account), and the per-Region tables nested under the
+  account with an optional `region` each: `[[accounts.load_balancers]]`, `[[accounts.endpoint_services]]`,
+  `[[accounts.keystores]]`, `[[accounts.keys]]` (a key lives with its key store; no region), and
+  `[[accounts.secrets]]`. An `[[accounts]]` table with the default account's id adds roles, access keys,
+  Regions and items to it (its IAM stays `[iam]`).
+- Each (account, Region) is a cell: a `World` of its own in `World.cells` (the default cell is the World
+  itself) sharing proxies, key managers, latencies and the clock. References (keys to key stores, endpoint
+  services to load balancers, secrets to key stores) resolve inside a cell; key store and key ids are unique
+  across the world. With `[[accounts]]`, a request signed for a Region the account does not have is refused
+  (UnrecognizedClientException); without, every Region answers from the one cell, as before.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from migrator.rehearsal.world import accounts as _accounts
+from migrator.rehearsal.world.accounts import Account as Account
+from migrator.rehearsal.world.accounts import Quota as Quota
+from migrator.rehearsal.world.accounts import Role as Role
 from migrator.rehearsal.world.balancing import LB_SCHEMES as LB_SCHEMES
 from migrator.rehearsal.world.balancing import LB_TYPES as LB_TYPES
 from migrator.rehearsal.world.balancing import LoadBalancer as LoadBalancer
 from migrator.rehearsal.world.balancing import Target as Target
 from migrator.rehearsal.world.balancing import TargetGroup as TargetGroup
 from migrator.rehearsal.world.balancing import read_load_balancer
+from migrator.rehearsal.world.objects import (
+    _ACCESS_KEY_ID,
+    _ACCOUNT,
+    _HOST,
+    _KEYSTORE_ID,
+    _SECRET,
+    _SERVICE_ID,
+    _URI_PATH,
+    _XKS_KEY_ID,
+)
+from migrator.rehearsal.world.objects import CERTIFICATE_KINDS as CERTIFICATE_KINDS
+from migrator.rehearsal.world.objects import CONNECTION_ERROR_CODES as CONNECTION_ERROR_CODES
+from migrator.rehearsal.world.objects import CONNECTION_STATES as CONNECTION_STATES
+from migrator.rehearsal.world.objects import CONNECTIVITIES as CONNECTIVITIES
+from migrator.rehearsal.world.objects import HEALTH_STATES as HEALTH_STATES
+from migrator.rehearsal.world.objects import KEY_STATES as KEY_STATES
+from migrator.rehearsal.world.objects import PRIVATE_DNS_STATES as PRIVATE_DNS_STATES
+from migrator.rehearsal.world.objects import PROXY_FAULT_KINDS as PROXY_FAULT_KINDS
+from migrator.rehearsal.world.objects import SERVICE_STATES as SERVICE_STATES
+from migrator.rehearsal.world.objects import SERVICE_TYPES as SERVICE_TYPES
+from migrator.rehearsal.world.objects import TLS_VERSIONS as TLS_VERSIONS
+from migrator.rehearsal.world.objects import UPDATE_STATE_RULES as UPDATE_STATE_RULES
+from migrator.rehearsal.world.objects import VANTAGES as VANTAGES
+from migrator.rehearsal.world.objects import EndpointService as EndpointService
+from migrator.rehearsal.world.objects import Fault as Fault
+from migrator.rehearsal.world.objects import Iam as Iam
+from migrator.rehearsal.world.objects import Key as Key
+from migrator.rehearsal.world.objects import KeyManager as KeyManager
+from migrator.rehearsal.world.objects import KeyManagerKey as KeyManagerKey
+from migrator.rehearsal.world.objects import KeyStore as KeyStore
+from migrator.rehearsal.world.objects import Latencies as Latencies
+from migrator.rehearsal.world.objects import Proxy as Proxy
+from migrator.rehearsal.world.objects import ProxyCredential as ProxyCredential
+from migrator.rehearsal.world.objects import Secret as Secret
+from migrator.rehearsal.world.objects import World as World
 from migrator.rehearsal.world.reader import Reader as _Reader
 from migrator.rehearsal.world.reader import WorldFileError as WorldFileError
 from migrator.rehearsal.world.reader import parse_toml_text as parse_toml_text
-
-CONNECTIVITIES = ("PUBLIC_ENDPOINT", "VPC_ENDPOINT_SERVICE")
-CONNECTION_STATES = ("CONNECTED", "CONNECTING", "FAILED", "DISCONNECTED", "DISCONNECTING")
-KEY_STATES = ("Enabled", "Disabled", "PendingDeletion")
-HEALTH_STATES = ("ACTIVE", "DEGRADED", "UNAVAILABLE")
-# via_intermediate: the leaf is signed by an intermediate CA and served with it (a valid chain);
-# missing_intermediate: the same leaf served without its intermediate (a chain clients cannot build).
-CERTIFICATE_KINDS = ("valid", "expired", "wrong_host", "untrusted_ca", "self_signed", "via_intermediate",
-                     "missing_intermediate")
-TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
-PRIVATE_DNS_STATES = ("verified", "pendingVerification", "failed")
-SERVICE_TYPES = ("Interface", "Gateway", "GatewayLoadBalancer")
-SERVICE_STATES = ("Pending", "Available", "Deleting", "Deleted", "Failed")
-CONNECTION_ERROR_CODES = (
-    "INVALID_CREDENTIALS",
-    "NETWORK_ERRORS",
-    "INTERNAL_ERROR",
-    "XKS_PROXY_ACCESS_DENIED",
-    "XKS_PROXY_NOT_REACHABLE",
-    "XKS_VPC_ENDPOINT_SERVICE_NOT_FOUND",
-    "XKS_PROXY_INVALID_RESPONSE",
-    "XKS_PROXY_INVALID_CONFIGURATION",
-    "XKS_VPC_ENDPOINT_SERVICE_INVALID_CONFIGURATION",
-    "XKS_PROXY_TIMED_OUT",
-    "XKS_PROXY_INVALID_TLS_CONFIGURATION",
-)
-# throttling / dependency_timeout: the proxy answers the spec's 429 ThrottlingException / 503
-# DependencyTimeoutException (xks-proxy-spec.md, error table: "all" APIs, GetHealthStatus included).
-PROXY_FAULT_KINDS = ("down", "slow", "unhealthy", "reject_credentials", "invalid_response", "access_denied",
-                     "throttling", "dependency_timeout")
-# Which UpdateCustomKeyStore properties may change in which connection state; the AWS texts disagree
-# (aws-xks-facts.md, "Where the documents disagree" 1). `kms.stores.UPDATE_STATE_RULES` quotes each one.
-UPDATE_STATE_RULES = ("api_operation", "api_exception", "developer_guide")
-# The tool's vantage point: inside the VPC (every proxy host, private DNS names too) or outside it (public only).
-VANTAGES = ("inside_vpc", "outside")
-
-_ACCOUNT = re.compile(r"^[0-9]{12}$")
-_KEYSTORE_ID = re.compile(r"^cks-[0-9a-f]{17}$")
-_ACCESS_KEY_ID = re.compile(r"^[A-Z2-7]{20,30}$")
-_SECRET = re.compile(r"^[a-zA-Z0-9/+=]{43,64}$")
-_XKS_KEY_ID = re.compile(r"^[a-zA-Z0-9\-_.]{1,128}$")
-_HOST = re.compile(r"^[a-zA-Z0-9.-]+$")
-_URI_PATH = re.compile(r"^(/[a-zA-Z0-9/_-]+/kms/xks/v\d{1,2})$|^(/kms/xks/v\d{1,2})$")
-_SERVICE_ID = re.compile(r"^vpce-svc-[0-9a-z]+$")
-
-
-@dataclass
-class Latencies:
-    """Simulated seconds. `time_scale` simulated seconds pass per real second."""
-
-    connect: float = 300.0
-    disconnect: float = 300.0
-    # After an update, KMS hosts pick the new values up gradually ("up to five minutes"):
-    # crypto may fail with KMSInvalidStateException for this long after a connect that follows one.
-    update_propagation: float = 0.0
-    # After CONNECTED, keys may stay Unavailable for this long (models eventual consistency).
-    key_availability_after_connect: float = 0.0
-
-
-@dataclass
-class KeyManagerKey:
-    id: str  # the external key id (XksKeyId)
-    usage: list[str] = field(default_factory=lambda: ["ENCRYPT", "DECRYPT"])
-    status: str = "ENABLED"  # ENABLED | DISABLED
-
-
-@dataclass
-class KeyManager:
-    """An external key manager. Proxies in front of the same key manager share key material."""
-
-    name: str
-    keys: list[KeyManagerKey] = field(default_factory=list)
-
-
-@dataclass
-class ProxyCredential:
-    access_key_id: str
-    secret: str  # the world is a simulation: its proxies' secrets live in the world file
-
-
-@dataclass
-class Proxy:
-    """An XKS proxy: which hostnames it serves, its certificate, credentials and key manager."""
-
-    name: str
-    key_manager: str
-    # Hosts reachable from the internet, i.e. usable with PUBLIC_ENDPOINT connectivity.
-    public_hostnames: list[str] = field(default_factory=list)
-    # Names in the certificate's SAN (first one also the CN). Empty: public_hostnames plus the
-    # private DNS names of every endpoint service that fronts this proxy.
-    certificate_hosts: list[str] = field(default_factory=list)
-    certificate: str = "valid"  # one of CERTIFICATE_KINDS
-    certificate_days_valid: int = 365
-    uri_path_prefix: str = ""  # the proxy serves <prefix>/kms/xks/v1
-    credentials: list[ProxyCredential] = field(default_factory=list)
-    health: str = "ACTIVE"  # fleet health reported by GetHealthStatus
-    latency_ms: float = 2.0  # added to every proxy response (real milliseconds, not scaled)
-    down: bool = False  # refuses TCP connections
-    # Highest TLS version offered: "1.0"/"1.1" make a real TLS 1.0/1.1-only server, which KMS (TLS >= 1.2)
-    # cannot talk to; "1.2" offers 1.2 only; "1.3" (default) offers 1.2 and 1.3.
-    tls_max_version: str = "1.3"
-
-
-@dataclass
-class EndpointService:
-    service_id: str
-    load_balancer: str
-    private_dns_name: str = ""
-    private_dns_state: str = "verified"
-    allowed_principals: list[str] = field(default_factory=list)
-    acceptance_required: bool = False
-    service_type: str = "Interface"
-    state: str = "Available"
-    owner: str = ""  # account id; "" = the world's account
-
-    def service_name(self, region: str) -> str:
-        return f"com.amazonaws.vpce.{region}.{self.service_id}"
-
-
-@dataclass
-class KeyStore:
-    id: str
-    name: str
-    connectivity: str
-    uri_endpoint: str
-    uri_path: str
-    access_key_id: str
-    secret: str
-    vpc_endpoint_service_name: str = ""
-    vpc_endpoint_service_owner: str = ""
-    state: str = "CONNECTED"
-    connection_error_code: str = ""  # only when state == FAILED
-
-
-@dataclass
-class Key:
-    key_id: str  # KMS key id (uuid form)
-    keystore: str  # custom key store id
-    xks_key_id: str
-    state: str = "Enabled"  # Enabled | Disabled | PendingDeletion
-    description: str = ""
-
-
-@dataclass
-class Fault:
-    """One fault. Exactly one of the effect fields is set; `count` or `probability` bounds it.
-
-    - API error: `operation` (KMS/EC2/ELBv2 action name or "*") + `error_code` (+ `http_status`)
-    - API latency: `operation` + `latency_seconds` (simulated seconds added before answering)
-    - connect outcome: `operation = "ConnectCustomKeyStore"` + `connection_error_code`
-    - proxy fault: `proxy` + `proxy_fault` (one of PROXY_FAULT_KINDS; "slow" uses `latency_ms`)
-    """
-
-    operation: str = ""
-    error_code: str = ""
-    http_status: int = 400
-    message: str = ""
-    latency_seconds: float = 0.0
-    connection_error_code: str = ""
-    proxy: str = ""
-    proxy_fault: str = ""
-    latency_ms: float = 0.0
-    count: int | None = None  # None with probability None: always
-    probability: float | None = None
-    after: int = 0  # let this many matching calls through first
-
-
-@dataclass
-class Secret:
-    """A Secrets Manager secret served by the world (for plans that say `secretsmanager:ARN`)."""
-
-    name: str
-    value: str = ""
-    keystore: str = ""  # a key store id: the value is that store's current secret, read when asked
-
-    def arn(self, region: str, account_id: str) -> str:
-        return f"arn:aws:secretsmanager:{region}:{account_id}:secret:{self.name}"
-
-
-@dataclass
-class Iam:
-    """What IAM answers: SimulatePrincipalPolicy results, or simulation itself denied."""
-
-    caller_arn: str = ""  # "" = arn:aws:iam::<account>:user/rehearsal-operator
-    denied_actions: list[str] = field(default_factory=list)
-    simulation_denied: bool = False
-
-
-@dataclass
-class World:
-    account_id: str = "111122223333"
-    region: str = "us-east-1"
-    time_scale: float = 60.0
-    seed: int = 1
-    update_state_rule: str = "api_operation"  # one of UPDATE_STATE_RULES
-    vantage: str = "inside_vpc"  # one of VANTAGES
-    latencies: Latencies = field(default_factory=Latencies)
-    key_managers: list[KeyManager] = field(default_factory=list)
-    proxies: list[Proxy] = field(default_factory=list)
-    load_balancers: list[LoadBalancer] = field(default_factory=list)
-    endpoint_services: list[EndpointService] = field(default_factory=list)
-    keystores: list[KeyStore] = field(default_factory=list)
-    keys: list[Key] = field(default_factory=list)
-    secrets: list[Secret] = field(default_factory=list)
-    iam: Iam = field(default_factory=Iam)
-    faults: list[Fault] = field(default_factory=list)
-
 
 # ---------------------------------------------------------------------------------------------
 # Loading
@@ -340,31 +194,110 @@ def world_from_dict(data: dict[str, Any], source: str = "<world>") -> World:
             latency_ms=r.get("latency_ms", float, 2.0),
             down=r.get("down", bool, False),
             tls_max_version=r.get("tls_max_version", str, "1.3", choices=TLS_VERSIONS),
+            region=r.get("region", str, world.region, pattern=_accounts.REGION),
         ))
         if not 1 <= world.proxies[-1].certificate_days_valid <= 36500:  # else the proxy's TLS setup fails
             raise r.fail("certificate_days_valid", "must be 1-36500 (for an expired one: certificate = \"expired\")")
         r.done()
 
-    for r in top.tables("load_balancers"):
-        world.load_balancers.append(read_load_balancer(r, world.region))
+    paths: dict[int, str] = {}  # id(item) -> where it is in the file, for errors about nested items
+    _read_items(top, lambda r: world, paths)
+    world.iam = _iam(top.table_reader("iam"))
+    world.faults = [_fault(r) for r in top.tables("faults")]
+    world.quotas = _accounts.read_quotas(top.tables("quotas"))
+    world.accounts = [Account(id=world.account_id, regions=[world.region])]
+    _read_accounts(top, world, paths)
+    top.done()
+    _check_references(world, source, paths)
+    return world
+
+
+def _iam(r: _Reader) -> Iam:
+    iam = Iam(caller_arn=r.get("caller_arn", str, ""), denied_actions=r.strings("denied_actions"),
+              simulation_denied=r.get("simulation_denied", bool, False))
+    r.done()
+    return iam
+
+
+def _new_cell(world: World, account: Account, region: str, iam: Iam) -> World:
+    """An (account, Region) cell: its own AWS resources, the world's proxies, key managers and latencies;
+    `accounts` holds just its own account (its roles, for IAM GetRole)."""
+    return World(account_id=account.id, region=region, time_scale=world.time_scale, seed=world.seed,
+                 update_state_rule=world.update_state_rule, vantage=world.vantage, latencies=world.latencies,
+                 key_managers=world.key_managers, proxies=world.proxies, iam=iam, accounts=[account],
+                 quotas=world.quotas, declares_accounts=True)
+
+
+def _read_accounts(top: _Reader, world: World, paths: dict[int, str]) -> None:
+    """`[[accounts]]`: each account's header (`accounts.read_account`), iam and per-Region items into cells."""
+    tables = top.tables("accounts")
+    world.declares_accounts = bool(tables)
+    owners: dict[str, str] = {}
+    listed: set[str] = set()
+    for r in tables:
+        account = _accounts.read_account(r, world.account_id, world.region)
+        if account.id in listed:
+            raise r.fail("id", f"account {account.id} is listed twice")
+        listed.add(account.id)
+        if account.id == world.account_id:
+            if "iam" in r.table:
+                raise r.fail("iam", "the default account's IAM is the top-level [iam] table")
+            iam = world.iam
+            world.accounts[0] = account
+        else:
+            iam = _iam(r.table_reader("iam"))
+            world.accounts.append(account)
+        for key in account.access_keys:
+            if key in owners:
+                raise r.fail("access_keys", f"{key} is already an access key of account {owners[key]}")
+            owners[key] = account.id
+        for region in account.regions:
+            if (account.id, region) != (world.account_id, world.region):
+                world.cells[(account.id, region)] = _new_cell(world, account, region, iam)
+
+        def place(item: _Reader, account: Account = account) -> World:
+            region = item.get("region", str, account.regions[0], pattern=_accounts.REGION)
+            if region not in account.regions:
+                raise item.fail("region", f"{region!r} is not one of the account's regions "
+                                          f"({', '.join(account.regions)})")
+            return world.all_cells()[(account.id, region)]
+
+        _read_items(r, place, paths, [world.all_cells()[(account.id, region)] for region in account.regions])
         r.done()
 
-    for r in top.tables("endpoint_services"):
-        world.endpoint_services.append(EndpointService(
+
+def _read_items(parent: _Reader, place: Callable[[_Reader], World], paths: dict[int, str],
+                account_cells: list[World] | None = None) -> None:
+    """The AWS resources of a cell: load balancers, endpoint services, key stores, keys, secrets.
+
+    `place` picks the cell of each item (top level: the default one; under [[accounts]]: by its `region`).
+    A key nested under an account lives with its key store, found among `account_cells`.
+    """
+    for r in parent.tables("load_balancers"):
+        cell = place(r)
+        cell.load_balancers.append(read_load_balancer(r, cell.region))
+        paths[id(cell.load_balancers[-1])] = r.path
+        r.done()
+
+    for r in parent.tables("endpoint_services"):
+        cell = place(r)
+        cell.endpoint_services.append(EndpointService(
             service_id=r.get("service_id", str, pattern=_SERVICE_ID),
             load_balancer=r.get("load_balancer", str),
             private_dns_name=r.get("private_dns_name", str, "", pattern=re.compile(r"^[a-zA-Z0-9.-]*$")),
             private_dns_state=r.get("private_dns_state", str, "verified", choices=PRIVATE_DNS_STATES),
             allowed_principals=r.strings("allowed_principals",
-                                         [f"cks.kms.{world.region}.amazonaws.com"]),
+                                         [f"cks.kms.{cell.region}.amazonaws.com"]),
             acceptance_required=r.get("acceptance_required", bool, False),
             service_type=r.get("service_type", str, "Interface", choices=SERVICE_TYPES),
             state=r.get("state", str, "Available", choices=SERVICE_STATES),
             owner=r.get("owner", str, "", pattern=re.compile(r"^([0-9]{12})?$")),
         ))
+        paths[id(cell.endpoint_services[-1])] = r.path
         r.done()
 
-    for r in top.tables("keystores"):
+    for r in parent.tables("keystores"):
+        cell = place(r)
         ks = KeyStore(
             id=r.get("id", str, pattern=_KEYSTORE_ID),
             name=r.get("name", str),
@@ -382,39 +315,33 @@ def world_from_dict(data: dict[str, Any], source: str = "<world>") -> World:
         )
         if ks.connectivity == "VPC_ENDPOINT_SERVICE" and not ks.vpc_endpoint_service_name:
             raise r.fail("vpc_endpoint_service_name", "is required for VPC_ENDPOINT_SERVICE connectivity")
-        world.keystores.append(ks)
+        cell.keystores.append(ks)
+        paths[id(ks)] = r.path
         r.done()
 
-    for r in top.tables("keys"):
-        world.keys.append(Key(
+    for r in parent.tables("keys"):
+        key = Key(
             key_id=r.get("key_id", str, pattern=re.compile(r"^[0-9a-f-]{36}$")),
             keystore=r.get("keystore", str, pattern=_KEYSTORE_ID),
             xks_key_id=r.get("xks_key_id", str, pattern=_XKS_KEY_ID),
             state=r.get("state", str, "Enabled", choices=KEY_STATES),
             description=r.get("description", str, ""),
-        ))
+        )
         r.done()
+        homes = [c for c in account_cells or [] if any(ks.id == key.keystore for ks in c.keystores)]
+        cell = homes[0] if homes else place(r)
+        cell.keys.append(key)
+        paths[id(key)] = r.path
 
-    for r in top.tables("secrets"):
+    for r in parent.tables("secrets"):
+        cell = place(r)
         secret = Secret(name=r.get("name", str), value=r.get("value", str, ""),
                         keystore=r.get("keystore", str, "", pattern=re.compile(r"^(cks-[0-9a-f]{17})?$")))
         if bool(secret.value) == bool(secret.keystore):
             raise r.fail("value", "give exactly one of value or keystore (the store whose current secret it is)")
-        world.secrets.append(secret)
+        cell.secrets.append(secret)
+        paths[id(secret)] = r.path
         r.done()
-
-    iam = top.table_reader("iam")
-    world.iam = Iam(
-        caller_arn=iam.get("caller_arn", str, ""),
-        denied_actions=iam.strings("denied_actions"),
-        simulation_denied=iam.get("simulation_denied", bool, False),
-    )
-    iam.done()
-
-    world.faults = [_fault(r) for r in top.tables("faults")]
-    top.done()
-    _check_references(world, source)
-    return world
 
 
 def _fault(r: _Reader) -> Fault:
@@ -431,6 +358,8 @@ def _fault(r: _Reader) -> Fault:
         count=r.get("count", int, None),
         probability=r.get("probability", float, None),
         after=r.get("after", int, 0),
+        account=r.get("account", str, "", pattern=re.compile(r"^([0-9]{12})?$")),
+        region=r.get("region", str, "", pattern=re.compile(rf"^$|{_accounts.REGION.pattern}")),
     )
     effects = [bool(f.error_code), bool(f.latency_seconds), bool(f.connection_error_code), bool(f.proxy_fault)]
     if sum(effects) != 1:
@@ -452,36 +381,54 @@ def _fault(r: _Reader) -> Fault:
     return f
 
 
-def _check_references(world: World, source: str) -> None:
+def _check_references(world: World, source: str, paths: dict[int, str]) -> None:
+    """Every reference resolves inside its own cell; ids KMS makes unique stay unique across the world."""
     managers = {m.name for m in world.key_managers}
     proxies = {p.name for p in world.proxies}
-    lbs = {lb.name for lb in world.load_balancers}
-    stores = {ks.id for ks in world.keystores}
     for i, p in enumerate(world.proxies):
         if p.key_manager not in managers:
             raise WorldFileError(f"{source}: proxies[{i}].key_manager: no key manager named {p.key_manager!r}")
+    for i, f in enumerate(world.faults):
+        if f.proxy and f.proxy not in proxies:
+            raise WorldFileError(f"{source}: faults[{i}].proxy: no proxy named {f.proxy!r}")
+    seen: dict[str, str] = {}
+    for cell in world.all_cells().values():
+        here = "" if cell is world else f" in account {cell.account_id} {cell.region}"
+        _check_cell(cell, source, paths, proxies, here)
+        for kind, items, ident in (("keystores", cell.keystores, "id"), ("keys", cell.keys, "key_id")):
+            for i, item in enumerate(items):
+                value = getattr(item, ident)
+                if value in seen:
+                    raise WorldFileError(f"{source}: {paths.get(id(item), f'{kind}[{i}]')}.{ident}: {value} is "
+                                         f"also {seen[value]}")
+                seen[value] = paths.get(id(item), f"{kind}[{i}]")
+
+
+def _check_cell(cell: World, source: str, paths: dict[int, str], proxies: set[str], here: str) -> None:
+    def at(kind: str, i: int, item: object) -> str:
+        return f"{source}: {paths.get(id(item), f'{kind}[{i}]')}"
+
+    lbs = {lb.name for lb in cell.load_balancers}
+    stores = {ks.id for ks in cell.keystores}
     group_names: set[str] = set()
-    for i, lb in enumerate(world.load_balancers):
+    for i, lb in enumerate(cell.load_balancers):
         if lb.proxy and lb.proxy not in proxies:
-            raise WorldFileError(f"{source}: load_balancers[{i}].proxy: no proxy named {lb.proxy!r}")
+            raise WorldFileError(f"{at('load_balancers', i, lb)}.proxy: no proxy named {lb.proxy!r}")
         for j, group in enumerate(lb.target_groups):
-            where = f"{source}: load_balancers[{i}].target_groups[{j}]"
+            where = f"{at('load_balancers', i, lb)}.target_groups[{j}]"
             if group.name in group_names:  # ELBv2 names are unique per account and Region
                 raise WorldFileError(f"{where}.name: another target group is named {group.name!r}")
             group_names.add(group.name)
             for n, target in enumerate(group.targets):
                 if target.proxy and target.proxy not in proxies:
                     raise WorldFileError(f"{where}.targets[{n}].proxy: no proxy named {target.proxy!r}")
-    for i, svc in enumerate(world.endpoint_services):
+    for i, svc in enumerate(cell.endpoint_services):
         if svc.load_balancer not in lbs:
-            raise WorldFileError(
-                f"{source}: endpoint_services[{i}].load_balancer: no load balancer named {svc.load_balancer!r}")
-    for i, secret in enumerate(world.secrets):
+            raise WorldFileError(f"{at('endpoint_services', i, svc)}.load_balancer: no load balancer named "
+                                 f"{svc.load_balancer!r}{here}")
+    for i, secret in enumerate(cell.secrets):
         if secret.keystore and secret.keystore not in stores:
-            raise WorldFileError(f"{source}: secrets[{i}].keystore: no key store {secret.keystore!r}")
-    for i, k in enumerate(world.keys):
+            raise WorldFileError(f"{at('secrets', i, secret)}.keystore: no key store {secret.keystore!r}{here}")
+    for i, k in enumerate(cell.keys):
         if k.keystore not in stores:
-            raise WorldFileError(f"{source}: keys[{i}].keystore: no key store {k.keystore!r}")
-    for i, f in enumerate(world.faults):
-        if f.proxy and f.proxy not in proxies:
-            raise WorldFileError(f"{source}: faults[{i}].proxy: no proxy named {f.proxy!r}")
+            raise WorldFileError(f"{at('keys', i, k)}.keystore: no key store {k.keystore!r}{here}")

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from migrator.rehearsal.world import balancing, model
 from migrator.rehearsal.world.ca import WorldCA
 from migrator.rehearsal.world.faults import FaultBook
+from migrator.rehearsal.world.identity import Identity, Quotas
 
 
 class SimClock:
@@ -57,24 +58,37 @@ class SimClock:
 class CallLog:
     """Append-only list of call/state/proxy entries, optionally mirrored to a JSON-lines file.
 
-    Entries never carry secrets or plaintext: only operation names, ids, states and error names.
+    Entries never carry secrets or plaintext: only operation names, ids, states and error names. Every entry
+    names its account and Region (None for what belongs to no cell, e.g. a proxy fault); `for_cell` gives a
+    view of the same log that stamps one cell's.
     """
 
-    KEYS = ("t", "wall", "kind", "operation", "keystore", "from", "to", "error", "request_id")
+    KEYS = ("t", "wall", "kind", "operation", "account", "region", "keystore", "from", "to", "error",
+            "request_id")
 
     def __init__(self, clock: SimClock, path: str | None = None):
         self.clock = clock
         self.path = path
         self.entries: list[dict[str, Any]] = []
         self._lock = threading.Lock()
+        self.account: str | None = None
+        self.region: str | None = None
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
 
+    def for_cell(self, account: str, region: str) -> CallLog:
+        view = object.__new__(CallLog)
+        view.clock, view.path, view.entries, view._lock = self.clock, self.path, self.entries, self._lock
+        view.account, view.region = account, region
+        return view
+
     def add(self, kind: str, operation: str, *, keystore: str | None = None, from_: str | None = None,
             to: str | None = None, error: str | None = None, request_id: str | None = None,
-            t: float | None = None, detail: str | None = None) -> dict[str, Any]:
+            t: float | None = None, detail: str | None = None, account: str | None = None,
+            region: str | None = None) -> dict[str, Any]:
         entry = {"t": round(self.clock.now() if t is None else t, 3), "wall": round(time.time(), 3),
-                 "kind": kind, "operation": operation, "keystore": keystore, "from": from_, "to": to,
+                 "kind": kind, "operation": operation, "account": account or self.account,
+                 "region": region or self.region, "keystore": keystore, "from": from_, "to": to,
                  "error": error or None, "request_id": request_id}
         if detail:
             entry["detail"] = detail
@@ -122,24 +136,45 @@ ConnectCheck = Callable[["WorldState", StoreRuntime], str]
 
 @dataclass
 class WorldState:
+    """The live world; also the live state of one (account, Region) cell.
+
+    The WorldState built from a `model.World` is the root and the default cell; `cells` holds one WorldState
+    per cell of `world.all_cells()` (the root included). Cells share the root's clock, log (stamped with the
+    cell), faults, random source, lock, proxies, CA, identity (access keys, sessions) and quotas; each has its
+    own key stores and keys, so the KMS and query handlers serve one cell exactly as they served the world.
+    """
+
     world: model.World
     log_path: str | None = None
     ca_dir: str | None = None
     lock: threading.RLock = field(default_factory=threading.RLock)
     connect_check: ConnectCheck = field(kw_only=True)
+    parent: WorldState | None = field(default=None, kw_only=True, repr=False)
 
     def __post_init__(self) -> None:
-        self.clock = SimClock(self.world.time_scale)
-        self.log = CallLog(self.clock, self.log_path)
-        self.rng = random.Random(self.world.seed)
-        self.faults = FaultBook(random.Random(self.world.seed + 1))
-        self.started_wall = time.time()
+        root = self.parent
+        if root is None:
+            self.root = self
+            self.clock = SimClock(self.world.time_scale)
+            self.base_log = CallLog(self.clock, self.log_path)
+            self.rng = random.Random(self.world.seed)
+            self.faults = FaultBook(random.Random(self.world.seed + 1))
+            self.started_wall = time.time()
+            self.proxy_servers: dict[str, ProxyServer] = {}
+            self.identity = Identity(self.world, self.clock.now, random.Random(self.world.seed + 2))
+            self.quotas = Quotas(self.world, self.clock.now)
+            self.cells: dict[tuple[str, str], WorldState] = {}
+        else:
+            self.root, self.lock, self.connect_check = root, root.lock, root.connect_check
+            self.clock, self.base_log, self.rng, self.faults = root.clock, root.base_log, root.rng, root.faults
+            self.started_wall, self.proxy_servers, self.cells = root.started_wall, root.proxy_servers, root.cells
+            self.identity, self.quotas = root.identity, root.quotas
+        self.log = self.base_log.for_cell(self.world.account_id, self.world.region)
         self.stores: dict[str, StoreRuntime] = {}
         self.key_created: dict[str, float] = {k.key_id: self.started_wall for k in self.world.keys}
         # ScheduleKeyDeletion: key id -> (simulated instant the key is deleted, DeletionDate as epoch seconds).
         # Keys that are PendingDeletion in the world file have no entry: they stay pending (as before).
         self.key_deletions: dict[str, tuple[float, float]] = {}
-        self.proxy_servers: dict[str, ProxyServer] = {}
         self.ca: WorldCA | None = None
         self._tls: ssl.SSLContext | None = None
         self._ticker: threading.Thread | None = None
@@ -150,7 +185,25 @@ class WorldState:
                 rt.pending = "connect" if ks.state == "CONNECTING" else "disconnect"
                 rt.due = self.world.latencies.connect if rt.pending == "connect" else self.world.latencies.disconnect
             self.stores[ks.id] = rt
-        self.faults.add(self.world.faults)
+        if root is None:
+            self.faults.add(self.world.faults)
+            self.cells[(self.world.account_id, self.world.region)] = self
+            for key, cell in self.world.cells.items():
+                self.cells[key] = WorldState(cell, connect_check=self.connect_check, parent=self)
+
+    def cell(self, account: str, region: str) -> WorldState | None:
+        return self.cells.get((account, region))
+
+    def cell_for(self, account: str, region: str, *, global_service: bool = False) -> WorldState | None:
+        """The cell a request is answered from: by account and signing Region. A world without [[accounts]]
+        answers every Region from its one cell (as before); IAM and STS are global: any Region reaches the
+        account's home Region. None: the account does not have that Region."""
+        if not self.world.declares_accounts:
+            return self.root
+        found = self.cells.get((account, region))
+        if found is None and (global_service or not region):
+            found = self.cells.get((account, self.identity.home_region(account)))
+        return found
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -197,9 +250,11 @@ class WorldState:
         names of every endpoint service whose load balancer forwards to it (model.Proxy docs)."""
         if proxy.certificate_hosts:
             return list(proxy.certificate_hosts)
-        lbs = {lb.name for lb in self.world.load_balancers if proxy.name in balancing.proxies_behind(lb)}
-        private = [s.private_dns_name for s in self.world.endpoint_services
-                   if s.load_balancer in lbs and s.private_dns_name]
+        private = []
+        for cell in self.world.all_cells().values():  # an endpoint service of any account may front it
+            lbs = {lb.name for lb in cell.load_balancers if proxy.name in balancing.proxies_behind(lb)}
+            private += [s.private_dns_name for s in cell.endpoint_services
+                        if s.load_balancer in lbs and s.private_dns_name]
         return list(dict.fromkeys([*proxy.public_hostnames, *private]))
 
     # -- faults ------------------------------------------------------------------------------------
@@ -220,7 +275,7 @@ class WorldState:
         server = self.proxy_servers.get(fault.proxy) if fault.proxy_fault else None
         if server is not None and self.faults.persistent(fault):
             server.set_fault(fault.proxy_fault, latency_ms=fault.latency_ms)
-            self.log.add("proxy", "SetFault", error=fault.proxy_fault, detail=fault.proxy)
+            self.base_log.add("proxy", "SetFault", error=fault.proxy_fault, detail=fault.proxy)
 
     # -- ids ---------------------------------------------------------------------------------------
 
@@ -233,7 +288,7 @@ class WorldState:
     def new_keystore_id(self) -> str:
         while True:
             candidate = "cks-" + "".join(self.rng.choice("0123456789abcdef") for _ in range(17))
-            if candidate not in self.stores:
+            if all(candidate not in cell.stores for cell in self.cells.values()):
                 return candidate
 
     def key_arn(self, key_id: str) -> str:
@@ -242,7 +297,11 @@ class WorldState:
     # -- key stores --------------------------------------------------------------------------------
 
     def advance(self) -> None:
-        """Complete every transition whose due time has passed (call under `lock`)."""
+        """Complete every transition of every cell whose due time has passed (call under `lock`)."""
+        for cell in list(self.root.cells.values()):
+            cell._advance_cell()
+
+    def _advance_cell(self) -> None:
         now = self.clock.now()
         for rt in list(self.stores.values()):
             if rt.pending and now >= rt.due:
@@ -263,7 +322,7 @@ class WorldState:
         if kind == "disconnect":
             self._set_state(rt, "DISCONNECTED", due, operation="DisconnectCompleted")
             return
-        code = self.faults.connection_error() or self.connect_check(self, rt)
+        code = self.faults.connection_error(self.account_id, self.region) or self.connect_check(self, rt)
         if code:
             self._set_state(rt, "FAILED", due, code, operation="ConnectCompleted")
             return
@@ -340,35 +399,42 @@ class WorldState:
     def proxy_connection(self, proxy: model.Proxy) -> tuple[int, ssl.SSLContext] | None:
         """Where a running proxy listens and the client TLS context that trusts the world CA; None if not running."""
         server = self.proxy_servers.get(proxy.name)
-        if server is None or self._tls is None:
+        tls = self.root._tls
+        if server is None or tls is None:
             return None
-        return server.port, self._tls
+        return server.port, tls
 
     # -- introspection -----------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        """Stores, keys, services, load balancers and proxies as JSON-able data, without secrets."""
+        """Stores, keys, services, load balancers and proxies as JSON-able data, without secrets: the default
+        cell at the top level (as before), every cell under "cells", the role sessions under "sessions"."""
         with self.lock:
             self.advance()
-            stores = []
-            for rt in self.stores.values():
-                ks = rt.ks
-                stores.append({
-                    "id": ks.id, "name": ks.name, "state": ks.state, "connection_error_code": ks.connection_error_code,
-                    "connectivity": ks.connectivity, "uri_endpoint": ks.uri_endpoint, "uri_path": ks.uri_path,
-                    "access_key_id": ks.access_key_id, "vpc_endpoint_service_name": ks.vpc_endpoint_service_name,
-                    "vpc_endpoint_service_owner": ks.vpc_endpoint_service_owner, "pending": rt.pending or None,
-                    "due": rt.due if rt.pending else None})
-            keys = [{"key_id": k.key_id, "keystore": k.keystore, "xks_key_id": k.xks_key_id, "state": k.state,
-                     "key_state": self.key_state(k)} for k in self.world.keys]
-            services = [{**vars(s), "service_name": s.service_name(self.region)} for s in self.world.endpoint_services]
-            lbs = [{**asdict(lb), "target_groups": [asdict(g) for g in balancing.target_groups_of(lb)],
-                    "routed_proxy": balancing.routed_proxy(lb)} for lb in self.world.load_balancers]
             proxies = [{"name": p.name, "port": getattr(self.proxy_servers.get(p.name), "port", None),
                         "public_hostnames": p.public_hostnames, "certificate": p.certificate,
                         "uri_path_prefix": p.uri_path_prefix, "health": p.health, "down": p.down,
-                        "latency_ms": p.latency_ms, "access_key_ids": [c.access_key_id for c in p.credentials]}
+                        "latency_ms": p.latency_ms, "region": p.region,
+                        "access_key_ids": [c.access_key_id for c in p.credentials]}
                        for p in self.world.proxies]
-            return {"t": round(self.clock.now(), 3), "time_scale": self.clock.time_scale,
-                    "account_id": self.account_id, "region": self.region, "keystores": stores, "keys": keys,
-                    "endpoint_services": services, "load_balancers": lbs, "proxies": proxies}
+            cells = [cell._cell_snapshot() for cell in self.root.cells.values()]
+            return {"t": round(self.clock.now(), 3), "time_scale": self.clock.time_scale, **self._cell_snapshot(),
+                    "proxies": proxies, "cells": cells, "sessions": self.identity.snapshot()}
+
+    def _cell_snapshot(self) -> dict[str, Any]:
+        stores = []
+        for rt in self.stores.values():
+            ks = rt.ks
+            stores.append({
+                "id": ks.id, "name": ks.name, "state": ks.state, "connection_error_code": ks.connection_error_code,
+                "connectivity": ks.connectivity, "uri_endpoint": ks.uri_endpoint, "uri_path": ks.uri_path,
+                "access_key_id": ks.access_key_id, "vpc_endpoint_service_name": ks.vpc_endpoint_service_name,
+                "vpc_endpoint_service_owner": ks.vpc_endpoint_service_owner, "pending": rt.pending or None,
+                "due": rt.due if rt.pending else None})
+        keys = [{"key_id": k.key_id, "keystore": k.keystore, "xks_key_id": k.xks_key_id, "state": k.state,
+                 "key_state": self.key_state(k)} for k in self.world.keys]
+        services = [{**vars(s), "service_name": s.service_name(self.region)} for s in self.world.endpoint_services]
+        lbs = [{**asdict(lb), "target_groups": [asdict(g) for g in balancing.target_groups_of(lb)],
+                "routed_proxy": balancing.routed_proxy(lb)} for lb in self.world.load_balancers]
+        return {"account_id": self.account_id, "region": self.region, "keystores": stores, "keys": keys,
+                "endpoint_services": services, "load_balancers": lbs}
