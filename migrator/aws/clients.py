@@ -36,9 +36,16 @@ class ClientFactory:
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
     credentials: dict[str, str] | None = field(default=None, repr=False)  # explicit keys (rehearsals only)
+    # The custom key store APIs' shared budget per account-Region cell (aws/rate_budget.py), in requests per
+    # (simulated) second; None: none (a test's own client). `time_scale` makes a rehearsal's second simulated.
+    cell_rate: float | None = None
+    time_scale: float = 1.0
+    account_id: str | None = None
     request_counter: Counter[str] = field(default_factory=Counter, repr=False)  # HTTP requests by operation
     _session: Any = field(default=None, repr=False)  # a boto3 Session of the caller's (tests); else shared
     _clients: dict[str, Any] = field(default_factory=dict, repr=False)
+    # The cell's one DescribeCustomKeyStores stream, made on first use by aws/cell_poller.poller_for.
+    shared_poller: object | None = field(default=None, repr=False)
 
     def client(self, service: str) -> Any:
         with _SESSION_LOCK:
@@ -59,6 +66,11 @@ class ClientFactory:
                 kwargs["endpoint_url"] = self.endpoint_url
             client = (self._session or _shared_session(self.profile)).client(service, **kwargs)
             client.meta.events.register("before-send", self._count)
+            if service == "kms" and self.cell_rate is not None:
+                from migrator.aws import rate_budget
+
+                cell = (self.endpoint_url or "aws", self.account_id or "caller", self.region)
+                rate_budget.attach(client, rate_budget.cell_budget(cell, rate=self.cell_rate, scale=self.time_scale))
             self._clients[service] = client
         return self._clients[service]
 

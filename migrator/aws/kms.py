@@ -51,9 +51,11 @@ class AwsCallError(Exception):
 class KmsApplier:
     """Thin, counted wrappers over the KMS API. `on_call(operation, request_id, error_code)` sees every call."""
 
-    def __init__(self, kms_client: Any, on_call: Callable[[str, str | None, str | None], None] | None = None):
+    def __init__(self, kms_client: Any, on_call: Callable[[str, str | None, str | None], None] | None = None,
+                 poller: Callable[[str], Observation] | None = None):
         self._kms = kms_client
         self._on_call = on_call or (lambda op, rid, err: None)
+        self._poller = poller  # `describe` through the cell's shared stream (aws/cell_poller.py)
 
     def _call(self, operation: str, method: str, **params: Any) -> dict[str, Any]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -93,6 +95,9 @@ class KmsApplier:
         return Observation.from_describe(stores[0]) if stores else None
 
     def describe(self, store_id: str) -> Observation:
+        """The store now (through the cell's poller when there is one: one describe serves every store)."""
+        if self._poller is not None:
+            return self._poller(store_id)
         found = self.find_store(store_id=store_id)
         if found is None:
             raise AwsCallError("DescribeCustomKeyStores", "CustomKeyStoreNotFoundException",

@@ -1,0 +1,120 @@
+"""One request budget per account-Region cell for the custom key store APIs, shared by every store of a run.
+
+DescribeCustomKeyStores, ConnectCustomKeyStore, DisconnectCustomKeyStore and UpdateCustomKeyStore share a
+quota of 5 requests per second per account and Region with every other caller in that account (AWS KMS
+quotas). Several stores migrating at once in one cell must not each poll as if alone, so every HTTP request
+of those operations takes a token from its cell's bucket first (botocore's `before-send`, so retries count
+too), and a ThrottlingException backs the whole cell off, not just the call that saw it.
+
+The rate is in the run's seconds: simulated in a rehearsal (`scale` simulated seconds per real second), so
+"1 request per second" keeps its meaning at any time scale. The default leaves most of the quota to the
+account's other callers: 1 request/s, with a burst of 5 (a preflight's few describes go at once).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+SHARED_OPERATIONS = frozenset({"DescribeCustomKeyStores", "ConnectCustomKeyStore", "DisconnectCustomKeyStore",
+                               "UpdateCustomKeyStore"})
+DEFAULT_RATE = 1.0  # requests per (simulated) second per cell
+DEFAULT_BURST = 5.0  # the quota itself: a short burst never exceeds what AWS allows in one second
+_EPSILON = 1e-9
+MAX_BACKOFF = 30.0  # seconds (simulated) a throttled cell waits at most before its next request
+
+
+@dataclass
+class CellBudget:
+    """A token bucket for one account-Region cell; thread-safe, blocking."""
+
+    rate: float = DEFAULT_RATE
+    burst: float = DEFAULT_BURST
+    scale: float = 1.0
+    clock: Callable[[], float] = time.monotonic  # real seconds
+    sleep: Callable[[float], None] = time.sleep  # real seconds
+    _tokens: float = field(default=-1.0, repr=False)
+    _stamp: float = field(default=0.0, repr=False)
+    _paused_until: float = field(default=0.0, repr=False)
+    _throttles: int = field(default=0, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    granted: int = 0  # requests let through (what the bench and tests read)
+    throttled_count: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rate <= 0 or self.burst < 1 or self.scale <= 0:
+            raise ValueError("a cell budget needs rate > 0, burst >= 1 and scale > 0")
+        self._tokens, self._stamp = self.burst, self.clock()
+
+    def _refill(self, now: float) -> None:
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate * self.scale)
+        self._stamp = now
+
+    def acquire(self) -> float:
+        """Wait for a token; returns the real seconds waited."""
+        waited = 0.0
+        while True:
+            with self._lock:
+                now = self.clock()
+                self._refill(now)
+                pause = self._paused_until - now
+                if pause <= 0 and self._tokens >= 1.0 - _EPSILON:  # float refills land a hair short of 1
+                    self._tokens = max(0.0, self._tokens - 1.0)
+                    self.granted += 1
+                    return waited
+                need = max(pause, (1.0 - self._tokens) / (self.rate * self.scale), _EPSILON)
+            self.sleep(need)
+            waited += need
+
+    def throttled(self) -> None:
+        """AWS said ThrottlingException: the whole cell waits, longer each time in a row (capped)."""
+        with self._lock:
+            self._throttles += 1
+            self.throttled_count += 1
+            backoff = min(MAX_BACKOFF, (2 ** (self._throttles - 1)) / self.rate) / self.scale
+            self._paused_until = max(self._paused_until, self.clock() + backoff)
+            self._tokens = 0.0
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self._throttles = 0
+
+
+Cell = tuple[str, str, str]  # (endpoint or "aws", account id or "caller", Region)
+_CELLS: dict[Cell, CellBudget] = {}
+_CELLS_LOCK = threading.Lock()
+
+
+def cell_budget(cell: Cell, *, rate: float = DEFAULT_RATE, burst: float = DEFAULT_BURST,
+                scale: float = 1.0) -> CellBudget:
+    """The process's one budget for `cell` (made on first use): every client of the cell shares it."""
+    with _CELLS_LOCK:
+        found = _CELLS.get(cell)
+        if found is None or (found.rate, found.burst, found.scale) != (rate, burst, scale):
+            found = _CELLS[cell] = CellBudget(rate=rate, burst=burst, scale=scale)
+        return found
+
+
+def attach(client: object, budget: CellBudget) -> None:
+    """Make `client` (a boto3 KMS client) take a token before each HTTP request of a shared operation, and
+    back the cell off when AWS throttles one."""
+    events = client.meta.events  # type: ignore[attr-defined]
+
+    def before_send(event_name: str = "", **_: object) -> None:
+        if event_name.rsplit(".", 1)[-1] in SHARED_OPERATIONS:
+            budget.acquire()
+
+    def needs_retry(event_name: str = "", response: object = None, **_: object) -> None:
+        if event_name.rsplit(".", 1)[-1] not in SHARED_OPERATIONS or not isinstance(response, tuple):
+            return
+        parsed = response[1] if len(response) > 1 else None
+        code = parsed.get("Error", {}).get("Code") if isinstance(parsed, dict) else None
+        if code in ("ThrottlingException", "Throttling", "RequestLimitExceeded"):
+            budget.throttled()
+        elif code is None:
+            budget.succeeded()
+
+    events.register("before-send.kms", before_send)
+    events.register("needs-retry.kms", needs_retry)
