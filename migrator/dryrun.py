@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from migrator.aws.clients import ClientFactory
+from migrator.aws.rate_budget import DEFAULT_RATE
 from migrator.engine.clock import Clock
 from migrator.plan import Plan
 
@@ -82,7 +83,8 @@ def rehearsal(plan: Plan, *, world_path: str | None = None, faults_path: str | N
     server.start()
     try:
         clients = ClientFactory(region=world.region, endpoint_url=server.endpoint_url,
-                                credentials=dict(DUMMY_CREDENTIALS))
+                                credentials=dict(DUMMY_CREDENTIALS), cell_rate=DEFAULT_RATE,
+                                time_scale=world.time_scale, account_id=world.account_id)
         with open(server.ca_bundle_path, "rb") as fh:
             roots = [fh.read()]
         yield Rehearsal(server.endpoint_url, clients, Clock(world.time_scale), roots,

@@ -118,17 +118,26 @@ def proceed(run_id: str, *, state: str | None, json_output: bool = False) -> int
 def rollback(run_id: str, *, yes: bool, json_output: bool, state: str | None, profile: str | None,
              region: str | None, endpoint_url: str | None, time_scale: float | None, hooks: str | None,
              allow_insecure_hooks: bool = False, resolve: list[str] | None = None) -> int:
-    """`rollback`: return every key store a run changed to its recorded original configuration, last first."""
+    """`rollback`: a new run that returns every key store RUN_ID changed to its recorded original configuration,
+    last first (RUN_ID's own record stays; the two are linked). Exit 2, nothing started, when there is nothing
+    to take back or a rollback of RUN_ID is still under way (it is resumed, not started twice)."""
     from migrator.engine import runner as engine
+    from migrator.engine import whole_run
 
     journal = support.open_journal(state)
     run_view = support.find_run(journal, run_id)
     if run_view.outcome not in ("completed", "partial", "rolled_back"):
         raise support.fail(f"{run_id} is {run_view.outcome}; only a run that ended with changed key stores can be "
                            "rolled back (an unfinished one, or a rollback under way: xksmigrate resume)")
-    if not any(m.state == "completed" for m in run_view.migrations):
-        raise support.fail(f"{run_id} is {run_view.outcome}: none of its key stores is left changed, "
-                           "nothing to roll back")
+    for other in journal.rollbacks_of(run_id):
+        if other.outcome in whole_run.UNFINISHED_ROLLBACK:
+            retry = " --retry-stuck" if other.outcome == "stuck" else ""
+            raise support.fail(f"{other.id}, a rollback of {run_id}, has not finished ({other.outcome}); "
+                               f"continue it with: xksmigrate resume {other.id}{retry}")
+    if not whole_run.still_changed(journal, run_view):
+        by = whole_run.run_links(journal, run_view)["rolled_back_by"]
+        raise support.fail(f"{run_id} is {run_view.outcome}: none of its key stores is left changed"
+                           + (f" (rolled back by {by})" if by else "") + ", nothing to roll back")
     plan, env, renderer = support.recorded_run_env(
         journal, run_view, command="rollback", json_output=json_output, yes=yes, profile=profile, region=region,
         endpoint_url=endpoint_url, time_scale=time_scale, hooks=hooks, allow_insecure_hooks=allow_insecure_hooks,

@@ -138,13 +138,38 @@ def proceed(run_id: Annotated[str, typer.Argument(help="The postponed run")], js
     raise typer.Exit(actions.proceed(run_id, state=state, json_output=json_output))
 
 
+ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why, in your words (journaled with who and when)")]
+
+
+@app.command()
+def abort(run_id: Annotated[str, typer.Argument(help="A run under way (or interrupted)")], reason: ReasonOpt = None,
+          json_output: JsonOpt = False, state: StateOpt = None) -> None:
+    """Stop a run at its next step: blocked if nothing changed yet, else the store rolls back to its snapshot."""
+    from migrator.cli import controls
+
+    raise typer.Exit(controls.abort(run_id, reason=reason, state=state, json_output=json_output))
+
+
+@app.command()
+def extend(run_id: Annotated[str, typer.Argument(help="A run under way (or interrupted)")],
+           by: Annotated[str, typer.Option("--by", help="How much to add to the downtime budget, e.g. 10m")],
+           reason: ReasonOpt = None, json_output: JsonOpt = False, state: StateOpt = None) -> None:
+    """Raise a run's downtime budget; the runner's deadlines follow within a second."""
+    from migrator.cli import controls
+
+    raise typer.Exit(controls.extend(run_id, by_text=by, reason=reason, state=state, json_output=json_output))
+
+
 @app.command()
 def rollback(run_id: Annotated[str, typer.Argument(help="A completed run")], yes: YesOpt = False,
              json_output: JsonOpt = False, state: StateOpt = None, profile: ProfileOpt = None,
              region: RegionOpt = None, endpoint_url: EndpointOpt = None, time_scale: ScaleOpt = None,
              hooks: HooksOpt = None, allow_insecure_hooks: InsecureHooksOpt = False,
              resolve: ResolveOpt = None) -> None:
-    """Return a completed run's key stores to their recorded original configuration, verified."""
+    """Return a completed run's key stores to their recorded original configuration, verified.
+
+    The rollback is a run of its own, linked to RUN_ID (`rolls back` / `rolled back by`): both keep their
+    records and windows in `history`."""
     from migrator.cli import actions
 
     raise typer.Exit(actions.rollback(run_id, yes=yes, json_output=json_output, state=state, profile=profile,

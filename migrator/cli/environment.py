@@ -186,6 +186,7 @@ def real_env(plan: Plan, *, journal: Journal, renderer: Renderer, yes: bool, pro
     about an unreadable extra trusted root: they serve preflight, and a store mid-window must not wait on them.
     `resolve` (--resolve HOST=IP:PORT, with XKSMIGRATE_RESOLVE and a loopback world's own) is the vantage point."""
     from migrator.aws.clients import ClientFactory
+    from migrator.aws.rate_budget import DEFAULT_RATE
     from migrator.aws.secret_refs import resolve_secret
     from migrator.cli import vantage
     from migrator.engine.clock import Clock
@@ -201,7 +202,8 @@ def real_env(plan: Plan, *, journal: Journal, renderer: Renderer, yes: bool, pro
     world = vantage.ask_rehearsal(endpoint_url) if endpoint_url and is_loopback(endpoint_url) else None
     if world is not None and scale_check and (told := vantage.scale_warning(world.time_scale, time_scale)):
         warn(told)  # after every refusal above: an error stays the one line a bad command prints
-    clients = ClientFactory(region=plan.region, profile=profile, endpoint_url=endpoint_url)
+    clients = ClientFactory(region=plan.region, profile=profile, endpoint_url=endpoint_url,
+                            cell_rate=DEFAULT_RATE, time_scale=scale, account_id=plan.account_id)
     return Environment(journal=journal, clients=clients, clock=Clock(scale), observer=renderer,
                        secret_resolver=lambda ref: resolve_secret(ref, client_factory=clients),
                        approve=approver(yes, renderer), who=who(), retry_stuck=retry_stuck,
@@ -281,13 +283,17 @@ def environment(plan: Plan, *, dry_run: bool, json_output: bool, command: str, y
 
 
 def finish(renderer: Renderer, result: RunResult, journal: Journal | None = None) -> int:
-    """Hand the run's summary (with the acceptances its journal holds) to the renderer; the run's exit code."""
+    """Hand the run's summary (with the acceptances and the operator's abort/extend its journal holds) to the
+    renderer; the run's exit code."""
     summary = result.summary()
     if journal is not None:
+        from migrator.engine.controls import controls_of
         from migrator.engine.run_context import accepted_unverified
 
         with contextlib.suppress(Exception):  # a journal that cannot be read: the summary says what it can
-            summary["accepted_unverified"] = accepted_unverified(journal.events(result.run_id))
+            events = journal.events(result.run_id)
+            summary["accepted_unverified"] = accepted_unverified(events)
+            summary["operator_controls"] = [c.to_dict() for c in controls_of(events)]
     renderer.finish(summary)
     return int(result.exit_code)
 

@@ -80,6 +80,8 @@ def describe_event(event: dict[str, Any], simulated: bool = False) -> str | None
         if event.get("outcome") == "ok":
             key = f" {detail['key_id']}" if detail.get("key_id") else ""
             return f"  {event.get('operation')}{key} ok (request {rid})"
+        if event.get("outcome") == "timeout":
+            return f"  {event.get('operation')} given up: {detail.get('message')}"
         return f"  {event.get('operation')} failed: {detail.get('code')}: {detail.get('message')}"
     if kind == "finding":
         status = (event.get("outcome") or "").upper()
@@ -117,17 +119,28 @@ def describe_summary(summary: dict[str, Any]) -> list[str]:
             f = ks["final"]
             lines.append(f"    now {f.get('connectivity')} {f.get('uri_endpoint')}{f.get('uri_path') or ''}"
                          + (f" via {f['vpc_endpoint_service_name']}" if f.get("vpc_endpoint_service_name") else ""))
-        if ks.get("error") and ks["outcome"] != "completed":
+        if ks.get("error") and ks["outcome"] not in ("completed", "no_changes"):
             lines.append(f"    reason: {ks['error']}")
         if ks.get("manual"):
             lines.extend(manual_lines(ks["manual"]))
         calls = ks.get("api_calls") or {}
         if calls:
             lines.append("    AWS requests: " + ", ".join(f"{k.split(':')[-1]} {v}" for k, v in calls.items()))
+    lines.extend(control_lines(summary.get("operator_controls") or []))
     for a in summary.get("accepted_unverified") or []:
         lines.append(f"  accepted unverified {a['check']} on {a['keystore']} by {a['accepted_by']} ({a['source']})")
     if summary.get("message") and summary["outcome"] not in ("completed",):
         lines.append(summary["message"])
+    return lines
+
+
+def control_lines(controls: list[dict[str, Any]]) -> list[str]:
+    """The operator's `abort`/`extend` of a run, who and when (the summary's and status's)."""
+    lines = []
+    for c in controls:
+        at = time.strftime("%H:%M:%SZ", time.gmtime(float(c.get("at") or 0)))
+        what = f"budget extended by {fmt_seconds(c.get('by_seconds'))}" if c.get("kind") == "extend" else "abort"
+        lines.append(f"  {what} by {c.get('by')} at {at}" + (f" ({c['reason']})" if c.get("reason") else ""))
     return lines
 
 

@@ -19,20 +19,13 @@ if TYPE_CHECKING:
 
 _COLOUR = {"pass": "green", "warn": "yellow", "block": "bold red", "unverified": "bold magenta", "accepted": "cyan"}
 _ORDER = ("block", "unverified", "warn", "accepted", "pass")
-# The findings that block only because the target already is the store's configuration (preflight/gate.py,
-# preflight/store.py): a plan blocked by nothing else is a no-op, not a problem to fix.
-_NOTHING_TO_DO = frozenset({"engine.target_differs", "keystore.target_differs"})
-NO_CHANGES = "No changes: the key store already has the target configuration"
 
 
 def no_changes(report: PlanReport) -> bool:
     """Every key store of the plan already has its target: each is blocked, and only by "nothing to do"."""
-    return bool(report.stores) and all(
-        _only_nothing_to_do({f.check for f in s.findings if f.status == "block"}) for s in report.stores)
+    from migrator.preflight.base import nothing_to_do
 
-
-def _only_nothing_to_do(blocks: set[str]) -> bool:
-    return bool(blocks) and blocks <= _NOTHING_TO_DO
+    return bool(report.stores) and all(nothing_to_do(s.findings) for s in report.stores)
 
 
 def exit_code(report: PlanReport) -> int:
@@ -99,6 +92,8 @@ def _render_human(report: PlanReport) -> None:
             for i, call in enumerate(s.rollback, 1):
                 console.print(f"  {i:2}. {printable(call)}", highlight=False, markup=False)
     if nothing:
+        from migrator.preflight.base import NO_CHANGES
+
         console.print(f"\n[bold green]{NO_CHANGES}[/]" + ("" if len(report.stores) == 1 else
                                                          " (every key store of the plan)"))
         return

@@ -9,6 +9,8 @@ whose runner's lock heartbeat has gone quiet is reported as probably dead, with 
 124 while the run is still going when it stops looking (--timeout, or one look without --watch). Its
 summary is `run`'s, rebuilt from the journal (engine/journal_summary.py), plus the run's facts
 (STATUS_EXTRAS); the budget, window and overrun come from engine/budget.py, as in every other view.
+An operator rollback is a run of its own: both runs stay listed, each with its own windows, and each names
+the other (`rolls_back`, `rolled_back_by`, engine/whole_run.py).
 """
 
 from __future__ import annotations
@@ -19,11 +21,20 @@ import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 from migrator.cli import environment as support
-from migrator.cli.output import describe_event, fmt_seconds, json_line, manual_lines, write_version
+from migrator.cli.output import (
+    control_lines,
+    describe_event,
+    fmt_seconds,
+    json_line,
+    manual_lines,
+    write_version,
+)
 from migrator.cli.text import printable
+from migrator.engine.controls import controls_of
 from migrator.engine.journal_summary import plan_budget, run_scale, store_budget, summarize
 from migrator.engine.results import over_budget_line
 from migrator.engine.run_context import accepted_unverified
+from migrator.engine.whole_run import run_links
 
 if TYPE_CHECKING:
     from migrator.journal.repository import EventView, Journal, RunView
@@ -44,7 +55,9 @@ def _summary(journal: Journal, run: RunView, *, warning: str | None = None,
     """`run`'s summary of RUN (the same keys and values), rebuilt from the journal, plus STATUS_EXTRAS."""
     events = journal.events(run.id)
     result = summarize(run, events, now=time.time(), runner_gone=warning is not None, exit_code=exit_code)
-    summary: dict[str, Any] = {**result.summary(), "accepted_unverified": accepted_unverified(events)}
+    summary: dict[str, Any] = {**result.summary(), **run_links(journal, run),
+                               "accepted_unverified": accepted_unverified(events),
+                               "operator_controls": [c.to_dict() for c in controls_of(events)]}
     if warning:
         summary["warning"] = warning
     return {**summary, **_run_facts(run)}
@@ -99,7 +112,7 @@ def _status(journal: Journal, run_id: str, *, watch: bool, timeout: float, json_
             for e in events if watch else []:
                 out.write(json_line(_event_dict(e)))
         elif watch:  # the state moves and the window timer against the budget, not every line of the run
-            timer.moves([e for e in events if e.kind == "transition" or e.outcome in ("interrupted", "drift")])
+            timer.moves([e for e in events if e.kind == "transition" or e.outcome in WATCHED_NOTES])
             timer.tick(run, journal.events(run_id))
         warning = _liveness(journal, run)
         ended = run.outcome != "running"
@@ -118,10 +131,15 @@ def _status(journal: Journal, run_id: str, *, watch: bool, timeout: float, json_
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(a["at"] or 0)))
             out.write(printable(f"  accepted unverified {a['check']} on {a['keystore']}: by {a['accepted_by']} "
                                 f"at {when} ({a['source']})") + "\n")
+        for line in control_lines(summary["operator_controls"]):
+            out.write(printable(line) + "\n")
         if code == TIMED_OUT:
             out.write(f"still {run.outcome} (exit {TIMED_OUT}: status stopped looking before the run ended)\n")
     out.flush()
     return code
+
+
+WATCHED_NOTES = ("interrupted", "drift", "abort", "extend")  # notes `status --watch` shows beside the moves
 
 
 class _WatchTimer:
@@ -191,12 +209,15 @@ def _print_status(run: RunView, summary: dict[str, Any], journal: Journal, warni
     unit = " simulated" if simulated else ""
     out.write(printable(f"run {run.id}{kind}: {run.outcome}  plan {run.plan_name}  region {run.region}  "
                         f"by {run.who}@{run.host}") + "\n")
+    if link := _link_line(journal, summary):
+        out.write(printable(f"  {link}") + "\n")
     for ks in summary["keystores"]:
         budget = ks.get("budget_seconds")
-        out.write(printable(f"  {ks['id'] or ks['ref']}: {ks['state']}  disconnected "
+        no_op = ks.get("outcome") == "no_changes"  # state `blocked`: nothing changed, nothing needed to
+        out.write(printable(f"  {ks['id'] or ks['ref']}: {'no changes' if no_op else ks['state']}  disconnected "
                             f"{fmt_seconds(ks.get('window_seconds'))}"
                             + (f" of {fmt_seconds(budget)} budget{unit}" if budget is not None else "")
-                            + (f"  ({ks['error']})" if ks.get("error") else "")) + "\n")
+                            + (f"  ({ks['error']})" if ks.get("error") and not no_op else "")) + "\n")
         if over := _over_line(ks, simulated):
             out.write(printable(f"    {over}") + "\n")
         if ks.get("manual"):
@@ -209,6 +230,17 @@ def _print_status(run: RunView, summary: dict[str, Any], journal: Journal, warni
                 out.write(time.strftime("  %H:%M:%S ", time.localtime(e.at)) + printable(line.strip()) + "\n")
     if warning:
         out.write(f"warning: {printable(warning)}\n")
+
+
+def _link_line(journal: Journal, summary: dict[str, Any], commands: bool = True) -> str | None:
+    """`rolls back RUN` / `rolled back by RUN`, with the status command that shows the other run."""
+    other, text = summary.get("rolls_back"), "rolls back"
+    if not other and (other := summary.get("rolled_back_by")):
+        outcome = next((r.outcome for r in journal.rollbacks_of(summary["run_id"]) if r.id == other), None)
+        text = "rolled back by" if outcome in (None, "rolled_back") else f"rolled back ({outcome}) by"
+    if not other:
+        return None
+    return f"{text} {other}" + (f" (xksmigrate status {other})" if commands else "")
 
 
 def _over_line(facts: dict[str, Any], simulated: bool) -> str | None:
@@ -244,6 +276,8 @@ def history(state: str | None, *, limit: int, json_output: bool) -> int:
         over = _over_line(summary, bool(summary.get("simulated")))
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started_at))
         kind = " rehearsal" if run.dry_run else ""
+        link = _link_line(journal, summary, commands=False)
         out.write(printable(f"{run.id}  {started}  {run.outcome:<12} {run.plan_name}{kind}"
-                            + (f"  window {windows}" if windows else "") + (f"  {over}" if over else "")) + "\n")
+                            + (f"  window {windows}" if windows else "") + (f"  {over}" if over else "")
+                            + (f"  {link}" if link else "")) + "\n")
     return 0

@@ -6,8 +6,8 @@ now while it is open. When it exceeds the budget the reason is read from the eve
 a gap with no runner (the last record before a `resumed` note, an `interrupted` note or a killed
 runner's last word, to the resume), a slow AWS call (a `call` to its `result`), the rollback itself
 (from the move to `rolling_back` to the end), or else the state in which the budget ran out.
-The budget is the latest `budget_seconds` an event of the store (or of the run) journaled, so a
-budget raised mid-run counts from then on; `fallback` (the plan's) serves before any was journaled.
+The budget is the latest `budget_seconds` an event of the store (or of the run) journaled (`fallback`,
+the plan's, before any was), plus each `xksmigrate extend` journaled after it (engine/controls.py).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from migrator.engine import controls
 
 if TYPE_CHECKING:
     from migrator.journal.models import EventView
@@ -55,12 +57,18 @@ def instant(at: float) -> str:
 
 
 def budget_of(events: Sequence[EventView], mid: int | None, fallback: float | None) -> float | None:
-    """The latest budget journaled for store `mid` (or for the whole run), else `fallback`."""
+    """The budget in force for store `mid`: the latest journaled for it (or for the whole run), else `fallback`,
+    plus every `xksmigrate extend` journaled after that (engine/controls.py)."""
+    base, since = fallback, 0
     for e in reversed(events):
         value = (e.detail or {}).get("budget_seconds")
         if isinstance(value, int | float) and (e.migration_id is None or e.migration_id == mid):
-            return float(value)
-    return fallback
+            base, since = float(value), e.seq
+            break
+    extended = controls.extension_seconds(c for c in controls.controls_of(events) if c.seq > since)
+    if base is None:
+        return None
+    return base + extended
 
 
 def measure(events: Sequence[EventView], *, mid: int | None, disconnected_at: float | None,

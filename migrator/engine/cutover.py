@@ -36,11 +36,12 @@ def is_postponed(options: Mapping[str, object]) -> bool:
 
 def wait_for_release(journal: CutoverJournal, run_id: str, mid: int, options: Mapping[str, object], *,
                      on_postponed: Callable[[], None], progress: Callable[[int], None],
-                     lock_lost: Callable[[], bool]) -> bool:
+                     lock_lost: Callable[[], bool], checkpoint: Callable[[], None] = lambda: None) -> bool:
     """Hold until released; True if the run waited (the caller then preflights again).
 
     `on_postponed` fires once (the `postponed` hook), `progress(after_seq)` once a second while
-    waiting, and a lost lock stops the wait (LockLostStop) as it would stop an AWS call.
+    waiting, and a lost lock stops the wait (LockLostStop) as it would stop an AWS call; `checkpoint` raises
+    to end the wait (an operator's `xksmigrate abort`).
     """
     if not is_postponed(options):
         return False
@@ -69,6 +70,7 @@ def wait_for_release(journal: CutoverJournal, run_id: str, mid: int, options: Ma
             break
         if lock_lost():
             raise LockLostStop
+        checkpoint()
         progress(after)
         time.sleep(1.0)  # real time: a cut-over is chosen on the wall clock, not the simulated one
     journal.note(mid, "released", f"cut-over released: {reason}")

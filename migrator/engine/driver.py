@@ -18,15 +18,16 @@ from typing import TYPE_CHECKING
 
 from migrator.aws.kms import AwsCallError, needs_disconnect, update_parameters
 from migrator.aws.store_config import Observation, StoreConfig
-from migrator.engine import machine, runbook
-from migrator.engine.errors import Blocked, DeadlineExceeded, StepFailed
+from migrator.engine import controls, machine, runbook
+from migrator.engine.errors import Blocked, DeadlineExceeded, NothingToDo, StepFailed
 from migrator.engine.hooks import HookFailed, facts_for
 from migrator.engine.machine import Budget, Expect, OnFailure, Row
 from migrator.engine.services import RunServices
 from migrator.engine.store_ops import Credential, DriftDetected, StoreOps
 from migrator.engine.verify import select_verify_keys
-from migrator.engine.waits import retry_step
+from migrator.engine.waits import Deadline, retry_step
 from migrator.plan import KeystorePlan
+from migrator.preflight.base import NO_CHANGES, nothing_to_do
 
 if TYPE_CHECKING:
     from transitions import EventData
@@ -45,7 +46,8 @@ class Driver:
         self.plan, self.clock, self.kms = services.plan, services.clock, services.kms
         self.mid: int = migration.id
         self.ops = StoreOps(services, migration.id, migration.keystore_id or "", window=self.window,
-                            state=lambda: self.state, expected=self.expected)
+                            state=lambda: self.state, expected=self.expected, checkpoint=self.checkpoint,
+                            bound=self.budget_deadline)
         self.snapshot: dict[str, object] | None = migration.snapshot
         self.disconnected_at: float | None = migration.disconnected_at
         self.attempts: dict[str, object] = dict(migration.attempts or {})
@@ -65,12 +67,13 @@ class Driver:
             try:
                 self._run_row(row)
             except Blocked as exc:
-                self.stop_unchanged(str(exc))
+                self.stop_unchanged(str(exc), "no_changes" if isinstance(exc, NothingToDo) else "blocked")
             except Exception as exc:
                 self.on_failure(exc)
         return self.state
 
     def _run_row(self, row: Row) -> None:
+        self.checkpoint()
         if row.budget is Budget.REFUSE_PAST and (d := self.deadline()) is not None and self.clock.now() >= d:
             raise DeadlineExceeded(f"{self.state}, before the next forward call (a resume after the budget?)")
         steps, advance, after = row.steps, row.advance, row.after
@@ -109,6 +112,12 @@ class Driver:
         else:
             raise exc
 
+    def checkpoint(self) -> None:
+        """An operator's `xksmigrate abort` (from any machine): blocks before the disconnect, rolls back in the
+        window (engine/controls.py); asked at each row and before every AWS call of this store."""
+        if (abort := self.services.abort_requested()) is not None:
+            controls.stop_for(abort, machine.row(self.state).on_failure)
+
     def on_drift(self, exc: DriftDetected, trigger: str) -> None:
         """The live store contradicts the journal: journal both configurations and stop for the operator.
 
@@ -123,10 +132,11 @@ class Driver:
                   detail={"reason": reason, **drift, **self.manual_help()})
         self.hook("stuck")
 
-    def stop_unchanged(self, reason: str) -> None:
+    def stop_unchanged(self, reason: str, outcome: str = "blocked") -> None:
+        """End `blocked`: nothing changed; `outcome` `no_changes` when the store already has the target."""
         if machine.destination(self.state, OnFailure.BLOCK.trigger) is None:
             raise RuntimeError(f"cannot block from {self.state}: {reason}")
-        self.move(OnFailure.BLOCK.trigger, outcome="blocked", error=reason, detail={"reason": reason})
+        self.move(OnFailure.BLOCK.trigger, outcome=outcome, error=reason, detail={"reason": reason})
 
     def move(self, trigger: str, **fields: object) -> None:
         """Fire a trigger of the machine table; `_persist` journals it before the state changes."""
@@ -206,7 +216,7 @@ class Driver:
             start = float(since) if isinstance(since, int | float) else None
         if start is None:
             return None
-        return start + self.plan.max_disconnected / self.clock.scale
+        return start + self.services.budget_seconds() / self.clock.scale
 
     def rollback_deadline(self) -> float:
         started = self.attempts.get("rollback_started_at")
@@ -255,6 +265,8 @@ class Driver:
         assert self.snapshot is not None
         findings = self.services.preflight(self.mid, self.verified_keystore(), Observation.from_dict(self.snapshot))
         holding = [f for f in findings if f.status in ("block", "unverified")]  # fail closed (preflight/base.py)
+        if holding and nothing_to_do(findings):
+            raise NothingToDo(f"{NO_CHANGES} ({self.store_id or self.ks.ref})")
         if holding:
             reasons = "; ".join(f"{f.check}: {f.message}" if f.status == "block" else
                                 f"{f.check} unverified: {f.message} (to check it: {f.remedy or 'see plan'}; or "
@@ -277,12 +289,12 @@ class Driver:
     def _question(self, rollback: bool = False) -> str:
         if not rollback and self.when_update_in_place() is not None:
             return (f"Update {self.store_id} in place now (no disconnect)? The new configuration is proven with "
-                    f"round trips; budget {self.plan.max_disconnected:g} s, then automatic rollback.")
+                    f"round trips; budget {self.services.budget_seconds():g} s, then automatic rollback.")
         target = self.original if rollback else self.desired
         what = "restored" if rollback else "reconnected"
         return (f"Disconnect {self.store_id} now? Its keys stay unusable until the store is {what} "
                 f"to {target.uri_endpoint} ({target.connectivity}) and verified; "
-                f"budget {self.plan.max_disconnected:g} s, then automatic rollback.")
+                f"budget {self.services.budget_seconds():g} s, then automatic rollback.")
 
     def _still_the_snapshot(self) -> None:
         """Before anything changes: the store must still hold the snapshot (else blocked, with the drift journaled)."""
@@ -305,7 +317,7 @@ class Driver:
         self.attempts["in_place_since"] = self.clock.now()
         return {"attempts": self.attempts,
                 "detail": {"target": self.desired.to_dict(), "in_place": True,
-                           "budget_seconds": self.plan.max_disconnected}}
+                           "budget_seconds": self.services.budget_seconds()}}
 
     def step_begin_disconnect(self) -> Fields:
         self._still_the_snapshot()
@@ -314,18 +326,18 @@ class Driver:
         except HookFailed as exc:
             raise Blocked(str(exc)) from None
         self.disconnected_at = self.clock.now()
-        return {"disconnected_at": self.disconnected_at, "detail": {"budget_seconds": self.plan.max_disconnected}}
+        return {"disconnected_at": self.disconnected_at, "detail": {"budget_seconds": self.services.budget_seconds()}}
 
     # -- the critical section ----------------------------------------------------------------------
     def step_disconnect(self) -> Fields:
-        self.ops.ensure_disconnected(self.budget_deadline())
+        self.ops.ensure_disconnected(self.budget_deadline)
         return {"detail": {"window_seconds": self.window()}}
 
     def step_begin_update(self) -> Fields:
         return {"detail": {"target": self.desired.to_dict()}}
 
     def step_update(self) -> Fields:
-        self.ops.apply_config(self.desired, self.target_credential(), self.budget_deadline(),
+        self.ops.apply_config(self.desired, self.target_credential(), self.budget_deadline,
                               invisible=self.secret_only)
         return {"detail": {"config": self.desired.to_dict()}}
 
@@ -333,13 +345,13 @@ class Driver:
         return {}
 
     def step_connect(self) -> Fields:
-        self.ensure_connected(self.budget_deadline())
+        self.ensure_connected(self.budget_deadline)
         return {"reconnected_at": self.clock.now()}
 
     def when_connect_did_not_hold(self) -> Fields | None:
         """The detour of `connected`/`verifying`: look before proving. A store that is not CONNECTED (a resume
         long after, someone disconnected it) goes back to connecting if a connect still fits, else back."""
-        deadline = self.budget_deadline()
+        deadline = self.budget_deadline
         obs = retry_step(self.ops.observe, clock=self.clock, deadline=deadline, on_retry=self.ops.on_retry)
         if obs.state == "CONNECTED":
             return None
@@ -353,7 +365,7 @@ class Driver:
         return {}
 
     def step_verify(self) -> Fields:
-        self.prove_keys(self.budget_deadline())
+        self.prove_keys(self.budget_deadline)
         now = self.clock.now()
         self.hook("verified")
         return {"outcome": "completed", "verified_at": now, "window_seconds": self.window(now),
@@ -375,20 +387,20 @@ class Driver:
             if self.disconnected_at is None:  # e.g. an update in place that failed: the window starts now
                 self.disconnected_at = self.clock.now()
                 self.services.update(self.mid, disconnected_at=self.disconnected_at)
-            self.ops.ensure_disconnected(self.budget_deadline())
+            self.ops.ensure_disconnected(self.budget_deadline)
 
     def step_rollback_restore(self) -> None:
         if self._restore_needed:
-            self.ops.apply_config(self.original, self.original_credential(), self.budget_deadline(),
+            self.ops.apply_config(self.original, self.original_credential(), self.budget_deadline,
                                   invisible=self.secret_only)
             self.ops.note("original configuration restored", config=self.original.to_dict())
 
     def step_rollback_connect(self) -> None:
-        self.ensure_connected(self.budget_deadline())
+        self.ensure_connected(self.budget_deadline)
         self.hook("after-connect")
 
     def step_rollback_verify(self) -> Fields:
-        self.prove_keys(self.budget_deadline())
+        self.prove_keys(self.budget_deadline)
         now = self.clock.now()
         self.hook("rolled-back")
         return {"outcome": "rolled_back", "verified_at": now, "window_seconds": self.window(now),
@@ -399,14 +411,14 @@ class Driver:
         return {"final": self.last_seen.config.to_dict()} if self.last_seen is not None else {}
 
     # -- observe-before-act building blocks ---------------------------------------------------------
-    def ensure_connected(self, deadline: float | None) -> None:
+    def ensure_connected(self, deadline: Deadline) -> None:
         """Connect and wait for CONNECTED; a transient FAILED gets one more disconnect+connect if it fits."""
         def persist(attempts: dict[str, object]) -> None:
             self.services.update(self.mid, attempts=attempts)
 
         self.ops.ensure_connected(deadline, self.attempts, persist)
 
-    def prove_keys(self, deadline: float | None) -> None:
+    def prove_keys(self, deadline: Deadline) -> None:
         """DescribeKey Enabled plus an Encrypt+Decrypt round trip per verify key, inside the budget."""
         assert self.snapshot is not None
         verify_keys = self.snapshot.get("verify_keys")

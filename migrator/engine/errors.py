@@ -13,6 +13,10 @@ class Blocked(Exception):
     """Preflight (or the operator) stopped the run before anything changed."""
 
 
+class NothingToDo(Blocked):
+    """The store already has the plan's target: it ends unchanged with the outcome `no_changes` (exit 0)."""
+
+
 class StepFailed(Exception):
     """The forward path cannot continue; the store must go back to its original configuration."""
 

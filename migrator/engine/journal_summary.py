@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from migrator.engine import budget, machine
 from migrator.engine.results import CONFIG_KEYS, EXIT_CODES, RunResult, StoreResult, original_view, verify_key_ids
-from migrator.engine.whole_run import partial_message
+from migrator.engine.whole_run import no_changes_message, partial_message, rolled_back_message
 
 if TYPE_CHECKING:
     from migrator.journal.models import EventView, MigrationView, RunView
@@ -87,8 +87,13 @@ def _config(values: dict[str, Any]) -> dict[str, object]:
 
 
 def _message(run: RunView, events: Sequence[EventView], stores: Sequence[StoreResult]) -> str:
+    rolls_back = str((run.options or {}).get("rolls_back") or "") or None
     if run.outcome == "partial":
-        return partial_message(run.id, run.migrations)
+        return partial_message(run.id, run.migrations, rolls_back)
+    if run.outcome == "no_changes":
+        return no_changes_message(run.migrations)
+    if run.outcome == "rolled_back" and rolls_back:  # a rollback run, as the runner's summary says it
+        return rolled_back_message(rolls_back)
     if run.outcome == "interrupted":
         said = next((e.detail.get("message") for e in reversed(events)
                      if e.kind == "note" and e.outcome in ("interrupted", "lock_lost")), None)

@@ -1,8 +1,9 @@
 """What a run ends with: one `StoreResult` per key store and a `RunResult` with the exit code.
 
-The exit codes are a stable contract (README): 0 completed · 1 internal error · 2 usage or invalid
-plan (the CLI's) · 3 blocked, nothing changed · 4 rolled back and verified · 5 stuck, or partial (some
-stores changed and others did not: operator action needed) · 6 locked · 130 interrupted (resumable).
+The exit codes are a stable contract (README): 0 completed, or no changes (every store already had its
+target) · 1 internal error · 2 usage or invalid plan (the CLI's) · 3 blocked, nothing changed · 4 rolled
+back and verified · 5 stuck, or partial (some stores changed and others did not: operator action needed)
+· 6 locked · 130 interrupted (resumable).
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from typing import Any
 
 from migrator.engine.budget import BudgetFacts, duration
 
-EXIT_CODES = {"completed": 0, "rolled_back": 4, "stuck": 5, "partial": 5, "blocked": 3, "locked": 6,
+EXIT_CODES = {"no_changes": 0, "completed": 0, "rolled_back": 4, "stuck": 5, "partial": 5, "blocked": 3, "locked": 6,
               "interrupted": 130, "failed": 1}
 # The configuration fields a summary shows for `original` and `final`.
 CONFIG_KEYS = ("connectivity", "uri_endpoint", "uri_path", "vpc_endpoint_service_name", "vpc_endpoint_service_owner",
                "access_key_id")
-SEVERITY = ("completed", "blocked", "rolled_back", "partial", "interrupted", "failed", "stuck")  # worst last
+# Worst last: a run reports its worst store.
+SEVERITY = ("no_changes", "completed", "blocked", "rolled_back", "partial", "interrupted", "failed", "stuck")
 
 
 def worse(a: str, b: str) -> str:

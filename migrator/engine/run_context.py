@@ -15,14 +15,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from migrator.aws.cell_poller import poller_for
 from migrator.aws.kms import KmsApplier
 from migrator.aws.secret_refs import SecretError, SecretValue
 from migrator.aws.store_config import Observation
-from migrator.engine import cutover
+from migrator.engine import controls, cutover
 from migrator.engine.environment import Environment
 from migrator.engine.errors import Blocked, JournalLostStop, StepFailed
 from migrator.engine.hooks import HookFacts, HookResult
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 
 
 _T = TypeVar("_T")
+CONTROL_LOOK_SECONDS = 1.0  # how often (real) a runner looks for `abort`/`extend` in the journal
 
 
 
@@ -62,7 +65,7 @@ class RunContext:
         self.requests: Counter[str] = env.clients.request_counter
         self._base_calls: dict[int, Counter[str]] = {}
         self._start_calls: dict[int, Counter[str]] = {}
-        self.kms = KmsApplier(env.clients.client("kms"))
+        self.kms = KmsApplier(env.clients.client("kms"), poller=poller_for(env.clients).describe)  # one per cell
         self.options: dict[str, object] = dict(options or {})
         self._lock_lost = False
         self.lock_lost_reason = ""
@@ -75,6 +78,10 @@ class RunContext:
         self._record_lock = threading.RLock()
         # AWS: connecting or disconnecting "takes approximately five minutes"; refined by each wait.
         self.expected_change_seconds: float = 300.0
+        # The operator's abort/extend notes (engine/controls.py), read again at most once a real second.
+        self._controls: list[controls.Control] = []
+        self._controls_seq, self._controls_read_at = 0, float("-inf")
+        self._controls_lock = threading.Lock()
 
     # -- the lock and the journal: both must hold before anything reaches AWS ---------------------
     @property
@@ -163,6 +170,29 @@ class RunContext:
     def progress(self, event: dict[str, object]) -> None:
         self.env.observer.event(event)
 
+    # -- the operator's controls, written by any machine that shares the journal ---------------------
+    def operator_controls(self) -> list[controls.Control]:
+        """The run's abort/extend notes; new ones are shown live as they are found."""
+        with self._controls_lock:
+            if time.monotonic() - self._controls_read_at < CONTROL_LOOK_SECONDS:
+                return list(self._controls)
+            found = self.journal_call(lambda: self.journal.events(self.run_id, after_seq=self._controls_seq))
+            self._controls_read_at = time.monotonic()
+            for e in found:
+                self._controls_seq = max(self._controls_seq, e.seq)
+                if (control := controls.control_of(e)) is not None:
+                    self._controls.append(control)
+                    self._emit(None, e.seq, "note", operation=None, outcome=e.outcome, request_id=None,
+                               detail=e.detail)
+            return list(self._controls)
+
+    def budget_seconds(self) -> float:
+        """The downtime budget in force: the plan's, plus every `xksmigrate extend`."""
+        return controls.budget_in_force(self.plan.max_disconnected, self.operator_controls())
+
+    def abort_requested(self) -> controls.Control | None:
+        return controls.abort_of(self.operator_controls())
+
     def note(self, mid: int, outcome: str, message: str) -> None:
         """A note with an outcome (cut-over's `postponed` / `released`)."""
         self.record(mid, kind="note", outcome=outcome, detail={"message": message})
@@ -200,11 +230,16 @@ class RunContext:
         def progress(after_seq: int) -> None:
             self.progress({"type": "progress", "run_id": self.run_id, "migration": mid, "state": "postponed",
                            "connection_state": None, "window_seconds": None,
-                           "budget_seconds": self.plan.max_disconnected, "next_poll_seconds": 1.0,
+                           "budget_seconds": self.budget_seconds(), "next_poll_seconds": 1.0,
                            "simulated": self.clock.simulated, "since_seq": after_seq})
 
+        def stop_if_aborted() -> None:
+            if (abort := self.abort_requested()) is not None:
+                raise Blocked(f"{controls.describe_abort(abort)} while the cut-over was postponed; nothing was changed")
+
         return cutover.wait_for_release(self, self.run_id, mid, self.options, on_postponed=on_postponed,
-                                        progress=progress, lock_lost=lambda: self.lock_lost)
+                                        progress=progress, lock_lost=lambda: self.lock_lost,
+                                        checkpoint=stop_if_aborted)
 
     def secret(self, ref: str) -> SecretValue:
         if self.env.secret_resolver is None:

@@ -3,12 +3,14 @@
 The engine knows nothing of the command line (the CLI builds an `Environment`) and nothing of the
 rehearsal world (it only sees an AWS endpoint). `start` records the run before touching AWS;
 `resume` rebuilds the plan from the journal's copy of the plan text and continues every store from
-its persisted state; both end with the same `RunResult`.
+its persisted state; `rollback` starts a run of its own that takes back what another run changed
+(whole_run.py). All end with the same `RunResult`, which names the runs it is linked to.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import threading
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CONFIG_KEYS", "Environment", "Observer", "RunResult", "StoreResult", "resume", "rollback", "start"]
 
+FORWARD_ONLY = ("postpone", "postpone_flag_file", "cutover_at")  # a forward run's options a rollback run drops
 LOCK_PROBE_SECONDS = 1.0  # between heartbeats, how often the heartbeat thread asks whether the locks still hold
 _T = TypeVar("_T")
 
@@ -53,12 +56,34 @@ def resume(plan: Plan, env: Environment, run_id: str) -> RunResult:
 
 
 def rollback(plan: Plan, env: Environment, run_id: str) -> RunResult:
-    """Return every store `run_id` changed to its recorded original configuration, verified, in reverse order.
+    """A new run that returns every store `run_id` changed (and no rollback restored since) to its recorded
+    original configuration, verified, in reverse order; `run_id`'s own record stays as it is.
 
-    Refused with nothing changed when a later run changed one of them since or one drifted (whole_run.py).
-    The request is journaled before the first change, so `resume` continues it.
+    The new run records `run_id`'s options (what a resume re-derives) plus `rolls_back`, and starts with a copy
+    of each such store as `run_id` left it, so `resume` continues it like any run. Refused with nothing
+    changed (blocked) when a later run changed one of them since or one drifted (whole_run.py).
     """
-    return _drive(plan, env, run_id, operator_rollback=True)
+    undone = env.journal.get_run(run_id)
+    options = {k: v for k, v in (undone.options or {}).items() if k not in FORWARD_ONLY}
+    options.update(time_scale=env.clock.scale, rolls_back=run_id)
+    seed = [{"keystore_ref": m.keystore_ref, "keystore_id": m.keystore_id, "state": "completed",
+             "snapshot": m.snapshot, "target": m.target} for m in whole_run.still_changed(env.journal, undone)]
+    new_id = env.journal.create_run(
+        plan_name=undone.plan_name, plan_path=undone.plan_path, plan_text=undone.plan_text,
+        plan_fingerprint=undone.plan_fingerprint, region=undone.region, account_id=undone.account_id,
+        dry_run=env.dry_run, who=env.who, host=socket.gethostname(), pid=os.getpid(), options=options, seed=seed)
+    return _drive(plan, env, new_id)
+
+
+@dataclasses.dataclass
+class LinkedResult(RunResult):
+    """A `RunResult` that names the run it rolls back and the run that rolled it back (None: none)."""
+
+    rolls_back: str | None = None
+    rolled_back_by: str | None = None
+
+    def summary(self) -> dict[str, object]:
+        return {**super().summary(), "rolls_back": self.rolls_back, "rolled_back_by": self.rolled_back_by}
 
 
 def _run_options(env: Environment) -> dict[str, object]:
@@ -128,8 +153,7 @@ class _Heartbeat:
                 self.env.journal.release_lock(lock)
 
 
-def _drive(plan: Plan, env: Environment, run_id: str, resumed: bool = False,
-           operator_rollback: bool = False) -> RunResult:
+def _drive(plan: Plan, env: Environment, run_id: str, resumed: bool = False) -> RunResult:
     from migrator.journal.db import JournalUnavailable
 
     run = env.journal.get_run(run_id)
@@ -149,11 +173,8 @@ def _drive(plan: Plan, env: Environment, run_id: str, resumed: bool = False,
         if resumed:
             ctx.record(None, kind="note", detail={"message": "resumed", "pid": os.getpid(),
                                                   "host": socket.gethostname()})
-        if operator_rollback:  # the `rollback` command: the run is reopened only once the checks pass
-            outcome, message = whole.roll_back((run.outcome, run.exit_code or 0),
-                                               reopen=lambda: ctx.journal_call(lambda: env.journal.reopen_run(run_id)))
-        elif resumed and (request := whole.rollback_request()) is not None:  # a resumed operator rollback goes on
-            outcome, message = whole.roll_back(whole_run.outcome_before(request))
+        if undone := str((run.options or {}).get("rolls_back") or ""):  # a rollback run, new or resumed
+            outcome, message = whole.roll_back(undone, first=not resumed)
         else:
             outcome, message = whole.forward()
     except KeyboardInterrupt:
@@ -174,11 +195,7 @@ def _drive(plan: Plan, env: Environment, run_id: str, resumed: bool = False,
         heartbeat.release_all()
         last_seen.update({d.mid: d.last_seen for d in whole.drivers.values() if d.last_seen is not None})
     exit_code = EXIT_CODES.get(outcome, 1)
-    if whole.keep_run is not None:  # a refused or declined operator rollback: the run's own outcome stands
-        if whole.reopened:
-            kept_outcome, kept_code = whole.keep_run
-            _if_journal_works(ctx, lambda: env.journal.finish_run(run_id, kept_outcome, kept_code))
-    elif not (resumed and outcome == "locked"):  # the lock holder drives this run: its outcome is not ours to end
+    if not (resumed and outcome == "locked"):  # the lock holder drives this run: its outcome is not ours to end
         _if_journal_works(ctx, lambda: env.journal.finish_run(run_id, outcome, exit_code))
     views = _if_journal_works(ctx, lambda: list(env.journal.get_run(run_id).migrations))
     if ctx.journal_lost is not None:  # it stopped at the write that failed: resumable, whatever came before
@@ -267,4 +284,8 @@ def _result(ctx: RunContext, run_id: str, outcome: str, exit_code: int, message:
     stores = [_store_result(ctx, m, last_seen.get(m.id), events) for m in migrations]
     if not message:
         message = next((s.error for s in stores if s.error), "") or outcome
-    return RunResult(run_id, outcome, exit_code, stores, message, simulated=ctx.clock.simulated)
+    links: dict[str, str | None] = {"rolls_back": str(ctx.options.get("rolls_back") or "") or None}
+    if ctx.journal_lost is None:  # else the run's own options say what it rolls back
+        journal = ctx.env.journal
+        links = _if_journal_works(ctx, lambda: whole_run.run_links(journal, journal.get_run(run_id))) or links
+    return LinkedResult(run_id, outcome, exit_code, stores, message, simulated=ctx.clock.simulated, **links)

@@ -6,11 +6,14 @@ unless already on the way, make KMS hold a configuration and prove it, wait for 
 predictive poll schedule. Each is safe to run again after a crash, because each observes first.
 Every observation is also compared with what the journal says the store holds in the current state
 (the Driver's `expected()`): a configuration the run did not put there is drift, never papered over.
+Every call (observations too) first passes the Driver's `checkpoint` (an operator's `abort` stops the
+run there) and is bounded by the row's budget (`waits.call_within`): a hung call ends with the budget.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 from migrator.aws.kms import AwsCallError, needs_disconnect, update_parameters
 from migrator.aws.secret_refs import SecretValue
@@ -18,9 +21,10 @@ from migrator.aws.store_config import Observation, StoreConfig
 from migrator.engine.errors import LockLostStop, StepFailed
 from migrator.engine.services import RunServices
 from migrator.engine.verify import KeyProver
-from migrator.engine.waits import poll_until, retry_step
+from migrator.engine.waits import CallTimedOut, Deadline, call_within, poll_until, resolve, retry_step
 
 Credential = tuple[str, SecretValue]
+_R = TypeVar("_R")
 TRANSIENT_CONNECT_ERRORS = ("INTERNAL_ERROR", "NETWORK_ERRORS")  # worth one more disconnect+connect
 
 
@@ -41,25 +45,35 @@ class StoreOps:
 
     def __init__(self, services: RunServices, mid: int, store_id: str, *,
                  window: Callable[[], float | None], state: Callable[[], str],
-                 expected: Callable[[], tuple[StoreConfig, ...]] = tuple):
+                 expected: Callable[[], tuple[StoreConfig, ...]] = tuple,
+                 checkpoint: Callable[[], None] = lambda: None, bound: Deadline = None):
         self.services, self.mid, self.store_id = services, mid, store_id
         self.kms, self.clock, self.plan = services.kms, services.clock, services.plan
         self.window, self.state, self.expected = window, state, expected
+        self.checkpoint, self.bound = checkpoint, bound  # the operator's abort; the current row's deadline
         self.last_seen: Observation | None = None
+
+    def _within(self, action: Callable[[], _R], what: str) -> _R:
+        return call_within(action, clock=self.clock, deadline=self.bound, what=what)
 
     # -- the journal around each call ---------------------------------------------------------------
     def call(self, operation: str, action: Callable[[], str | None], **detail: object) -> str | None:
         """Check the lock is still ours, journal the intent, make the call, journal the outcome (request id, error)."""
         if self.services.lock_lost:  # asked now, not at the last heartbeat: a mutating call needs the lock
             raise LockLostStop
+        self.checkpoint()
         self.services.record(self.mid, kind="call", operation=operation, outcome="started", detail=detail or None)
         if self.services.lock_lost:  # again: the write may have waited out a database blip that took the lock
             raise LockLostStop
         try:
-            request_id = action()
+            request_id = self._within(action, operation)
         except AwsCallError as exc:
             self.services.record(self.mid, kind="result", operation=operation, outcome="error",
                                  request_id=exc.request_id, detail={"code": exc.code, "message": exc.message})
+            raise
+        except CallTimedOut as exc:  # given up at the budget's end; it may still land (the next step observes)
+            self.services.record(self.mid, kind="result", operation=operation, outcome="timeout",
+                                 detail={"message": str(exc)})
             raise
         self.services.record(self.mid, kind="result", operation=operation, outcome="ok", request_id=request_id)
         return request_id
@@ -76,14 +90,15 @@ class StoreOps:
         self.services.progress({
             "type": "progress", "run_id": self.services.run_id, "migration": self.mid, "state": self.state(),
             "connection_state": last.state if last else None, "waiting_on": str(observation)[:120],
-            "window_seconds": self.window(), "budget_seconds": self.plan.max_disconnected,
+            "window_seconds": self.window(), "budget_seconds": self.services.budget_seconds(),
             "next_poll_seconds": next_sleep, "simulated": self.clock.simulated})
 
     def observe(self) -> Observation:
         """DescribeCustomKeyStores; a lost lock stops here, before anything else reaches AWS."""
         if self.services.lock_lost:
             raise LockLostStop
-        obs = self.kms.describe(self.store_id)
+        self.checkpoint()
+        obs = self._within(lambda: self.kms.describe(self.store_id), "DescribeCustomKeyStores")
         previous, self.last_seen = self.last_seen, obs
         if previous is None or (previous.state, previous.error_code) != (obs.state, obs.error_code):
             self.services.record(self.mid, kind="note", operation="DescribeCustomKeyStores",
@@ -95,7 +110,7 @@ class StoreOps:
         return obs
 
     # -- observe, then act ----------------------------------------------------------------------------
-    def ensure_disconnected(self, deadline: float | None) -> None:
+    def ensure_disconnected(self, deadline: Deadline) -> None:
         """Disconnect unless the store is already disconnected or on its way; wait for DISCONNECTED."""
         def step() -> Observation:
             obs = self.observe()
@@ -111,7 +126,7 @@ class StoreOps:
         retry_step(step, clock=self.clock, deadline=deadline, on_retry=self.on_retry)
         self.wait_for(("DISCONNECTED",), deadline, "waiting for DISCONNECTED")
 
-    def apply_config(self, want: StoreConfig, credential: Credential | None, deadline: float | None, *,
+    def apply_config(self, want: StoreConfig, credential: Credential | None, deadline: Deadline, *,
                      invisible: bool = False) -> None:
         """Make KMS hold `want`, then prove it with DescribeCustomKeyStores (a rollback point).
 
@@ -139,7 +154,7 @@ class StoreOps:
 
         retry_step(step, clock=self.clock, deadline=deadline, on_retry=self.on_retry)
 
-    def start_connect(self, deadline: float | None) -> Observation:
+    def start_connect(self, deadline: Deadline) -> Observation:
         """ConnectCustomKeyStore unless the store is already connecting or connected (after a disconnect
         still under way, once it is DISCONNECTED); returns the first observation."""
         def step() -> Observation:
@@ -153,7 +168,7 @@ class StoreOps:
 
         return retry_step(step, clock=self.clock, deadline=deadline, on_retry=self.on_retry)
 
-    def ensure_connected(self, deadline: float | None, attempts: dict[str, object],
+    def ensure_connected(self, deadline: Deadline, attempts: dict[str, object],
                          persist: Callable[[dict[str, object]], None]) -> None:
         """Connect and wait for CONNECTED; a transient FAILED gets one more disconnect+connect if it fits.
 
@@ -178,14 +193,15 @@ class StoreOps:
                              + ("; no budget left for another disconnect+connect"
                                 if obs.error_code in TRANSIENT_CONNECT_ERRORS and retries_left > 0 else ""))
 
-    def retry_fits(self, deadline: float | None) -> bool:
+    def retry_fits(self, deadline: Deadline) -> bool:
         """Is there budget for another disconnect+connect? If not, going back now returns the keys sooner."""
-        if deadline is None:
+        instant = resolve(deadline)
+        if instant is None:
             return True
-        left = (deadline - self.clock.now()) * self.clock.scale
+        left = (instant - self.clock.now()) * self.clock.scale
         return left > 2 * self.services.expected_change_seconds + 2 * self.plan.poll_interval
 
-    def wait_for(self, states: tuple[str, ...], deadline: float | None, what: str) -> Observation:
+    def wait_for(self, states: tuple[str, ...], deadline: Deadline, what: str) -> Observation:
         """Poll until the store reaches one of `states`; learns how long such a change takes."""
         started = self.clock.now()
         obs = poll_until(self.observe, lambda o: o.state in states, clock=self.clock,
@@ -196,7 +212,7 @@ class StoreOps:
             self.services.expected_change_seconds = took
         return obs
 
-    def prove_keys(self, key_ids: list[str], deadline: float | None) -> None:
+    def prove_keys(self, key_ids: list[str], deadline: Deadline) -> None:
         """Round trips with every key; one that failed for its own reason while others proved the store is a
         journaled warning, not a failure."""
         prover = KeyProver(self.kms, self.clock, run_id=self.services.run_id, interval=self.plan.poll_interval,

@@ -20,7 +20,7 @@ from migrator.aws.kms import AwsCallError, KmsApplier
 from migrator.aws.store_config import KEY_OWN_STATES, Observation
 from migrator.engine.clock import Clock, leave_signals_to_the_main_thread
 from migrator.engine.errors import Blocked, StepFailed
-from migrator.engine.waits import poll_until
+from migrator.engine.waits import Deadline, call_within, poll_until
 
 VerifyKey = dict[str, str]  # {"key_id", "arn", "state"} as journaled in the snapshot
 OnPoll = Callable[[object, float], None]
@@ -76,7 +76,7 @@ class KeyProver:
         self.kms, self.clock, self.run_id, self.interval = kms, clock, run_id, interval
         self.record_ok, self.on_poll = record_ok, on_poll
 
-    def prove_all(self, key_ids: list[str], deadline: float | None) -> list[KeyUnusable]:
+    def prove_all(self, key_ids: list[str], deadline: Deadline) -> list[KeyUnusable]:
         """Every key, in parallel (daemon threads, so Ctrl-C is never held up).
 
         Returns the keys that failed for their own reasons when at least one other key proved the store;
@@ -100,14 +100,14 @@ class KeyProver:
             raise StepFailed("no verify key could prove the store: " + "; ".join(str(e) for e in own))
         return own
 
-    def _prove_into(self, key_id: str, deadline: float | None, errors: dict[str, BaseException]) -> None:
+    def _prove_into(self, key_id: str, deadline: Deadline, errors: dict[str, BaseException]) -> None:
         leave_signals_to_the_main_thread()
         try:
             self.prove(key_id, deadline)
         except BaseException as exc:  # reported by the caller's thread
             errors[key_id] = exc
 
-    def prove(self, key_id: str, deadline: float | None) -> None:
+    def prove(self, key_id: str, deadline: Deadline) -> None:
         """Until one round trip works (changes take up to 5 minutes to be fully effective), within the deadline."""
         context = {"xksmigrate-run": self.run_id}
 
@@ -128,5 +128,8 @@ class KeyProver:
             self.record_ok(key_id, encrypt_rid, decrypt_rid)
             return "ok"
 
-        poll_until(attempt, lambda result: result == "ok", clock=self.clock, interval=self.interval,
+        def bounded() -> str:  # a round trip in the window ends with the budget too
+            return call_within(attempt, clock=self.clock, deadline=deadline, what=f"Encrypt+Decrypt with {key_id}")
+
+        poll_until(bounded, lambda result: result == "ok", clock=self.clock, interval=self.interval,
                    deadline=deadline, what=f"verifying key {key_id}", on_poll=self.on_poll)

@@ -6,34 +6,89 @@ Two uses of tenacity, never around the same call as botocore's retries:
 - `retry_step`: re-run a whole step after a *retryable* `AwsCallError` (botocore already gave up on
   that call), with jittered exponential backoff, also stopping before the deadline.
 Sleeps go through `Clock.sleep`, so a rehearsal at time scale 60 polls every 5 simulated seconds.
+A deadline may be a callable read again before each sleep: `xksmigrate extend` moves it mid-wait.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, retry_if_result, wait_random_exponential
 
 from migrator.aws.kms import AwsCallError
-from migrator.engine.clock import Clock
+from migrator.engine.clock import Clock, leave_signals_to_the_main_thread
 from migrator.engine.errors import DeadlineExceeded
 
 T = TypeVar("T")
 
 MIN_POLL = 1.0  # never poll DescribeCustomKeyStores faster than once a second per runner (quota: 5 rps shared)
 
+# A real epoch instant, None (unbounded), or a function that says it now (a budget that can be extended).
+Deadline = float | Callable[[], float | None] | None
 
-def _stop_at(clock: Clock, deadline: float | None) -> Callable[[RetryCallState], bool]:
-    """Stop when the next sleep would end after `deadline` (a real epoch instant)."""
+
+def resolve(deadline: Deadline) -> float | None:
+    """The deadline's instant as of now."""
+    return deadline() if callable(deadline) else deadline
+
+
+def _stop_at(clock: Clock, deadline: Deadline) -> Callable[[RetryCallState], bool]:
+    """Stop when the next sleep would end after `deadline` (read again each time)."""
 
     def stop(state: RetryCallState) -> bool:
-        if deadline is None:
+        instant = resolve(deadline)
+        if instant is None:
             return False
         upcoming = (state.upcoming_sleep or 0.0) / clock.scale
-        return clock.now() + upcoming >= deadline
+        return clock.now() + upcoming >= instant
 
     return stop
+
+
+CALL_FLOOR = 5.0  # a call always gets this long (simulated seconds, at least 1 real second) to answer
+
+
+class CallTimedOut(DeadlineExceeded):
+    """An AWS call did not answer within the remaining budget (it may still land: the next step observes)."""
+
+
+def call_within(action: Callable[[], T], *, clock: Clock, deadline: Deadline, what: str) -> T:
+    """`action()`, but given up once `deadline` has passed (and the call had CALL_FLOOR to answer).
+
+    botocore's read timeout is fixed when the client is made, and its retries multiply it; a call in the window
+    must instead end with the budget, so a hung call becomes a rollback decision, not a hang. The call runs in a
+    daemon thread; given up, it may still reach AWS later, which is safe because every step observes the store
+    before it acts. Unbounded (no thread) when there is no deadline.
+    """
+    if resolve(deadline) is None:
+        return action()
+    outcome: list[tuple[bool, object]] = []
+
+    def target() -> None:
+        leave_signals_to_the_main_thread()
+        try:
+            outcome.append((True, action()))
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome.append((False, exc))
+
+    started = clock.now()
+    floor = max(CALL_FLOOR / clock.scale, 1.0)
+    worker = threading.Thread(target=target, daemon=True, name=f"aws-{what}")
+    worker.start()
+    while True:
+        worker.join(0.1)
+        if not worker.is_alive():
+            break
+        instant, now = resolve(deadline), clock.now()
+        if instant is not None and now >= instant and now >= started + floor:
+            raise CallTimedOut(f"{what} had not answered after {clock.elapsed(started):.1f}s")
+    ok, value = outcome[0]
+    if not ok:
+        assert isinstance(value, BaseException)
+        raise value
+    return value  # type: ignore[return-value]  # what action() returned
 
 
 def poll_schedule(interval: float, expected: float | None = None,
@@ -67,7 +122,7 @@ def poll_schedule(interval: float, expected: float | None = None,
 
 
 def poll_until(observe: Callable[[], T], done: Callable[[T], bool], *, clock: Clock, interval: float,
-               deadline: float | None, what: str, expected: float | None = None,
+               deadline: Deadline, what: str, expected: float | None = None,
                on_poll: Callable[[T, float], None] | None = None) -> T:
     """Observe until `done(observation)`; raise DeadlineExceeded if the deadline comes first.
 
@@ -101,7 +156,7 @@ def poll_until(observe: Callable[[], T], done: Callable[[T], bool], *, clock: Cl
     return retrying(attempt)
 
 
-def retry_step(step: Callable[[], T], *, clock: Clock, deadline: float | None, max_attempts: int = 6,
+def retry_step(step: Callable[[], T], *, clock: Clock, deadline: Deadline, max_attempts: int = 6,
                on_retry: Callable[[AwsCallError, int], None] | None = None) -> T:
     """Run `step`; after a retryable AwsCallError run it again (it observes before acting)."""
 

@@ -28,7 +28,7 @@ from sqlalchemy import (
 
 VERSION_TABLE = "xksmigrate_schema_version"  # not alembic_version: a shared database may have its own
 RUN_OUTCOMES = ("running", "completed", "rolled_back", "stuck", "blocked", "interrupted", "failed", "locked",
-                "partial")
+                "partial", "no_changes")
 EVENT_KINDS = ("transition", "call", "result", "note", "hook", "finding", "acceptance")
 STALE_AFTER = 120.0  # seconds without a heartbeat before a lock is reported stale
 

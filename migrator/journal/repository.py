@@ -19,7 +19,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import wraps
 from typing import Any, TypeVar, cast
@@ -165,8 +165,13 @@ class Journal:
     @_writes
     def create_run(self, *, plan_name: str, plan_path: str, plan_text: str, plan_fingerprint: str, region: str,
                    account_id: str | None = None, dry_run: bool = False, options: dict[str, Any] | None = None,
-                   who: str | None = None, host: str | None = None, pid: int | None = None) -> str:
+                   who: str | None = None, host: str | None = None, pid: int | None = None,
+                   seed: Sequence[dict[str, Any]] = ()) -> str:
+        """A new run, with the migrations in `seed` (their fields; keystore_ref and target at least) in the same
+        transaction: a rollback run starts with copies of the stores it takes back."""
         _refuse_secrets(options, "options")
+        seeded = [{"state": "pending", "attempts": {}, "api_calls": {}, **self._check_fields(dict(m))}
+                  for m in seed]
         for _ in range(5):
             now = time.time()
             stamp = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y%m%d-%H%M%S")
@@ -178,6 +183,8 @@ class Journal:
                         plan_fingerprint=plan_fingerprint, who=who or self.who, host=host or self.host,
                         pid=self.pid if pid is None else pid, started_at=now, outcome="running", dry_run=dry_run,
                         region=region, account_id=account_id, options=dict(options or {})))
+                    for values in seeded:
+                        tx.execute(insert(migrations).values(run_id=run_id, **values))
                 return run_id
             except IntegrityError:  # two runs in one second drew the same suffix
                 continue
@@ -345,22 +352,28 @@ class Journal:
             row = conn.execute(query).first()
         return event_view(row) if row is not None else None
 
-    def later_migrations(self, run_id: str, keystore_id: str) -> list[MigrationView]:
-        """Migrations of `keystore_id` in runs started after `run_id` (same Region and kind of run), oldest first.
-
-        An operator rollback of `run_id` reads these: a later run may have changed the store since.
-        """
+    def later_migrations(self, run_id: str, keystore_id: str, exclude: str | None = None) -> list[MigrationView]:
+        """Migrations of `keystore_id` in runs started after `run_id` (same Region and kind of run; not the run
+        `exclude`), oldest first. A rollback run of `run_id` reads these: a later run may have changed the store."""
         with self._read() as conn:
             this = conn.execute(select(runs.c.started_at, runs.c.region, runs.c.dry_run)
                                 .where(runs.c.id == run_id)).first()
             if this is None:
                 raise JournalError(f"no run {run_id} in {self.url_for_display}")
             query = (select(migrations).join(runs, runs.c.id == migrations.c.run_id)
-                     .where(migrations.c.keystore_id == keystore_id, runs.c.id != run_id,
+                     .where(migrations.c.keystore_id == keystore_id, runs.c.id.not_in([run_id, exclude or run_id]),
                             runs.c.started_at >= this.started_at, runs.c.region == this.region,
                             runs.c.dry_run == this.dry_run)
                      .order_by(runs.c.started_at, migrations.c.id))
             return [migration_view(r) for r in conn.execute(query)]
+
+    def rollbacks_of(self, run_id: str) -> list[RunView]:
+        """The runs that roll `run_id` back (their options say `rolls_back: run_id`), oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(select(runs.c.id, runs.c.options).where(
+                runs.c.started_at >= select(runs.c.started_at).where(runs.c.id == run_id).scalar_subquery())).all()
+            ids = [r.id for r in rows if (r.options or {}).get("rolls_back") == run_id]
+            return self._runs(conn, select(runs).where(runs.c.id.in_(ids)).order_by(runs.c.started_at)) if ids else []
 
     # --- locks ---------------------------------------------------------------------------------
 

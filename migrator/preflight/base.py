@@ -41,6 +41,19 @@ def blocked(findings: Sequence[Finding]) -> bool:
     return bool(holding(findings))
 
 
+# The findings that block only because the target already is the store's configuration (gate.py, store.py):
+# a store held by nothing else needs no change, which `plan` and `run` report as "no changes", exit 0.
+NOTHING_TO_DO = frozenset({"engine.target_differs", "keystore.target_differs"})
+NO_CHANGES = "No changes: the key store already has the target configuration"
+
+
+def nothing_to_do(findings: Sequence[Finding]) -> bool:
+    """The store already has its target: it is blocked, and only by "nothing to do" (an unverified check
+    does not matter then: nothing will be done)."""
+    blocks = {f.check for f in findings if f.status == BLOCK}
+    return bool(blocks) and blocks <= NOTHING_TO_DO
+
+
 ACCEPT_SOURCES = {"cli": "with --accept-unverified {check}", "plan": "in the plan's [preflight] accept_unverified"}
 
 

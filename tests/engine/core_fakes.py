@@ -185,6 +185,8 @@ class MemoryServices:
     hooks_fired: list[str] = field(default_factory=list)
     updates: list[dict[str, Any]] = field(default_factory=list)
     secrets: dict[str, str] = field(default_factory=dict)  # reference -> value, for credential plans
+    extended_seconds: float = 0.0  # what `xksmigrate extend` added (engine/controls.py)
+    abort: Any = None  # a controls.Control once `xksmigrate abort` was journaled
 
     def record(self, mid: int | None, *, kind: str, operation: str | None = None, outcome: str | None = None,
                request_id: str | None = None, detail: dict[str, Any] | None = None) -> int:
@@ -203,6 +205,12 @@ class MemoryServices:
 
     def progress(self, event: dict[str, Any]) -> None:
         pass
+
+    def budget_seconds(self) -> float:
+        return float(self.plan.max_disconnected) + self.extended_seconds
+
+    def abort_requested(self) -> Any:
+        return self.abort
 
     def hook(self, mid: int, event: str, facts: Any) -> None:
         self.hooks_fired.append(event)

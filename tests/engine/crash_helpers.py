@@ -198,6 +198,17 @@ def start_rollback(sim: Sim, state_url: str, run_id: str, workdir: Path, name: s
     return spawn(["rollback", run_id, *sim.run_args(state_url)], workdir, name, **kw)
 
 
+def rollback_run_of(journal: Any, run_id: str) -> str | None:
+    """The id of the latest rollback run of `run_id` (`journal`: a URL or a Journal), None before there is one."""
+    from migrator.journal.repository import Journal
+
+    if isinstance(journal, str):
+        with Journal.open(journal) as opened:
+            return rollback_run_of(opened, run_id)
+    found = journal.rollbacks_of(run_id)
+    return str(found[-1].id) if found else None
+
+
 def run_to_completion(sim: Sim, state_url: str, workdir: Path, name: str = "forward") -> str:
     """A clean, uninterrupted run that must complete; its run id."""
     proc = start_run(sim, state_url, workdir, name)
@@ -353,11 +364,14 @@ class Baseline:
 
 
 def baseline(workdir: Path, state_url: str, faults: Path | None = None, operator_rollback: bool = False) -> Baseline:
-    """An uninterrupted run (`operator_rollback`: a completed run, then its uninterrupted `rollback`)."""
+    """An uninterrupted run (`operator_rollback`: a completed run, then its uninterrupted `rollback`, whose own
+    run is the baseline's journal)."""
     workdir.mkdir(parents=True, exist_ok=True)
     with Sim(workdir, faults=faults) as sim:
+        forward_id = None
         if operator_rollback:
-            proc = start_rollback(sim, state_url, run_to_completion(sim, state_url, workdir), workdir, "clean")
+            forward_id = run_to_completion(sim, state_url, workdir)
+            proc = start_rollback(sim, state_url, forward_id, workdir, "clean")
         else:
             proc = start_run(sim, state_url, workdir, "clean")
         first = proc.wait_for_line(lambda d: d.get("type") == "event")
@@ -365,7 +379,7 @@ def baseline(workdir: Path, state_url: str, faults: Path | None = None, operator
         code = proc.wait()
         seconds = time.monotonic() - t0
         assert first is not None and code in EXIT.values(), f"clean run exit {code}: {proc.err.read_text()[-2000:]}"
-        view = read_journal(state_url)
+        view = read_journal(state_url, forward_id and rollback_run_of(state_url, forward_id))
         assert view is not None
         effects = Effects.of(sim.log(), view.migration.keystore_id)
     return Baseline(view.events, effects, view.run.outcome, seconds)
@@ -376,7 +390,8 @@ def crash_case(label: str, workdir: Path, state_url: str, base: Baseline, *, exp
                operator_rollback: bool = False) -> CaseReport:
     """Run, SIGKILL (at journal seq `kill_after`, or `delay` real seconds after the first event), resume, check.
 
-    `operator_rollback`: the run completes undisturbed; its `xksmigrate rollback` is the process killed.
+    `operator_rollback`: the run completes undisturbed; its `xksmigrate rollback` is the process killed, and
+    the rollback's own run is resumed. The forward run's record must come through unchanged, linked to it.
     """
     from migrator.journal.repository import Journal
 
@@ -384,9 +399,11 @@ def crash_case(label: str, workdir: Path, state_url: str, base: Baseline, *, exp
     report = CaseReport(label, point=kill_after, delay=delay)
     problems = report.problems
     with Sim(workdir, faults=faults) as sim:
+        forward = None
         if operator_rollback:
-            proc = start_rollback(sim, state_url, run_to_completion(sim, state_url, workdir), workdir,
-                                  kill_after=kill_after)
+            forward = read_journal(state_url, run_to_completion(sim, state_url, workdir))
+            assert forward is not None
+            proc = start_rollback(sim, state_url, forward.run.id, workdir, kill_after=kill_after)
         else:
             proc = start_run(sim, state_url, workdir, kill_after=kill_after)
         if delay is not None:
@@ -400,7 +417,7 @@ def crash_case(label: str, workdir: Path, state_url: str, base: Baseline, *, exp
             problems.append(f"the run exited {code} before journal point {kill_after}")
             return report
         with Journal.open(state_url) as journal:
-            before = read_journal(journal)
+            before = read_journal(journal, forward and rollback_run_of(journal, forward.run.id))
             if before is None:
                 problems.append("no run was journaled")
                 return report
@@ -419,7 +436,23 @@ def crash_case(label: str, workdir: Path, state_url: str, base: Baseline, *, exp
             problems += check_resumed(sim, journal, before, resumed, expect=expect, effects=base.effects,
                                       inflight=report.inflight, exact=delay is None)
             report.outcome = journal.get_run(before.run.id).outcome
+            if forward is not None:
+                problems += forward_kept(journal, forward, before.run.id)
     return report
+
+
+def forward_kept(journal: Any, forward: JournalView, back_id: str) -> list[str]:
+    """The run an operator rollback undid still says what it did (its store completed, its window), and names
+    the rollback run that undid it."""
+    after = read_journal(journal, forward.run.id)
+    assert after is not None
+    problems = []
+    if (after.run.outcome, after.migration) != (forward.run.outcome, forward.migration):
+        problems.append(f"the forward run changed: {after.run.outcome} {after.migration}")
+    links = [e.detail.get("run_id") for e in after.events if e.outcome == "rolled_back_by"]
+    if links != [back_id]:
+        problems.append(f"the forward run's rolled_back_by notes name {links}, not {back_id}")
+    return problems
 
 
 def check_resumed(sim: Sim, journal: Any, before: JournalView, resumed: Proc | None, *, expect: str,

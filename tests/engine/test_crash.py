@@ -12,9 +12,10 @@ resumed case must show is listed in crash_helpers.py's docstring (outcome and ex
 - random: kill after a random real delay while every mutating call is slow, so requests are in flight
   (seeded: XKSMIGRATE_CRASH_SEED=<seed> repeats a run; the seed is printed);
 - PostgreSQL: the same points of both paths, when XKSMIGRATE_TEST_PG_URL is set;
-- operator rollback: the run completes, then `xksmigrate rollback RUN_ID` is killed after each of its journal
-  points (from its journaled request on) and `resume` must finish the rollback (SQLite: every point, split in
-  sample and rest like the paths above; PostgreSQL: the sample);
+- operator rollback: the run completes, then `xksmigrate rollback RUN_ID` is killed after each journal point of
+  its own run (from its journaled request on) and `resume` of that run must finish the rollback, RUN_ID's record
+  unchanged and linked to it (SQLite: every point, split in sample and rest like the paths above; PostgreSQL:
+  the sample);
 - SIGTERM and SIGINT mid-wait: exit 130, `interrupted` journaled, resume completes;
 - a second `resume` while the first runs: exit 6 naming the holder; the run stays resumable;
 - a postponed cut-over: killed after its `postponed` note, in its wait, or after its `released` note; the resume
@@ -151,7 +152,7 @@ def rollback_points(base: Baseline) -> list[int]:
 
 
 def operator_rollback_points(base: Baseline) -> list[int]:
-    """From the operator's journaled rollback request (the rollback's first event) to its last event."""
+    """The rollback run's journal, from its request (its first event: the checks passed) to its last event."""
     first = next(e.seq for e in base.events if e.kind == "note" and e.outcome == "operator_rollback")
     return list(range(first, base.count + 1))
 
@@ -239,8 +240,9 @@ def test_sigkill_at_every_journal_point_on_postgresql(path: str, forward: Baseli
 @pytest.mark.parametrize("part", PARTS)
 def test_sigkill_at_every_journal_point_of_an_operator_rollback(part: str, operator_rollback: Baseline,
                                                                 tmp_path: Path) -> None:
-    """`xksmigrate rollback RUN_ID` of a completed run dies after each of its journal points; `resume` finishes
-    the rollback: the original configuration, verified, each call once, the window measured across the crash."""
+    """`xksmigrate rollback RUN_ID` of a completed run dies after each journal point of its own run; `resume` of
+    that run finishes the rollback: the original configuration, verified, each call once, the window measured
+    across the crash, RUN_ID still `completed` with its own window."""
     every = operator_rollback_points(operator_rollback)
     print("\noperator rollback points: "
           + ", ".join(f"{e.seq} {event_label(e)}" for e in operator_rollback.events[every[0] - 1:]))

@@ -183,11 +183,12 @@ def test_operator_rollback_returns_a_completed_run_to_its_original_configuration
     live = KmsApplier(env.clients.client("kms")).describe("cks-1234567890abcdef0")
     assert live.state == "CONNECTED"
     assert (live.config.connectivity, live.config.uri_endpoint) == ("PUBLIC_ENDPOINT", "https://myproxy.xks.example.com")
-    migration = journal.get_run(done.run_id).migrations[0]
+    migration = journal.get_run(back.run_id).migrations[0]
     assert migration.state == "rolled_back"
     assert 0 < migration.window_seconds <= rollback_took  # a new window, not one since the first run
-    states = [e.to_state for e in journal.events(done.run_id) if e.kind == "transition"]
+    states = [e.to_state for e in journal.events(back.run_id) if e.kind == "transition"]
     assert states[-2:] == ["rolling_back", "rolled_back"]
+    assert journal.get_run(done.run_id).migrations[0].state == "completed"  # the forward run keeps its record
     assert mutating_calls(read_world_log(server))[3:] == ["DisconnectCustomKeyStore", "UpdateCustomKeyStore",
                                                           "ConnectCustomKeyStore"]
 

@@ -20,7 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from crash_helpers import CLI, PLAN, WORLD, Sim, kill_leftovers, read_journal, tool_env
+from crash_helpers import (
+    CLI,
+    PLAN,
+    WORLD,
+    Sim,
+    kill_leftovers,
+    read_journal,
+    rollback_run_of,
+    run_to_completion,
+    tool_env,
+)
 from engine_helpers import mutating_calls, roomy_plan_file
 
 pytestmark = pytest.mark.slow  # a whole rehearsed migration (or CLI processes) per case: the full tier
@@ -183,6 +193,31 @@ def test_declining_the_disconnect_ends_the_run_blocked_with_nothing_changed(tmp_
     assert "blocked" in status.stdout, status.stdout + status.stderr
 
 
+def test_declining_an_operator_rollback_ends_its_own_run_blocked_and_leaves_the_run_untouched(tmp_path,
+                                                                                              journal_url):
+    with Sim(tmp_path, WORLD) as sim:
+        run_id = run_to_completion(sim, journal_url, tmp_path)
+        before = read_journal(journal_url, run_id)
+        calls = mutating_calls(sim.log())
+        env = tool_env(XDG_STATE_HOME=os.environ["XDG_STATE_HOME"], TERM="xterm", COLUMNS="120", LINES="40")
+        term = Terminal(["-m", "migrator.cli", "rollback", run_id, "--endpoint-url", sim.endpoint_url,
+                         "--time-scale", f"{sim.time_scale:g}", "--state", journal_url], tmp_path, env)
+        term.read_until(b"[y/N]")
+        term.send(b"n\r")
+        code = term.wait()
+        log = sim.log()
+
+    assert code == 3, term.text
+    assert mutating_calls(log) == calls
+    back = read_journal(journal_url, rollback_run_of(journal_url, run_id))
+    assert back is not None and (back.run.outcome, back.run.exit_code, back.migration.state) == ("blocked", 3,
+                                                                                                 "blocked")
+    assert "declined" in (back.migration.error or ""), back.migration.error
+    after = read_journal(journal_url, run_id)
+    assert after is not None and before is not None
+    assert (after.run, after.events) == (before.run, before.events)  # no `rolled_back_by`: nothing was undone
+
+
 # -- 3. a no-op plan ------------------------------------------------------------------------------------
 NO_OP_PLAN = """
 [plan]
@@ -221,6 +256,32 @@ def test_a_plan_whose_target_is_the_current_configuration_says_no_changes_and_ex
     assert summary["type"] == "summary" and summary["exit_code"] == 0 and summary["changes"] is False
     assert all(ks["calls"] == [] and ks["rollback"] == [] for ks in summary["keystores"])
     assert not mutating_calls(log)
+
+
+def test_running_a_no_op_plan_ends_no_changes_exit_0_everywhere(tmp_path):
+    plan = tmp_path / "no-op.toml"
+    plan.write_text(NO_OP_PLAN)
+    state = f"sqlite:///{tmp_path}/j.db"
+    with Sim(tmp_path, WORLD) as sim:
+        done = cli("run", str(plan), "--json", *_sim_args(sim, state), cwd=tmp_path)
+        text = cli("run", str(plan), *_sim_args(sim, state), cwd=tmp_path)
+        log = sim.log()
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr
+    summary = json.loads(done.stdout.splitlines()[-1])
+    assert (summary["outcome"], summary["exit_code"]) == ("no_changes", 0)
+    assert summary["message"].startswith("No changes: the key store already has the target configuration")
+    assert [(ks["state"], ks["outcome"], ks["window_seconds"]) for ks in summary["keystores"]] == [
+        ("blocked", "no_changes", None)]
+    assert text.returncode == 0 and "No changes: the key store already has the target configuration" in text.stdout
+    assert not mutating_calls(log)
+
+    status = cli("status", summary["run_id"], "--json", "--state", state, cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    shown = json.loads(status.stdout.splitlines()[-1])
+    assert (shown["outcome"], shown["exit_code"], shown["message"]) == ("no_changes", 0, summary["message"])
+    listed = cli("history", "--json", "--state", state, cwd=tmp_path).stdout
+    history = [json.loads(line) for line in listed.splitlines()]
+    assert [(r["outcome"], r["exit_code"]) for r in history if r.get("type") == "run"] == [("no_changes", 0)] * 2
 
 
 def test_a_plan_that_changes_the_store_still_lists_its_calls(tmp_path):

@@ -4,11 +4,12 @@ The world runs in its own `xksmigrate sim serve` process (crash_helpers.Sim) and
 subprocesses, on SQLite and PostgreSQL (the `journal_url` fixture). The world's own log is the witness of
 which mutating calls were made, in which order, on which store.
 
-- an operator rollback of a two-store run restores both stores, the last one first (finding 1);
+- an operator rollback of a two-store run restores both stores, the last one first (finding 1); it is a run
+  of its own (tests/engine/test_rollback_run.py), so the forward run's record stays `completed`;
 - a rollback killed right after its request is journaled, or between its two stores, is finished by
-  `resume`, never reported `completed` (finding 17);
+  `resume` of the rollback run, never reported `completed` (finding 17);
 - a rollback is refused with nothing changed when a later run changed the store since, or when the
-  store drifted from what the run left (finding 12);
+  store drifted from what the run left (finding 12): the rollback run ends `blocked`, exit 3;
 - every store is preflighted before the first disconnect; a store that stops unchanged after another
   changed ends the run `partial`, exit 5 (finding 4);
 - the same store named twice (by id and by name) blocks `plan` and `run` with exit 3 (finding 16).
@@ -79,12 +80,18 @@ def completed_two_store_run(sim: Sim, url: str, workdir: Path) -> str:
     return str((run.summary() or {})["run_id"])
 
 
-def assert_both_restored(sim: Sim, url: str, run_id: str) -> None:
+def assert_both_restored(sim: Sim, url: str, run_id: str, back_id: str) -> None:
+    """The rollback run `back_id` restored both stores; the forward run `run_id` still says what it did."""
     for store in (PAYMENTS, LEDGER):
         assert live(sim, store) == ("CONNECTED", ORIGINAL[store])
-    run, _ = journal_of(url, run_id)
+    run, _ = journal_of(url, back_id)
     assert (run.outcome, [m.state for m in run.migrations]) == ("rolled_back", ["rolled_back", "rolled_back"])
+    assert run.options["rolls_back"] == run_id
     assert all(m.verified_at and m.window_seconds for m in run.migrations)
+    forward, events = journal_of(url, run_id)
+    assert (forward.outcome, [m.state for m in forward.migrations]) == ("completed", ["completed", "completed"])
+    assert all(m.verified_at and m.window_seconds for m in forward.migrations)
+    assert [e.detail["run_id"] for e in events if e.outcome == "rolled_back_by"] == [back_id]
     # Side effects once: the run's six calls, then the rollback's, the last store first.
     assert mutations(sim) == ([(op, PAYMENTS) for op in ROUND] + [(op, LEDGER) for op in ROUND]
                               + [(op, LEDGER) for op in ROUND] + [(op, PAYMENTS) for op in ROUND])
@@ -97,8 +104,10 @@ def test_operator_rollback_of_a_two_store_run_restores_both_stores_last_first(jo
         run_id = completed_two_store_run(sim, journal_url, tmp_path)
         back = tool(sim, journal_url, tmp_path, "rollback", "rollback", run_id)
         assert back.popen.returncode == 4, failure(back)
-        assert (back.summary() or {})["outcome"] == "rolled_back"
-        assert_both_restored(sim, journal_url, run_id)
+        summary = back.summary() or {}
+        assert (summary["outcome"], summary["rolls_back"]) == ("rolled_back", run_id)
+        assert summary["run_id"] != run_id
+        assert_both_restored(sim, journal_url, run_id, summary["run_id"])
 
 
 # -- finding 17: the request is journaled first, a resume finishes the rollback -----------------------
@@ -106,8 +115,7 @@ def test_operator_rollback_of_a_two_store_run_restores_both_stores_last_first(jo
 def test_a_rollback_killed_part_way_is_finished_by_resume(where: str, journal_url: str, tmp_path: Path) -> None:
     with Sim(tmp_path, world=TWO_WORLD) as sim:
         run_id = completed_two_store_run(sim, journal_url, tmp_path)
-        _, events = journal_of(journal_url, run_id)
-        point = len(events) + 1  # the rollback's first journal point: its request
+        point = 1  # the rollback run's first journal point: its request
         if where == "between the stores":  # ... or the ledger store's rolled_back transition
             clean = tmp_path / "clean"
             clean.mkdir()
@@ -115,18 +123,20 @@ def test_a_rollback_killed_part_way_is_finished_by_resume(where: str, journal_ur
                 other_url = f"sqlite:///{clean}/journal.db"
                 first = completed_two_store_run(other, other_url, clean)
                 assert tool(other, other_url, clean, "rollback", "rollback", first).popen.returncode == 4
-                _, all_events = journal_of(other_url, first)
+                _, all_events = journal_of(other_url)  # the rollback run: the latest
                 point = next(e.seq for e in all_events if e.to_state == "rolled_back")
         killed = tool(sim, journal_url, tmp_path, "rollback", "rollback", run_id, kill_after=point)
         assert killed.popen.returncode == -9, failure(killed)
-        run, events = journal_of(journal_url, run_id)
+        run, events = journal_of(journal_url)  # the rollback run, killed
+        assert run.id != run_id and run.options["rolls_back"] == run_id
         assert run.outcome == "running" and len(events) == point
         assert any(e.kind == "note" and e.outcome == "operator_rollback" for e in events)
 
-        resumed = tool(sim, journal_url, tmp_path, "resume", "resume", run_id)
+        resumed = tool(sim, journal_url, tmp_path, "resume", "resume", run.id)
         assert resumed.popen.returncode == 4, failure(resumed)
-        assert (resumed.summary() or {})["outcome"] == "rolled_back"
-        assert_both_restored(sim, journal_url, run_id)
+        assert ((resumed.summary() or {})["outcome"], (resumed.summary() or {})["rolls_back"]) == ("rolled_back",
+                                                                                                   run_id)
+        assert_both_restored(sim, journal_url, run_id, run.id)
 
 
 # -- finding 12: a later run, or drift, refuses the rollback with nothing changed ---------------------
@@ -157,8 +167,10 @@ def test_rollback_of_an_older_run_is_refused_when_a_later_run_changed_the_store(
         message = (back.summary() or {})["message"]
         assert later_id in message and "later run" in message, message
         assert mutations(sim) == calls_before  # nothing changed
-        run, _ = journal_of(journal_url, first_id)
+        run, events = journal_of(journal_url, first_id)
         assert (run.outcome, run.exit_code, run.migrations[0].state) == ("completed", 0, "completed")
+        assert not [e for e in events if e.outcome == "rolled_back_by"]  # it was not rolled back
+        assert_refused_run(journal_url, (back.summary() or {})["run_id"], first_id, message)
 
 
 def mutate_store(sim: Sim, store_id: str, **changes: Any) -> None:
@@ -184,6 +196,16 @@ def test_rollback_is_refused_when_the_store_drifted_from_what_the_run_left(journ
         assert mutations(sim) == calls_before
         run, _ = journal_of(journal_url, run_id)
         assert (run.outcome, run.migrations[0].state) == ("completed", "completed")
+        assert_refused_run(journal_url, (back.summary() or {})["run_id"], run_id, message)
+
+
+def assert_refused_run(url: str, back_id: str, run_id: str, message: str) -> None:
+    """A refused rollback is a run of its own that changed nothing: `blocked`, exit 3, its store `blocked`."""
+    back, events = journal_of(url, back_id)
+    assert (back.outcome, back.exit_code, back.options["rolls_back"]) == ("blocked", 3, run_id)
+    assert [(m.state, m.disconnected_at) for m in back.migrations] == [("blocked", None)]
+    assert back.migrations[0].error == message
+    assert not [e for e in events if e.kind == "call"]
 
 
 # -- finding 4: every store preflighted first; a partial run says so ------------------------------------
@@ -198,6 +220,27 @@ def test_a_store_that_fails_preflight_blocks_the_whole_run_before_any_disconnect
         view, _ = journal_of(journal_url)
         assert [m.state for m in view.migrations] == ["blocked", "blocked"]
         assert view.migrations[1].error and LEDGER in (view.migrations[0].error or ""), view.migrations[0].error
+
+
+def test_a_plan_with_one_store_already_on_its_target_is_blocked_naming_it(journal_url: str, tmp_path: Path) -> None:
+    """As `plan` says: a no-op store in a plan that would change others blocks the run (drop it, then run)."""
+    plan = tmp_path / "ledger-already-public.toml"
+    ledger_target = """connectivity = "VPC_ENDPOINT_SERVICE"
+uri_endpoint = "https://ledger-private.xks.example.com"
+vpc_endpoint_service_name = "com.amazonaws.vpce.us-east-1.vpce-svc-0fedcba9876543210"
+"""
+    assert ledger_target in TWO_PLAN.read_text()
+    plan.write_text(TWO_PLAN.read_text().replace(ledger_target, """connectivity = "PUBLIC_ENDPOINT"
+uri_endpoint = "https://ledger.xks.example.com"
+"""))
+    with Sim(tmp_path, world=TWO_WORLD) as sim:
+        run = tool(sim, journal_url, tmp_path, "run", "run", str(plan))
+        assert run.popen.returncode == 3, failure(run)
+        assert mutations(sim) == []
+        view, _ = journal_of(journal_url)
+    assert view.outcome == "blocked"
+    assert [(m.state, m.outcome) for m in view.migrations] == [("blocked", "blocked"), ("blocked", "no_changes")]
+    assert f"{LEDGER} already has the target configuration" in (view.migrations[0].error or ""), view.migrations[0]
 
 
 def test_a_store_that_stops_unchanged_after_another_changed_ends_partial(journal_url: str, tmp_path: Path) -> None:
