@@ -263,11 +263,17 @@ def test_a_runner_whose_postgresql_session_dies_makes_no_further_aws_call_and_ex
         assert mutating(after) == [], after
         assert aws_calls(after).count("DescribeCustomKeyStores") <= 1 and set(aws_calls(after)) <= {
             "DescribeCustomKeyStores"}  # at most the one already past its lock check
-        assert_stopped_in_window(code, out, err, run_id, says="lost the PostgreSQL session")
+        # Which failure the runner meets first is a race: its lock check finding the advisory lock gone, or
+        # the read of the lock row on the killed connection failing (the journal stop); both stop it here.
+        summary = assert_stopped_in_window(code, out, err, run_id,
+                                           says=("lost the PostgreSQL session", "terminating connection"))
         with Journal.open(pg_url) as journal:
             notes = [e for e in journal.events(run_id) if e.outcome == "lock_lost"]
-            assert len(notes) == 1 and "xksmigrate resume" in notes[0].detail["message"]
-            assert journal.get_run(run_id).outcome == "interrupted"
+            if "lost the PostgreSQL session" in summary["message"]:
+                assert len(notes) == 1 and "xksmigrate resume" in notes[0].detail["message"]
+                assert journal.get_run(run_id).outcome == "interrupted"
+            else:  # the journal stop writes nothing more: the run is left as the journal last said
+                assert notes == [] and journal.get_run(run_id).outcome in ("running", "interrupted")
         assert_resume_finishes(server, tmp_path, pg_url, run_id)
     finally:
         if proc.poll() is None:
