@@ -14,6 +14,9 @@ Plan file keys:
     max_disconnected = "15m"           # downtime budget (default 15m)
     poll_interval = "5s"               # DescribeCustomKeyStores interval (default 5s, minimum 1s)
     extra_trusted_roots = ["ca.pem"]   # optional PEM files trusted besides KMS's 130 roots (rehearsals)
+    role_name = "xks-migrator"         # optional: the role assumed in each store's account_id (when the store
+                                       # gives no role_arn); the custom key store APIs are not cross-account
+    external_id = "..."                # optional: the external id those roles want (not a secret)
 
     [preflight]                        # optional
     accept_unverified = ["proxy.credential"]  # checks that could not be made, run anyway (journaled with who
@@ -22,6 +25,11 @@ Plan file keys:
     [[keystores]]
     id = "cks-..." | name = "..."      # exactly one
     probe = "host:port"                # optional address to reach the target endpoint for TLS checks
+    region = "eu-west-1"               # optional: the store's Region (default: [plan] region)
+    account_id = "444455556666"        # optional: the store's account (default: [plan] account_id)
+    role_arn = "arn:aws:iam::444455556666:role/xks-migrator"  # optional: reach the account through this
+                                       # role (default: [plan] role_name in account_id; else own credentials)
+    external_id = "..."                # optional: overrides [plan] external_id for this role
 
     [keystores.target]
     connectivity = "VPC_ENDPOINT_SERVICE" | "PUBLIC_ENDPOINT"
@@ -100,11 +108,20 @@ class KeystorePlan:
     original_credential: CredentialRef | None = None
     accept_no_rollback: bool = False
     probe: str | None = None
+    region: str = ""  # the store's Region: the plan's unless the store names one
+    account_id: str | None = None  # the store's account: the plan's unless the store names one
+    role_arn: str | None = None  # the role assumed in that account (None: the caller's own credentials)
+    external_id: str | None = None
 
     @property
     def ref(self) -> str:
         """How the plan names the store: its id, or its name."""
         return self.id or self.name or ""
+
+    @property
+    def cell(self) -> tuple[str | None, str]:
+        """(account, Region): the stores of one cell share its request budget and its poller."""
+        return (self.account_id, self.region)
 
 
 @dataclass(frozen=True)
@@ -120,6 +137,17 @@ class Plan:
     path: str = ""
     text: str = field(default="", repr=False)
     fingerprint: str = ""  # sha256 hex of the file's bytes
+
+    def for_store(self, ks: KeystorePlan) -> Plan:
+        """The plan as one store sees it: its Region and account (what preflight and the driver check)."""
+        if (ks.region or self.region, ks.account_id) == (self.region, self.account_id):
+            return self
+        return replace(self, region=ks.region or self.region, account_id=ks.account_id)
+
+    @property
+    def cells(self) -> list[tuple[str | None, str]]:
+        """Every (account, Region) the plan reaches, in plan order."""
+        return list(dict.fromkeys(ks.cell for ks in self.keystores))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,6 +165,9 @@ RE_ACCESS_KEY_ID = re.compile(r"^[A-Z2-7]+$")
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 RE_KEY_ID = re.compile(rf"^{_UUID}$|^arn:aws[a-z-]*:kms:[a-z]{{2}}(-[a-z]+){{1,2}}-\d{{1,2}}:[0-9]{{12}}:key/{_UUID}$")
 RE_CHECK_ID = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)+$")  # a preflight check id: proxy.credential
+RE_ROLE_NAME = re.compile(r"^[\w+=,.@-]{1,64}$")
+RE_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/(?:[\w+=,.@/-]*/)?[\w+=,.@-]{1,64}$")
+RE_EXTERNAL_ID = re.compile(r"^[\w+=,.@:/-]{2,1224}$")
 RE_PROBE = re.compile(r"^([a-zA-Z0-9.-]+|\[[0-9a-fA-F:.]+\]):([0-9]{1,5})$")
 RE_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
@@ -207,7 +238,8 @@ def _plan_from_dict(top: Table) -> Plan:
     top.expect("plan", "preflight", "keystores")
     head = top.table("plan", required=True)
     assert head is not None
-    head.expect("name", "region", "account_id", "max_disconnected", "poll_interval", "extra_trusted_roots")
+    head.expect("name", "region", "account_id", "max_disconnected", "poll_interval", "extra_trusted_roots",
+                "role_name", "external_id")
     name = head.text("name", required=True)
     region = head.text("region", RE_REGION, required=True, lengths=(1, 32))
     account_id = head.text("account_id", RE_ACCOUNT, lengths=(12, 12))
@@ -220,13 +252,16 @@ def _plan_from_dict(top: Table) -> Plan:
                                          "per account and Region, shared with every other caller")
     if poll >= max_disc:
         raise head.fail("poll_interval", "must be shorter than max_disconnected")
+    role_name = head.text("role_name", RE_ROLE_NAME, lengths=(1, 64))
+    external_id = head.text("external_id", RE_EXTERNAL_ID, lengths=(2, 1224))
     roots = head.get("extra_trusted_roots", list, default=[])
     if not all(isinstance(r, str) and r and r.isprintable() for r in roots):
         raise head.fail("extra_trusted_roots", "must be an array of file names")
     head.done()
 
     accepted = _preflight(top.table("preflight"))
-    stores = [_keystore(t, region) for t in top.tables("keystores")]
+    reach = _PlanReach(region or "", account_id, role_name, external_id)
+    stores = [_keystore(t, reach) for t in top.tables("keystores")]
     if not stores:
         raise top.fail("keystores", "at least one [[keystores]] table is required")
     top.done()
@@ -257,8 +292,39 @@ def _duration(t: Table, key: str, default: str) -> float:
     return parse_duration(value, f"{t.source}: {t.where(key)}")
 
 
-def _keystore(t: Table, region: str | None) -> KeystorePlan:
-    t.expect("id", "name", "probe", "target", "original_credential", "accept_no_rollback", "verify")
+@dataclass(frozen=True)
+class _PlanReach:
+    """The [plan] defaults a store's Region, account and role fall back to."""
+
+    region: str
+    account_id: str | None
+    role_name: str | None
+    external_id: str | None
+
+
+def _store_reach(t: Table, plan: _PlanReach) -> tuple[str, str | None, str | None, str | None]:
+    """A store's (region, account_id, role_arn, external_id), its own keys first, then the plan's."""
+    region = t.text("region", RE_REGION, lengths=(1, 32)) or plan.region
+    account = t.text("account_id", RE_ACCOUNT, lengths=(12, 12))
+    role_arn = t.text("role_arn", RE_ROLE_ARN, lengths=(20, 2048), hint=" (arn:aws:iam::ACCOUNT:role/NAME)")
+    external_id = t.text("external_id", RE_EXTERNAL_ID, lengths=(2, 1224)) or plan.external_id
+    if role_arn is not None:
+        role_account = role_arn.split(":")[4]
+        if account is not None and account != role_account:
+            raise t.fail("role_arn", f"is a role in account {role_account}, but the store's account_id is {account}")
+        account = role_account
+    elif account is not None and plan.role_name is not None:
+        role_arn = f"arn:aws:iam::{account}:role/{plan.role_name}"
+    elif account is not None and plan.account_id is not None and account != plan.account_id:
+        raise t.fail("account_id", f"is another account than the plan's {plan.account_id}: the custom key store "
+                                   "APIs cannot be used across accounts, so give role_arn (or [plan] role_name)")
+    return region, account or plan.account_id, role_arn, external_id if role_arn else None
+
+
+def _keystore(t: Table, plan: _PlanReach) -> KeystorePlan:
+    t.expect("id", "name", "probe", "target", "original_credential", "accept_no_rollback", "verify", "region",
+             "account_id", "role_arn", "external_id")
+    region, account_id, role_arn, external_id = _store_reach(t, plan)
     store_id = t.text("id", RE_STORE_ID, lengths=(21, 21))
     name = t.text("name", lengths=(1, 256))
     if (store_id is None) == (name is None):
@@ -290,13 +356,14 @@ def _keystore(t: Table, region: str | None) -> KeystorePlan:
             if not isinstance(key_id, str) or not RE_KEY_ID.fullmatch(key_id):
                 raise verify.fail(f"key_ids[{i}]", f"{show(key_id)} is not a key id (UUID) or key ARN")
             if region and key_id.startswith("arn:") and key_id.split(":")[3] != region:
-                raise verify.fail(f"key_ids[{i}]", f"{show(key_id)} is not in the plan's region {region}")
+                raise verify.fail(f"key_ids[{i}]", f"{show(key_id)} is not in the key store's region {region}")
         if len(set(key_ids)) != len(key_ids):
             raise verify.fail("key_ids", "lists a key twice")
         verify.done()
     t.done()
     return KeystorePlan(id=store_id, name=name, target=target, verify_key_ids=tuple(key_ids),
-                        original_credential=original, accept_no_rollback=accept, probe=probe)
+                        original_credential=original, accept_no_rollback=accept, probe=probe, region=region,
+                        account_id=account_id, role_arn=role_arn, external_id=external_id)
 
 
 def _target(t: Table, region: str | None) -> Target:
@@ -317,8 +384,8 @@ def _target(t: Table, region: str | None) -> Target:
             if t.has(key):
                 raise t.fail(key, f"must not be set when connectivity is {PUBLIC} (KMS clears it)")
     if service is not None and region and service.split(".")[3] != region:
-        raise t.fail("vpc_endpoint_service_name", f"is in Region {service.split('.')[3]}, but the plan's region "
-                                                  f"is {region}; the service must be in the key store's Region")
+        raise t.fail("vpc_endpoint_service_name", f"is in Region {service.split('.')[3]}, but the key store's "
+                                                  f"Region is {region}; the service must be in that Region")
     cred = t.table("credential")
     credential = _credential(cred, require_key_id=True, require_secret=True) if cred is not None else None
     t.done()
@@ -355,15 +422,20 @@ def _credential(t: Table, *, require_key_id: bool, require_secret: bool) -> Cred
 
 
 def _check_unique(top: Table, stores: list[KeystorePlan]) -> None:
-    """KMS refuses two stores sharing an endpoint or a service (facts §1.3); catch it before any call."""
+    """KMS refuses two stores sharing an endpoint or a service in a Region, across accounts too (facts §1.3);
+    a name is unique per account and Region, an id everywhere. Caught before any call."""
     seen: dict[tuple[str, str], int] = {}
     for i, store in enumerate(stores):
-        checks = [("id", store.id), ("name", store.name), ("target.uri_endpoint", store.target.uri_endpoint),
-                  ("target.vpc_endpoint_service_name", store.target.vpc_endpoint_service_name)]
-        for key, value in checks:
+        in_region = f"{store.region} " if len({s.region for s in stores}) > 1 else ""
+        checks = [("id", store.id, ""),
+                  ("name", store.name, f"{store.account_id or ''} {store.region}"),
+                  ("target.uri_endpoint", store.target.uri_endpoint, store.region),
+                  ("target.vpc_endpoint_service_name", store.target.vpc_endpoint_service_name, store.region)]
+        for key, value, scope in checks:
             if value is None:
                 continue
-            first = seen.setdefault((key, value), i)
+            first = seen.setdefault((key, f"{scope} {value}"), i)
             if first != i:
                 where = f"keystores[{i}].{key}"
-                raise PlanError(one_line(f"{top.source}: {where}: {show(value)} is also used by keystores[{first}]"))
+                raise PlanError(one_line(f"{top.source}: {where}: {show(value)} is also used by keystores[{first}]"
+                                         + (f" in {in_region.strip()}" if in_region and key != "id" else "")))

@@ -46,6 +46,9 @@ class ClientFactory:
     _clients: dict[str, Any] = field(default_factory=dict, repr=False)
     # The cell's one DescribeCustomKeyStores stream, made on first use by aws/cell_poller.poller_for.
     shared_poller: object | None = field(default=None, repr=False)
+    # Other cells reached from this one (aws/roles.clients_for), and the role this factory's clients sign as.
+    cells: dict[tuple[str | None, ...], ClientFactory] = field(default_factory=dict, repr=False)
+    role: object | None = field(default=None, repr=False)  # aws/roles.AssumedRole
 
     def client(self, service: str) -> Any:
         with _SESSION_LOCK:

@@ -191,6 +191,7 @@ def real_env(plan: Plan, *, journal: Journal, renderer: Renderer, yes: bool, pro
     from migrator.cli import vantage
     from migrator.engine.clock import Clock
     from migrator.engine.runner import Environment
+    from migrator.preflight.accounts import secret_clients
 
     explicit = vantage.explicit_resolve(resolve)
     scale = time_scale or 1.0
@@ -205,7 +206,8 @@ def real_env(plan: Plan, *, journal: Journal, renderer: Renderer, yes: bool, pro
     clients = ClientFactory(region=plan.region, profile=profile, endpoint_url=endpoint_url,
                             cell_rate=DEFAULT_RATE, time_scale=scale, account_id=plan.account_id)
     return Environment(journal=journal, clients=clients, clock=Clock(scale), observer=renderer,
-                       secret_resolver=lambda ref: resolve_secret(ref, client_factory=clients),
+                       secret_resolver=lambda ref: resolve_secret(ref, client_factory=secret_clients(plan, ref,
+                                                                                                     clients)),
                        approve=approver(yes, renderer), who=who(), retry_stuck=retry_stuck,
                        extra_roots_pem=roots + list(world.trusted_roots_pem if world else ()),
                        resolve=vantage.resolver(explicit, world.resolve if world else None))
@@ -259,6 +261,7 @@ def environment(plan: Plan, *, dry_run: bool, json_output: bool, command: str, y
     from migrator.aws.secret_refs import SecretError, resolve_secret
     from migrator.cli import vantage
     from migrator.engine.runner import Environment
+    from migrator.preflight.accounts import secret_clients
 
     # only a --state given on this command line, never XKSMIGRATE_STATE (gh-ost #1769: a dry run touched real progress)
     journal = open_journal(state or os.environ.get("XKSMIGRATE_REHEARSAL_STATE")
@@ -274,7 +277,8 @@ def environment(plan: Plan, *, dry_run: bool, json_output: bool, command: str, y
                               time_scale=time_scale) as rh:
             renderer = make_renderer()
             yield Environment(journal=journal, clients=rh.clients, clock=rh.clock, observer=renderer,
-                              secret_resolver=lambda ref: resolve_secret(ref, client_factory=rh.clients),
+                              secret_resolver=lambda ref: resolve_secret(
+                                  ref, client_factory=secret_clients(plan, ref, rh.clients)),
                               approve=approver(yes, renderer), who=who(), dry_run=True,
                               extra_roots_pem=rh.extra_roots_pem + extra_roots(plan),
                               resolve=vantage.first(vantage.explicit_resolve(resolve), rh.resolve)), renderer

@@ -109,7 +109,7 @@ def describe_summary(summary: dict[str, Any]) -> list[str]:
     lines = [f"run {summary['run_id']}: {summary['outcome']} (exit {summary['exit_code']})"]
     for ks in summary.get("keystores", []):
         budget = f" of a {fmt_seconds(ks['budget_seconds'])} budget" if ks.get("budget_seconds") is not None else ""
-        lines.append(f"  {ks['id'] or ks['ref']}: {ks['outcome']}, disconnected "
+        lines.append(f"  {ks['id'] or ks['ref']}{cell_label(ks, summary)}: {ks['outcome']}, disconnected "
                      f"{fmt_seconds(ks.get('disconnected_seconds'))}{unit}{budget}")
         if over := over_budget_line(BudgetFacts(ks.get("budget_seconds"), ks.get("window_seconds"),
                                                 float(ks.get("over_budget_seconds") or 0.0),
@@ -132,6 +132,15 @@ def describe_summary(summary: dict[str, Any]) -> list[str]:
     if summary.get("message") and summary["outcome"] not in ("completed",):
         lines.append(summary["message"])
     return lines
+
+
+def cell_label(ks: dict[str, Any], summary: dict[str, Any]) -> str:
+    """" (account A, Region)" when the run reaches more than one account-Region cell, else ""."""
+    cells = {(k.get("account_id"), k.get("region")) for k in summary.get("keystores", [])}
+    if len(cells) < 2:
+        return ""
+    account = f"account {ks['account_id']}, " if ks.get("account_id") else ""
+    return f" ({account}{ks.get('region') or '?'})"
 
 
 def control_lines(controls: list[dict[str, Any]]) -> list[str]:

@@ -58,7 +58,8 @@ def _render_json(report: PlanReport) -> None:
                                                  for s in report.stores for f in s.accepted],
                          "unused_acceptances": [{"check": c, "message": why}
                                                 for c, why in report.unused_acceptances()],
-                         "keystores": [{"ref": s.ref, "id": s.store_id, "blocked": s.blocked, "current": s.current,
+                         "keystores": [{"ref": s.ref, "id": s.store_id, "account_id": s.account_id, "region": s.region,
+                                        "blocked": s.blocked, "current": s.current,
                                         "calls": [] if nothing else s.calls, "rollback": [] if nothing else s.rollback}
                                        for s in report.stores]}))
 
@@ -74,8 +75,9 @@ def _render_human(report: PlanReport) -> None:
     console = Console(width=None if sys.stdout.isatty() else 160)
     nothing = no_changes(report)
     for s in report.stores:
+        account = f"account {escape(s.account_id)}, " if s.account_id else ""
         console.print(f"\n[bold]{escape(s.store_id or s.ref)}[/bold]  plan {escape(report.plan.name)}, "
-                      f"region {escape(report.plan.region)}")
+                      f"{account}region {escape(s.region or report.plan.region)}")
         table = Table(show_lines=False, expand=False)
         table.add_column("status")
         table.add_column("check")

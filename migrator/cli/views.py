@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from migrator.cli import environment as support
 from migrator.cli.output import (
+    cell_label,
     control_lines,
     describe_event,
     fmt_seconds,
@@ -214,7 +215,8 @@ def _print_status(run: RunView, summary: dict[str, Any], journal: Journal, warni
     for ks in summary["keystores"]:
         budget = ks.get("budget_seconds")
         no_op = ks.get("outcome") == "no_changes"  # state `blocked`: nothing changed, nothing needed to
-        out.write(printable(f"  {ks['id'] or ks['ref']}: {'no changes' if no_op else ks['state']}  disconnected "
+        out.write(printable(f"  {ks['id'] or ks['ref']}{cell_label(ks, summary)}: "
+                            f"{'no changes' if no_op else ks['state']}  disconnected "
                             f"{fmt_seconds(ks.get('window_seconds'))}"
                             + (f" of {fmt_seconds(budget)} budget{unit}" if budget is not None else "")
                             + (f"  ({ks['error']})" if ks.get("error") and not no_op else "")) + "\n")

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from migrator.aws.kms import AwsCallError, needs_disconnect, update_parameters
+from migrator.aws.roles import RoleUnavailable
 from migrator.aws.store_config import Observation, StoreConfig
 from migrator.engine import controls, machine, runbook
 from migrator.engine.errors import Blocked, DeadlineExceeded, NothingToDo, StepFailed
@@ -27,6 +28,7 @@ from migrator.engine.store_ops import Credential, DriftDetected, StoreOps
 from migrator.engine.verify import select_verify_keys
 from migrator.engine.waits import Deadline, retry_step
 from migrator.plan import KeystorePlan
+from migrator.preflight.accounts import refusal as role_refusal
 from migrator.preflight.base import NO_CHANGES, nothing_to_do
 
 if TYPE_CHECKING:
@@ -43,11 +45,13 @@ class Driver:
 
     def __init__(self, services: RunServices, migration: MigrationView, keystore_plan: KeystorePlan):
         self.services, self.ks = services, keystore_plan
-        self.plan, self.clock, self.kms = services.plan, services.clock, services.kms
+        # The store's own Region and account (a plan may reach several), and the KMS of that cell.
+        self.plan, self.clock = services.plan.for_store(keystore_plan), services.clock
+        self.kms = services.kms_for(keystore_plan)
         self.mid: int = migration.id
         self.ops = StoreOps(services, migration.id, migration.keystore_id or "", window=self.window,
                             state=lambda: self.state, expected=self.expected, checkpoint=self.checkpoint,
-                            bound=self.budget_deadline)
+                            bound=self.budget_deadline, kms=self.kms, plan=self.plan)
         self.snapshot: dict[str, object] | None = migration.snapshot
         self.disconnected_at: float | None = migration.disconnected_at
         self.attempts: dict[str, object] = dict(migration.attempts or {})
@@ -61,15 +65,16 @@ class Driver:
     def run(self, stop_at: tuple[str, ...] = ()) -> str:
         """Run rows until a terminal state (or one of `stop_at`); returns it. KeyboardInterrupt and LockLostStop
         pass through."""
-        if self.state == "stuck" and self.services.retry_stuck:
-            self.enter_retry_stuck()
-        while not (row := machine.row(self.state)).terminal and self.state not in stop_at:
-            try:
-                self._run_row(row)
-            except Blocked as exc:
-                self.stop_unchanged(str(exc), "no_changes" if isinstance(exc, NothingToDo) else "blocked")
-            except Exception as exc:
-                self.on_failure(exc)
+        with self.services.turn(self.mid):
+            if self.state == "stuck" and self.services.retry_stuck:
+                self.enter_retry_stuck()
+            while not (row := machine.row(self.state)).terminal and self.state not in stop_at:
+                try:
+                    self._run_row(row)
+                except Blocked as exc:
+                    self.stop_unchanged(str(exc), "no_changes" if isinstance(exc, NothingToDo) else "blocked")
+                except Exception as exc:
+                    self.on_failure(exc)
         return self.state
 
     def _run_row(self, row: Row) -> None:
@@ -237,7 +242,13 @@ class Driver:
 
     # -- before the disconnect ---------------------------------------------------------------------
     def step_snapshot(self) -> Fields:
-        obs = self.kms.find_store(store_id=self.ks.id, name=None if self.ks.id else self.ks.name)
+        try:
+            obs = self.kms.find_store(store_id=self.ks.id, name=None if self.ks.id else self.ks.name)
+        except RoleUnavailable as exc:  # nothing can be called in that account: preflight's finding, journaled
+            found = role_refusal(self.ks, exc, self.services.plan)
+            self.services.record(self.mid, kind="finding", outcome=found.status,
+                                 detail={"check": found.check, "message": found.message, "remedy": found.remedy})
+            raise Blocked(f"{found.check}: {found.message}") from None
         if obs is None:
             raise Blocked(f"keystore.exists: key store {self.ks.ref} does not exist in {self.plan.region}")
         if not obs.is_external:

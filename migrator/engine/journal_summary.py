@@ -13,7 +13,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from migrator.engine import budget, machine
-from migrator.engine.results import CONFIG_KEYS, EXIT_CODES, RunResult, StoreResult, original_view, verify_key_ids
+from migrator.engine.results import (
+    CONFIG_KEYS,
+    EXIT_CODES,
+    RunResult,
+    StoreResult,
+    cell_of,
+    original_view,
+    verify_key_ids,
+)
 from migrator.engine.whole_run import no_changes_message, partial_message, rolled_back_message
 
 if TYPE_CHECKING:
@@ -66,7 +74,7 @@ def _store(run: RunView, m: MigrationView, events: Sequence[EventView], facts: b
     return StoreResult(ref=m.keystore_ref, id=m.keystore_id or "", state=m.state, outcome=outcome,
                        original=original_view(m.snapshot), final=_final(m, events),
                        disconnected_seconds=facts.window_seconds, api_calls=dict(m.api_calls or {}), error=m.error,
-                       manual=manual, budget=facts, verify_key_ids=verify_key_ids(m.snapshot))
+                       manual=manual, budget=facts, verify_key_ids=verify_key_ids(m.snapshot), **cell_of(m.target))
 
 
 def _final(m: MigrationView, events: Sequence[EventView]) -> dict[str, object] | None:

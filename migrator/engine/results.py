@@ -43,6 +43,8 @@ class StoreResult:
     manual: dict[str, object] | None = None  # for a stuck store: its state and the commands to run by hand
     budget: BudgetFacts | None = None  # the budget, the window and any overrun with its reason (engine/budget.py)
     verify_key_ids: list[str] = field(default_factory=list)
+    account_id: str | None = None  # the store's cell, as the run journaled it (None: the caller's account)
+    region: str | None = None
 
     @property
     def facts(self) -> BudgetFacts:
@@ -51,7 +53,8 @@ class StoreResult:
     def to_dict(self, simulated: bool) -> dict[str, object]:
         facts = self.facts
         data: dict[str, object] = {
-            "id": self.id, "ref": self.ref, "state": self.state, "outcome": self.outcome,
+            "id": self.id, "ref": self.ref, "account_id": self.account_id, "region": self.region,
+            "state": self.state, "outcome": self.outcome,
             "original": self.original, "final": self.final, "disconnected_seconds": facts.window_seconds,
             **facts.to_dict(), "simulated": simulated, "api_calls": self.api_calls, "error": self.error,
             "verify_key_ids": self.verify_key_ids}
@@ -98,6 +101,11 @@ def original_view(snapshot: dict[str, Any] | None) -> dict[str, object] | None:
 def verify_key_ids(snapshot: dict[str, Any] | None) -> list[str]:
     """The keys the run proves the store with (recorded in the snapshot)."""
     return [str(k.get("key_id")) for k in (snapshot or {}).get("verify_keys") or []]
+
+
+def cell_of(target: dict[str, Any] | None) -> dict[str, Any]:
+    """The store's account and Region from its journaled target (engine/runner.py records them)."""
+    return {"account_id": (target or {}).get("account_id"), "region": (target or {}).get("region")}
 
 
 def over_budget_line(facts: BudgetFacts, simulated: bool) -> str | None:

@@ -12,15 +12,17 @@ Acceptances of unverified checks (the plan's `[preflight] accept_unverified`, th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from migrator.aws.cell_poller import poller_for
+from migrator.aws.clients import ClientFactory
 from migrator.aws.kms import KmsApplier
 from migrator.aws.secret_refs import SecretError, SecretValue
 from migrator.aws.store_config import Observation
@@ -29,6 +31,7 @@ from migrator.engine.environment import Environment
 from migrator.engine.errors import Blocked, JournalLostStop, StepFailed
 from migrator.engine.hooks import HookFacts, HookResult
 from migrator.plan import KeystorePlan, Plan
+from migrator.preflight.accounts import Peer, reaches_other_accounts, region_peers, store_clients
 
 if TYPE_CHECKING:
     from migrator.journal.models import EventView, MigrationView
@@ -63,9 +66,13 @@ class RunContext:
         self.dry_run, self.retry_stuck = env.dry_run, env.retry_stuck
         self.rollback_budget = max(plan.max_disconnected, 900.0)
         self.requests: Counter[str] = env.clients.request_counter
+        # AWS requests per migration: what earlier processes journaled, what this one counted while the store's
+        # driver ran (the stores of a run take turns, so a request belongs to the store whose turn it is).
         self._base_calls: dict[int, Counter[str]] = {}
-        self._start_calls: dict[int, Counter[str]] = {}
+        self._spent_calls: dict[int, Counter[str]] = {}
+        self._turn: tuple[int, Counter[str]] | None = None
         self.kms = KmsApplier(env.clients.client("kms"), poller=poller_for(env.clients).describe)  # one per cell
+        self._cell_kms: dict[int, KmsApplier] = {}  # other cells' appliers, by their ClientFactory
         self.options: dict[str, object] = dict(options or {})
         self._lock_lost = False
         self.lock_lost_reason = ""
@@ -82,6 +89,30 @@ class RunContext:
         self._controls: list[controls.Control] = []
         self._controls_seq, self._controls_read_at = 0, float("-inf")
         self._controls_lock = threading.Lock()
+
+    # -- the cells: a store's account and Region, reached through its role --------------------------
+    def clients_for(self, keystore: KeystorePlan) -> ClientFactory:
+        return store_clients(self.plan, keystore, self.env.clients)
+
+    def kms_for(self, keystore: KeystorePlan | str) -> KmsApplier:
+        """The KMS of the store's cell (a plan ref is looked up): one applier and one poller per cell."""
+        if isinstance(keystore, str):
+            found = next((k for k in self.plan.keystores if k.ref == keystore), None)
+            if found is None:
+                return self.kms
+            keystore = found
+        clients = self.clients_for(keystore)
+        if clients is self.env.clients:
+            return self.kms
+        with self._emit_lock:
+            if id(clients) not in self._cell_kms:
+                self._cell_kms[id(clients)] = KmsApplier(clients.client("kms"), poller=poller_for(clients).describe)
+            return self._cell_kms[id(clients)]
+
+    def _region_peers(self, keystore: KeystorePlan) -> Callable[[], Sequence[Peer]] | None:
+        if not reaches_other_accounts(self.plan, keystore):
+            return None
+        return lambda: region_peers(self.plan, keystore, self.clients_for)
 
     # -- the lock and the journal: both must hold before anything reaches AWS ---------------------
     @property
@@ -126,7 +157,7 @@ class RunContext:
         says the store stands, known without reading the journal (for a summary when it cannot be read)."""
         names = {f.name for f in dataclasses.fields(migration)}
         fields = {k: v for k, v in self.journaled.get(migration.id, {}).items() if k in names}
-        if migration.id in self._start_calls:  # this process's AWS requests, counted in memory
+        if migration.id in self._base_calls:  # this process's AWS requests, counted in memory
             fields["api_calls"] = self.api_calls_for(migration.id)
         return dataclasses.replace(migration, **fields)  # type: ignore[arg-type]
 
@@ -203,12 +234,29 @@ class RunContext:
     def track(self, mid: int, persisted_calls: dict[str, int]) -> None:
         """Count this process's AWS requests for `mid` on top of what earlier processes counted."""
         self._base_calls[mid] = Counter(persisted_calls or {})
-        self._start_calls[mid] = Counter(self.requests)
+        self._spent_calls.setdefault(mid, Counter())
+
+    @contextlib.contextmanager
+    def turn(self, mid: int) -> Iterator[None]:
+        """The store `mid`'s driver runs: the requests made meanwhile are its own (verify threads included)."""
+        self._turn = (mid, Counter(self.requests))
+        try:
+            yield
+        finally:
+            self._spent_calls.setdefault(mid, Counter()).update(self._since_turn())
+            self._turn = None
+
+    def _since_turn(self) -> Counter[str]:
+        if self._turn is None:
+            return Counter()
+        now = Counter(self.requests)
+        now.subtract(self._turn[1])
+        return now
 
     def api_calls_for(self, mid: int) -> dict[str, int]:
-        now = Counter(self.requests)
-        now.subtract(self._start_calls.get(mid, Counter()))
-        total = self._base_calls.get(mid, Counter()) + now
+        total = self._base_calls.get(mid, Counter()) + self._spent_calls.get(mid, Counter())
+        if self._turn is not None and self._turn[0] == mid:
+            total.update(self._since_turn())
         return {k: v for k, v in sorted(total.items()) if v > 0}
 
     # -- hooks, decisions and waits that need the outside world ---------------------------------
@@ -257,9 +305,10 @@ class RunContext:
         from migrator.preflight.gate import GateInputs, run_gate
 
         findings = run_gate(GateInputs(
-            plan=self.plan, keystore=keystore, snapshot=snapshot, clients=self.env.clients, secret=self.secret,
-            extra_roots_pem=tuple(self.env.extra_roots_pem), resolve=self.env.resolve,
-            include_cloudwatch=self.env.include_cloudwatch, unfinished_runs=self._other_unfinished()))
+            plan=self.plan.for_store(keystore), keystore=keystore, snapshot=snapshot,
+            clients=self.clients_for(keystore), secret=self.secret, extra_roots_pem=tuple(self.env.extra_roots_pem),
+            resolve=self.env.resolve, include_cloudwatch=self.env.include_cloudwatch,
+            unfinished_runs=self._other_unfinished(), region_peers=self._region_peers(keystore)))
         store = snapshot.id or keystore.ref
         findings, new, unused = self._accept(store, findings)
         for f in findings:

@@ -24,7 +24,15 @@ from migrator.engine.clock import leave_signals_to_the_main_thread
 from migrator.engine.environment import Environment, Observer
 from migrator.engine.errors import JournalLostStop, LockLostStop
 from migrator.engine.journal_summary import store_budget
-from migrator.engine.results import CONFIG_KEYS, EXIT_CODES, RunResult, StoreResult, original_view, verify_key_ids
+from migrator.engine.results import (
+    CONFIG_KEYS,
+    EXIT_CODES,
+    RunResult,
+    StoreResult,
+    cell_of,
+    original_view,
+    verify_key_ids,
+)
 from migrator.engine.run_context import RunContext
 from migrator.plan import KeystorePlan, Plan
 
@@ -100,6 +108,7 @@ def _run_options(env: Environment) -> dict[str, object]:
 def _target_record(ks: KeystorePlan) -> dict[str, object]:
     t = ks.target
     record: dict[str, object] = {k: v for k, v in t.as_config().items() if v is not None}
+    record.update({k: v for k, v in (("region", ks.region), ("account_id", ks.account_id)) if v})  # the cell
     if t.credential:
         record["credential_secret"] = t.credential.secret_ref  # the reference, never the value
     return record
@@ -245,7 +254,7 @@ def _store_result(ctx: RunContext, m: MigrationView, last: Observation | None,
                   events: list[EventView] | None) -> StoreResult:
     if last is None and m.keystore_id and m.state in ("completed", "rolled_back") and ctx.may_call_aws:
         with contextlib.suppress(Exception):
-            last = ctx.kms.describe(m.keystore_id)
+            last = ctx.kms_for(m.keystore_ref).describe(m.keystore_id)
     original_config = StoreConfig.from_dict(m.snapshot) if m.snapshot else None
     original = original_view(m.snapshot)
     final = _config_view(last.config) if last else None
@@ -258,7 +267,8 @@ def _store_result(ctx: RunContext, m: MigrationView, last: Observation | None,
     facts = None  # the journal's account of the budget (engine/budget.py); a lost journal: the window alone
     if events is not None:
         facts = store_budget(m, events, scale=ctx.clock.scale, now=ctx.clock.now(), fallback=ctx.plan.max_disconnected)
-    manual = (runbook.stuck_help(ctx.plan.region, m.keystore_id or m.keystore_ref, original_config, last)
+    region = cell_of(m.target)["region"] or ctx.plan.region
+    manual = (runbook.stuck_help(region, m.keystore_id or m.keystore_ref, original_config, last)
               if m.state == "stuck" else None)
     error = m.error
     if store_outcome == "unfinished" and not ctx.may_call_aws:  # stopped by a lost journal or lock
@@ -266,7 +276,7 @@ def _store_result(ctx: RunContext, m: MigrationView, last: Observation | None,
     return StoreResult(ref=m.keystore_ref, id=m.keystore_id or "", state=m.state, outcome=store_outcome,
                        original=original, final=final, disconnected_seconds=window,
                        api_calls=dict(m.api_calls or {}), error=error, manual=manual, budget=facts,
-                       verify_key_ids=verify_key_ids(m.snapshot))
+                       verify_key_ids=verify_key_ids(m.snapshot), **cell_of(m.target))
 
 
 def _where_it_stands(m: MigrationView, last: Observation | None) -> str:

@@ -7,6 +7,7 @@ protocol never hands the Driver back, so calls go one way: driver -> services ->
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol
 
 from migrator.aws.kms import KmsApplier
@@ -40,6 +41,7 @@ class RunServices(Protocol):
     def rollback_budget(self) -> float: ...
     @property
     def kms(self) -> KmsApplier: ...
+    def kms_for(self, keystore: KeystorePlan) -> KmsApplier: ...  # the store's account-Region cell
     @property
     def lock_lost(self) -> bool: ...
     expected_change_seconds: float  # how long a connect or disconnect takes; learned by every wait
@@ -50,6 +52,7 @@ class RunServices(Protocol):
                    **fields: object) -> int: ...
     def update(self, mid: int, **fields: object) -> None: ...
     def api_calls_for(self, mid: int) -> dict[str, int]: ...
+    def turn(self, mid: int) -> AbstractContextManager[None]: ...  # the requests made meanwhile are mid's
     def progress(self, event: dict[str, object]) -> None: ...
     def budget_seconds(self) -> float: ...  # the plan's downtime budget plus every `xksmigrate extend`
     def abort_requested(self) -> Control | None: ...  # an operator's `xksmigrate abort`, if one was journaled

@@ -15,13 +15,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from migrator.aws.kms import AwsCallError, needs_disconnect, update_parameters
+from migrator.aws.kms import AwsCallError, KmsApplier, needs_disconnect, update_parameters
 from migrator.aws.secret_refs import SecretValue
 from migrator.aws.store_config import Observation, StoreConfig
 from migrator.engine.errors import LockLostStop, StepFailed
 from migrator.engine.services import RunServices
 from migrator.engine.verify import KeyProver
 from migrator.engine.waits import CallTimedOut, Deadline, call_within, poll_until, resolve, retry_step
+from migrator.plan import Plan
 
 Credential = tuple[str, SecretValue]
 _R = TypeVar("_R")
@@ -46,9 +47,11 @@ class StoreOps:
     def __init__(self, services: RunServices, mid: int, store_id: str, *,
                  window: Callable[[], float | None], state: Callable[[], str],
                  expected: Callable[[], tuple[StoreConfig, ...]] = tuple,
-                 checkpoint: Callable[[], None] = lambda: None, bound: Deadline = None):
+                 checkpoint: Callable[[], None] = lambda: None, bound: Deadline = None,
+                 kms: KmsApplier | None = None, plan: Plan | None = None):
         self.services, self.mid, self.store_id = services, mid, store_id
-        self.kms, self.clock, self.plan = services.kms, services.clock, services.plan
+        # the store's cell and its view of the plan (Region, account); the run's when not given
+        self.kms, self.clock, self.plan = kms or services.kms, services.clock, plan or services.plan
         self.window, self.state, self.expected = window, state, expected
         self.checkpoint, self.bound = checkpoint, bound  # the operator's abort; the current row's deadline
         self.last_seen: Observation | None = None

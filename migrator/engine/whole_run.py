@@ -132,7 +132,7 @@ class WholeRun:
         if ks.id:
             return ks.id
         with contextlib.suppress(AwsCallError):  # the snapshot step retries and reports it
-            found = self.ctx.kms.find_store(name=ks.name)
+            found = self.ctx.kms_for(ks).find_store(name=ks.name)
             return found.id if found else None
         return None
 
@@ -246,7 +246,7 @@ class WholeRun:
             return f"{store_id}: the journal holds no snapshot to restore"
         left = StoreConfig.for_target(self.keystores[m.keystore_ref].target, StoreConfig.from_dict(m.snapshot))
         try:
-            live = self.ctx.kms.describe(store_id)
+            live = self.ctx.kms_for(m.keystore_ref).describe(store_id)
         except AwsCallError as exc:
             return f"{store_id}: cannot observe the key store before its rollback: {exc}"
         if not live.config.matches(left):

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from migrator.aws.clients import ClientFactory
-from migrator.aws.kms import needs_disconnect, update_parameters
+from migrator.aws.kms import AwsCallError, needs_disconnect, update_parameters
 from migrator.aws.secret_refs import SecretError, SecretValue
 from migrator.aws.store_config import Observation, StoreConfig
 from migrator.plan import KeystorePlan, Plan
+from migrator.preflight.accounts import Peer, endpoint_findings, role_finding
 from migrator.preflight.base import Finding, PreflightContext, accept, block, blocked, holding, ok, unused_acceptances
 
 # AWS: connecting or disconnecting an external key store "takes approximately five minutes" (facts §2).
@@ -46,6 +47,8 @@ class GateInputs:
     include_cloudwatch: bool = False
     # ids of other unfinished runs in the Region (the caller asks the journal); None: it could not say
     unfinished_runs: tuple[str, ...] | None = ()
+    # the other accounts' stores in this Region (preflight/accounts.region_peers); None: one account only
+    region_peers: Callable[[], Sequence[Peer]] | None = None
 
     @property
     def original(self) -> StoreConfig:
@@ -68,6 +71,9 @@ def essential_checks(inputs: GateInputs) -> list[Finding]:
     else:
         findings.append(ok("engine.target_differs", f"changes {original.describe_diff(desired)}"))
     findings.append(budget_finding(inputs))
+    if (role := role_finding(ks, inputs.clients, inputs.plan)) is not None:
+        findings.append(role)
+    findings.extend(_cross_account(inputs))
     if ks.target.credential is not None:
         for label, ref in (("target", ks.target.credential.secret_ref),
                            ("original", ks.original_credential.secret_ref if ks.original_credential else None)):
@@ -98,6 +104,16 @@ def change_seconds(clients: ClientFactory) -> float:
         return min(AWS_CHANGE_SECONDS, max(float(told), 0.0))
     except ValueError:
         return AWS_CHANGE_SECONDS
+
+
+def _cross_account(inputs: GateInputs) -> list[Finding]:
+    if inputs.region_peers is None:
+        return []
+    try:
+        peers = inputs.region_peers()
+    except AwsCallError as exc:
+        return endpoint_findings(inputs.keystore, None, exc)
+    return endpoint_findings(inputs.keystore, peers)
 
 
 def budget_floor(plan: Plan, keystore: KeystorePlan, original: StoreConfig, change: float) -> float | None:

@@ -15,9 +15,10 @@ from typing import Protocol
 
 from migrator.aws.clients import ClientFactory
 from migrator.aws.kms import AwsCallError, KmsApplier
+from migrator.aws.roles import RoleUnavailable
 from migrator.aws.secret_refs import SecretValue
-from migrator.plan import Plan
-from migrator.preflight import calls, gate, inspector
+from migrator.plan import KeystorePlan, Plan
+from migrator.preflight import accounts, calls, gate, inspector
 from migrator.preflight.base import ACCEPTED, UNVERIFIED, Finding, PreflightContext, block
 
 
@@ -30,6 +31,8 @@ class StorePlan:
     calls: list[str]
     rollback: list[str]
     unused: list[tuple[str, str]] = field(default_factory=list)  # (accepted check, why it accepted nothing)
+    account_id: str | None = None  # the store's cell (None: the caller's account)
+    region: str = ""
 
     @property
     def blocked(self) -> bool:
@@ -122,27 +125,41 @@ def accepted(findings: Sequence[Finding], plan: Plan, cli: Collection[str], who:
 
 
 def make_report(plan: Plan, env: PlanEnvironment, accept_unverified: Collection[str] = ()) -> PlanReport:
-    kms = KmsApplier(env.clients.client("kms"))
     secret = _secret(env)
     report = PlanReport(plan)
     for ks in plan.keystores:
-        try:
-            obs = kms.find_store(store_id=ks.id, name=None if ks.id else ks.name)
-        except AwsCallError as exc:
-            report.stores.append(StorePlan(ks.ref, None, None, [block("keystore.readable", str(exc))], [], []))
-            continue
-        if obs is None:
-            ctx = PreflightContext(plan=plan, keystore=ks, snapshot=None, clients=env.clients, secret_resolver=secret)
-            report.stores.append(StorePlan(ks.ref, None, None, inspector.preflight(ctx), [], []))
-            continue
-        inputs = gate.GateInputs(plan=plan, keystore=ks, snapshot=obs, clients=env.clients, secret=secret,
-                                 extra_roots_pem=tuple(env.extra_roots_pem), resolve=env.resolve,
-                                 include_cloudwatch=env.include_cloudwatch,
-                                 unfinished_runs=_unfinished_runs(plan, env))
-        report.stores.append(StorePlan(ks.ref, obs.id, obs.to_dict(), gate.run_gate(inputs),
-                                       calls.mutating_calls(plan, ks, obs), calls.rollback_calls(plan, ks, obs)))
+        report.stores.append(_store_plan(plan, ks, env, secret))
     for index, finding in gate.same_store_findings([(s.ref, s.store_id) for s in report.stores]).items():
         report.stores[index].findings.append(finding)
     for s in report.stores:
         s.findings, s.unused = accepted(s.findings, plan, accept_unverified, env.who)
     return report
+
+
+def _store_plan(plan: Plan, ks: KeystorePlan, env: PlanEnvironment, secret: Callable[[str], SecretValue]
+                ) -> StorePlan:
+    """One store, in its own account and Region (through its role when it names one)."""
+    found = _look(plan, ks, env, secret)
+    found.account_id, found.region = ks.account_id, ks.region or plan.region
+    return found
+
+
+def _look(plan: Plan, ks: KeystorePlan, env: PlanEnvironment, secret: Callable[[str], SecretValue]) -> StorePlan:
+    scoped, clients = plan.for_store(ks), accounts.store_clients(plan, ks, env.clients)
+    try:
+        obs = KmsApplier(clients.client("kms")).find_store(store_id=ks.id, name=None if ks.id else ks.name)
+    except RoleUnavailable as exc:
+        return StorePlan(ks.ref, None, None, [accounts.refusal(ks, exc, plan)], [], [])
+    except AwsCallError as exc:
+        return StorePlan(ks.ref, None, None, [block("keystore.readable", str(exc))], [], [])
+    if obs is None:
+        ctx = PreflightContext(plan=scoped, keystore=ks, snapshot=None, clients=clients, secret_resolver=secret)
+        return StorePlan(ks.ref, None, None, inspector.preflight(ctx), [], [])
+    peers = ((lambda: accounts.region_peers(plan, ks, lambda other: accounts.store_clients(plan, other, env.clients)))
+             if accounts.reaches_other_accounts(plan, ks) else None)
+    inputs = gate.GateInputs(plan=scoped, keystore=ks, snapshot=obs, clients=clients, secret=secret,
+                             extra_roots_pem=tuple(env.extra_roots_pem), resolve=env.resolve,
+                             include_cloudwatch=env.include_cloudwatch,
+                             unfinished_runs=_unfinished_runs(scoped, env), region_peers=peers)
+    return StorePlan(ks.ref, obs.id, obs.to_dict(), gate.run_gate(inputs),
+                     calls.mutating_calls(scoped, ks, obs), calls.rollback_calls(scoped, ks, obs))

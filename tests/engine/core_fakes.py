@@ -7,6 +7,7 @@ really answers, over HTTP) stays tested against the rehearsal world in the other
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -187,6 +188,12 @@ class MemoryServices:
     secrets: dict[str, str] = field(default_factory=dict)  # reference -> value, for credential plans
     extended_seconds: float = 0.0  # what `xksmigrate extend` added (engine/controls.py)
     abort: Any = None  # a controls.Control once `xksmigrate abort` was journaled
+
+    def turn(self, mid: int) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def kms_for(self, keystore: Any) -> RecordingApplier:
+        return self.kms  # one cell
 
     def record(self, mid: int | None, *, kind: str, operation: str | None = None, outcome: str | None = None,
                request_id: str | None = None, detail: dict[str, Any] | None = None) -> int:

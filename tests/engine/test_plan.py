@@ -386,3 +386,49 @@ def test_a_bad_accept_unverified_is_one_line_naming_the_key(body, where, reason)
 def test_preflight_must_be_a_table():
     with pytest.raises(PlanError, match=r"^p\.toml: preflight: must be a table, not string$"):
         parse_plan('preflight = "x"\n' + BASE, "p.toml")
+
+
+# -- many accounts and Regions (issue 13) -------------------------------------------------------------------
+ROLE = "arn:aws:iam::444455556666:role/xks-migrator"
+
+
+def test_a_store_names_its_region_account_and_role_and_falls_back_to_the_plan():
+    text = sub('name = "t"', 'name = "t"\naccount_id = "111122223333"\nrole_name = "xks-migrator"\n'
+                             'external_id = "ext-1"')
+    plan = parse_plan(sub('[keystores.target]', 'account_id = "444455556666"\n[keystores.target]', text), "p.toml")
+    (ks,) = plan.keystores
+    assert (ks.region, ks.account_id, ks.role_arn, ks.external_id) == ("us-east-1", "444455556666", ROLE, "ext-1")
+    assert plan.for_store(ks).account_id == "444455556666" and plan.cells == [("444455556666", "us-east-1")]
+
+    own = parse_plan(BASE, "p.toml").keystores[0]
+    assert (own.region, own.account_id, own.role_arn, own.external_id) == ("us-east-1", None, None, None)
+
+    explicit = parse_plan(sub('[keystores.target]', f'role_arn = "{ROLE}"\n[keystores.target]'), "p.toml")
+    assert explicit.keystores[0].account_id == "444455556666"  # the role's account is the store's
+
+
+@pytest.mark.parametrize(("body", "where", "reason"), [
+    (sub('[keystores.target]', f'account_id = "111122223333"\nrole_arn = "{ROLE}"\n[keystores.target]'),
+     "keystores[0].role_arn", "is a role in account 444455556666"),
+    (sub('name = "t"', 'name = "t"\naccount_id = "111122223333"', sub('[keystores.target]',
+         'account_id = "444455556666"\n[keystores.target]')), "keystores[0].account_id", "cannot be used across"),
+    (sub('[keystores.target]', 'role_arn = "arn:aws:iam::4444:role/x"\n[keystores.target]'),
+     "keystores[0].role_arn", "arn:aws:iam::ACCOUNT:role/NAME"),
+    (sub('[keystores.target]', 'region = "eu-west-1"\n[keystores.target]'),
+     "keystores[0].target.vpc_endpoint_service_name", "the key store's Region is eu-west-1"),
+])
+def test_a_bad_reach_is_one_line_naming_the_key(body, where, reason):
+    with pytest.raises(PlanError) as err:
+        parse_plan(body, "p.toml")
+    assert where in str(err.value) and reason in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_endpoints_are_unique_per_region_not_across_regions():
+    store = BASE[BASE.index("[[keystores]]"):]
+    other_id = store.replace('id = "cks-1234567890abcdef0"', 'id = "cks-0fedcba9876543210"')
+    with pytest.raises(PlanError, match="also used by keystores"):
+        parse_plan(BASE + "\n" + other_id, "p.toml")
+    elsewhere = other_id.replace("[keystores.target]", 'region = "eu-west-1"\n[keystores.target]', 1).replace(
+        "vpce.us-east-1.", "vpce.eu-west-1.")
+    plan = parse_plan(BASE + "\n" + elsewhere, "p.toml")
+    assert [ks.region for ks in plan.keystores] == ["us-east-1", "eu-west-1"]

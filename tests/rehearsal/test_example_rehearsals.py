@@ -1,4 +1,4 @@
-"""README's first command, for both example plans: the rehearsal finishes with zero warnings and zero
+"""README's first command, for every example plan: the rehearsal finishes with zero warnings and zero
 unverified checks (issue #12: a rehearsal that prints WARN lines teaches operators to ignore them).
 
 The tool runs as the operator runs it, `xksmigrate run PLAN --dry-run --yes`, from a directory that is not the
@@ -30,7 +30,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-@pytest.mark.parametrize("name", ["public-to-vpc", "vpc-to-public"])
+@pytest.mark.parametrize("name", ["public-to-vpc", "vpc-to-public", "multi-account"])
 def test_the_example_rehearsal_prints_no_warning_and_no_unverified_check(name, tmp_path):
     done = subprocess.run([sys.executable, "-m", "migrator.cli", "run", str(REPO / "plans" / f"{name}.toml"),
                            "--dry-run", "--yes"], cwd=tmp_path, env=_env(tmp_path), capture_output=True,
