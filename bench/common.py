@@ -59,20 +59,29 @@ def world_and_journal(world: Any, faults: Sequence[Any] = ()) -> Iterator[tuple[
             server.stop()
 
 
-def make_env(server: Any, journal: Any) -> Any:
-    """An engine Environment for `server`, as `run --dry-run` builds it (dummy credentials, auto-approve)."""
+def make_env(server: Any, journal: Any, clients: Any = None) -> Any:
+    """An engine Environment for `server`, as `run --dry-run` builds it (dummy credentials, auto-approve, the
+    world's vantage point); `clients`: a ClientFactory of the caller's (default: a new one, no cell budget)."""
     from migrator.aws.clients import ClientFactory
     from migrator.aws.secret_refs import resolve_secret
     from migrator.dryrun import DUMMY_CREDENTIALS
     from migrator.engine.clock import Clock
     from migrator.engine.runner import Environment, Observer
 
-    clients = ClientFactory(region=server.world.region, endpoint_url=server.endpoint_url,
-                            credentials=dict(DUMMY_CREDENTIALS))
+    if clients is None:
+        clients = ClientFactory(region=server.world.region, endpoint_url=server.endpoint_url,
+                                credentials=dict(DUMMY_CREDENTIALS))
+
+    def resolve(host: str) -> str:  # where this machine reaches a proxy host: the world's vantage (dryrun.py)
+        address = server.vantage().get(host.lower().rstrip("."))
+        if address is None:
+            raise OSError(f"{host} does not resolve from this machine (private DNS or unknown host)")
+        return str(address)
+
     return Environment(journal=journal, clients=clients, clock=Clock(server.world.time_scale), observer=Observer(),
                        approve=lambda question: True,
                        secret_resolver=lambda ref: resolve_secret(ref, client_factory=clients), who="bench",
-                       dry_run=True, extra_roots_pem=[Path(server.ca_bundle_path).read_bytes()])
+                       dry_run=True, extra_roots_pem=[Path(server.ca_bundle_path).read_bytes()], resolve=resolve)
 
 
 def world_log(server: Any) -> list[dict[str, Any]]:
