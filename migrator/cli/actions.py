@@ -7,21 +7,32 @@ Heavy modules (the engine, preflight, the rehearsal wing) are imported inside th
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import typer
 
 from migrator.cli import environment as support
+from migrator.cli import report as run_report
+
+if TYPE_CHECKING:
+    from migrator.cli.output import Renderer
+    from migrator.engine.results import RunResult
+    from migrator.journal.repository import Journal
 
 
 def run(plan_file: str, *, dry_run: bool, yes: bool, json_output: bool, state: str | None, world: str | None,
         faults: str | None, profile: str | None, region: str | None, endpoint_url: str | None,
         time_scale: float | None, hooks: str | None, postpone_cutover: bool, postpone_flag_file: str | None,
         cutover_at: str | None, allow_insecure_hooks: bool = False, accept_unverified: list[str] | None = None,
-        resolve: list[str] | None = None) -> int:
+        resolve: list[str] | None = None, metrics_file: str | None = None, report: str | None = None) -> int:
     """`run`: a new run of the plan in PLAN_FILE; what a resume must re-derive is recorded with it (recorded.py),
     the --accept-unverified names too (a resume needs no flag to keep them)."""
-    from migrator.cli import recorded
+    from migrator.cli import observe, recorded
     from migrator.engine import runner as engine
 
+    observe.start("run", metrics_file)
+    report_dir = run_report.out_dir(report, "--report") if report else None
     accepted = accept_names(accept_unverified)
     plan = support.load_plan(plan_file)
     when = support.parse_cutover_at(cutover_at) if cutover_at else None
@@ -40,7 +51,8 @@ def run(plan_file: str, *, dry_run: bool, yes: bool, json_output: bool, state: s
             account_id=None if dry_run else recorded.caller_account(env.clients), dry_run=dry_run)
         if accepted:
             env.run_facts["accept_unverified"] = list(accepted)
-        return support.finish(renderer, engine.start(plan, env), env.journal)
+        renderer = observe.watch(env, renderer, plan)
+        return _finish(renderer, engine.start(plan, env), env.journal, report_dir)
 
 
 def accept_names(names: list[str] | None) -> tuple[str, ...]:
@@ -73,20 +85,33 @@ def plan(plan_file: str, *, dry_run: bool, json_output: bool, state: str | None,
 
 def resume(run_id: str | None, *, yes: bool, json_output: bool, state: str | None, retry_stuck: bool,
            profile: str | None, region: str | None, endpoint_url: str | None, time_scale: float | None,
-           hooks: str | None, allow_insecure_hooks: bool = False, resolve: list[str] | None = None) -> int:
+           hooks: str | None, allow_insecure_hooks: bool = False, resolve: list[str] | None = None,
+           metrics_file: str | None = None, report: str | None = None) -> int:
     """`resume`: continue RUN_ID (default: the latest unfinished run) from where its journal says it stood.
 
     The plan, hooks, endpoint, account and paths come from the journal (cli/recorded.py), not the command line.
     """
+    from migrator.cli import observe
     from migrator.engine import runner as engine
 
+    observe.start("resume", metrics_file)
+    report_dir = run_report.out_dir(report, "--report") if report else None
     journal = support.open_journal(state)
     run_view = support.find_run(journal, run_id, unfinished=True, allow_stuck=retry_stuck)
     plan, env, renderer = support.recorded_run_env(
         journal, run_view, command="resume", json_output=json_output, yes=yes, profile=profile, region=region,
         endpoint_url=endpoint_url, time_scale=time_scale, hooks=hooks, retry_stuck=retry_stuck,
         allow_insecure_hooks=allow_insecure_hooks, resolve=resolve)
-    return support.finish(renderer, engine.resume(plan, env, run_view.id), env.journal)
+    renderer = observe.watch(env, renderer, plan)
+    return _finish(renderer, engine.resume(plan, env, run_view.id), env.journal, report_dir)
+
+
+def _finish(renderer: Renderer, result: RunResult, journal: Journal, report_dir: Path | None) -> int:
+    """The run's summary to its renderer (support.finish), then its report when --report DIR was given."""
+    code = support.finish(renderer, result, journal)
+    if report_dir is not None:
+        run_report.after_run(journal, result.run_id, report_dir)
+    return code
 
 
 def _report(command: str, json_output: bool, text: str, **facts: object) -> None:
@@ -117,13 +142,17 @@ def proceed(run_id: str, *, state: str | None, json_output: bool = False) -> int
 
 def rollback(run_id: str, *, yes: bool, json_output: bool, state: str | None, profile: str | None,
              region: str | None, endpoint_url: str | None, time_scale: float | None, hooks: str | None,
-             allow_insecure_hooks: bool = False, resolve: list[str] | None = None) -> int:
+             allow_insecure_hooks: bool = False, resolve: list[str] | None = None,
+             metrics_file: str | None = None, report: str | None = None) -> int:
     """`rollback`: a new run that returns every key store RUN_ID changed to its recorded original configuration,
     last first (RUN_ID's own record stays; the two are linked). Exit 2, nothing started, when there is nothing
     to take back or a rollback of RUN_ID is still under way (it is resumed, not started twice)."""
+    from migrator.cli import observe
     from migrator.engine import runner as engine
     from migrator.engine import whole_run
 
+    observe.start("rollback", metrics_file)
+    report_dir = run_report.out_dir(report, "--report") if report else None
     journal = support.open_journal(state)
     run_view = support.find_run(journal, run_id)
     if run_view.outcome not in ("completed", "partial", "rolled_back"):
@@ -142,7 +171,8 @@ def rollback(run_id: str, *, yes: bool, json_output: bool, state: str | None, pr
         journal, run_view, command="rollback", json_output=json_output, yes=yes, profile=profile, region=region,
         endpoint_url=endpoint_url, time_scale=time_scale, hooks=hooks, allow_insecure_hooks=allow_insecure_hooks,
         resolve=resolve)
-    return support.finish(renderer, engine.rollback(plan, env, run_view.id), env.journal)
+    renderer = observe.watch(env, renderer, plan)
+    return _finish(renderer, engine.rollback(plan, env, run_view.id), env.journal, report_dir)
 
 
 def unlock(lock_id: str, *, force: bool, state: str | None, json_output: bool = False) -> int:

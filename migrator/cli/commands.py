@@ -12,6 +12,7 @@ plan, 3 blocked, 4 rolled back, 5 stuck, 6 locked, 130 interrupted); tracebacks 
 XKSMIGRATE_DEBUG=1 and never show local variables.
 """
 
+import contextlib
 import os
 import sys
 from typing import Annotated
@@ -66,6 +67,12 @@ AcceptOpt = Annotated[list[str] | None, typer.Option(
 ResolveOpt = Annotated[list[str] | None, typer.Option(
     "--resolve", metavar="HOST=IP:PORT", help="Dial HOST at IP:PORT for preflight's probes, e.g. an SSM port "
     "forward (repeatable; also $XKSMIGRATE_RESOLVE=\"host=ip:port,...\"; RUNBOOK.md#vantage-point)")]
+MetricsOpt = Annotated[str | None, typer.Option(
+    "--metrics-file", metavar="PATH", help="When the command ends, write Prometheus textfile metrics to PATH "
+    "(atomically; e.g. node_exporter's textfile directory, NAME.prom; RUNBOOK.md#metrics-and-traces)")]
+ReportOpt = Annotated[str | None, typer.Option(
+    "--report", metavar="DIR", help="When the run ends, write its change record into DIR (HTML, JSON, Markdown, "
+    "timeline SVG/PNG; as `xksmigrate report`; RUNBOOK.md#change-record)")]
 
 
 # -- commands: parse, call one function in actions.py or views.py, exit with its code -----------
@@ -84,7 +91,8 @@ def run(plan_file: Annotated[str, typer.Argument(metavar="PLAN", help="plan.toml
             "--postpone-flag-file", help="Postpone while this file exists (created if missing)")] = None,
         cutover_at: Annotated[str | None, typer.Option(
             "--cutover-at", help="Wait before the disconnect until this local time (HH:MM or ISO 8601)")] = None,
-        accept_unverified: AcceptOpt = None, resolve: ResolveOpt = None) -> None:
+        accept_unverified: AcceptOpt = None, resolve: ResolveOpt = None, metrics_file: MetricsOpt = None,
+        report: ReportOpt = None) -> None:
     """Migrate the key stores of PLAN: snapshot, preflight, disconnect, update, connect, verify."""
     from migrator.cli import actions
 
@@ -93,7 +101,8 @@ def run(plan_file: Annotated[str, typer.Argument(metavar="PLAN", help="plan.toml
                                  endpoint_url=endpoint_url, time_scale=time_scale, hooks=hooks,
                                  postpone_cutover=postpone_cutover, postpone_flag_file=postpone_flag_file,
                                  cutover_at=cutover_at, allow_insecure_hooks=allow_insecure_hooks,
-                                 accept_unverified=accept_unverified or [], resolve=resolve or []))
+                                 accept_unverified=accept_unverified or [], resolve=resolve or [],
+                                 metrics_file=metrics_file, report=report))
 
 
 @app.command("plan")
@@ -119,14 +128,15 @@ def resume(run_id: Annotated[str | None, typer.Argument(help="Run id (default: t
                                                      help="Try the rollback of a stuck run again")] = False,
            profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None,
            time_scale: ScaleOpt = None, hooks: HooksOpt = None,
-           allow_insecure_hooks: InsecureHooksOpt = False, resolve: ResolveOpt = None) -> None:
+           allow_insecure_hooks: InsecureHooksOpt = False, resolve: ResolveOpt = None,
+           metrics_file: MetricsOpt = None, report: ReportOpt = None) -> None:
     """Continue an interrupted run exactly where it stood (it re-observes the key store first)."""
     from migrator.cli import actions
 
     raise typer.Exit(actions.resume(run_id, yes=yes, json_output=json_output, state=state, retry_stuck=retry_stuck,
                                     profile=profile, region=region, endpoint_url=endpoint_url,
                                     time_scale=time_scale, hooks=hooks, allow_insecure_hooks=allow_insecure_hooks,
-                                    resolve=resolve or []))
+                                    resolve=resolve or [], metrics_file=metrics_file, report=report))
 
 
 @app.command()
@@ -165,7 +175,7 @@ def rollback(run_id: Annotated[str, typer.Argument(help="A completed run")], yes
              json_output: JsonOpt = False, state: StateOpt = None, profile: ProfileOpt = None,
              region: RegionOpt = None, endpoint_url: EndpointOpt = None, time_scale: ScaleOpt = None,
              hooks: HooksOpt = None, allow_insecure_hooks: InsecureHooksOpt = False,
-             resolve: ResolveOpt = None) -> None:
+             resolve: ResolveOpt = None, metrics_file: MetricsOpt = None, report: ReportOpt = None) -> None:
     """Return a completed run's key stores to their recorded original configuration, verified.
 
     The rollback is a run of its own, linked to RUN_ID (`rolls back` / `rolled back by`): both keep their
@@ -174,7 +184,8 @@ def rollback(run_id: Annotated[str, typer.Argument(help="A completed run")], yes
 
     raise typer.Exit(actions.rollback(run_id, yes=yes, json_output=json_output, state=state, profile=profile,
                                       region=region, endpoint_url=endpoint_url, time_scale=time_scale, hooks=hooks,
-                                      allow_insecure_hooks=allow_insecure_hooks, resolve=resolve or []))
+                                      allow_insecure_hooks=allow_insecure_hooks, resolve=resolve or [],
+                                      metrics_file=metrics_file, report=report))
 
 
 @app.command()
@@ -190,6 +201,21 @@ def status(run_id: Annotated[str | None, typer.Argument(help="Run id (default: t
     from migrator.cli import views
 
     raise typer.Exit(views.status(state, run_id, watch=watch, timeout=timeout, json_output=json_output))
+
+
+@app.command("report")
+def report_command(run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run (see `xksmigrate history`)")],
+                   out: Annotated[str, typer.Option("--out", metavar="DIR", help="Directory to write into "
+                                                    "(created if missing)")] = ".",
+                   formats: Annotated[str, typer.Option("--format", metavar="html,json,md",
+                                                        help="Which files, comma-separated")] = "html,json,md",
+                   state: StateOpt = None) -> None:
+    """A run's change record from the journal: a self-contained HTML page, JSON, Markdown, the timeline picture.
+
+    Read-only, like `status`. Prints the paths it wrote; RUNBOOK.md#change-record says how to attach them."""
+    from migrator.cli import report
+
+    raise typer.Exit(report.report(state, run_id, out=out, formats=formats))
 
 
 @app.command()
@@ -297,6 +323,10 @@ def main() -> None:
         from migrator.cli.output import write_error
 
         write_error(sys.stdout, _command(args), outcome=error[0], message=error[1], exit_code=code)
+    observe = sys.modules.get("migrator.cli.observe")  # loaded by the commands that run the engine, only
+    if observe is not None:
+        with contextlib.suppress(Exception, KeyboardInterrupt):  # a Ctrl-C here gives up the flush, not the code
+            observe.close(code, error)  # --metrics-file, the spans
     from migrator.cli.environment import quiet_exit
 
     quiet_exit()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +102,9 @@ class Hooks:
         self.directory = Path(directory)
         self.timeout = timeout
         self.allow_insecure = allow_insecure
+        # Variables every hook gets on top of the process's, read at each event: the CLI's TRACEPARENT when
+        # tracing is on (cli/tracing.py), so a hook's spans join the run's trace.
+        self.context: Callable[[], Mapping[str, str]] | None = None
 
     def scripts(self, event: str) -> list[Path]:
         if not self.directory.is_dir():
@@ -118,7 +121,7 @@ class Hooks:
                 raise HookFailed(f"{event} hooks: {refusal}")
             return
         for script in self.scripts(event):
-            env = facts.environment(event, dict(os.environ))
+            env = facts.environment(event, {**os.environ, **(self.context() if self.context else {})})
             try:
                 done = subprocess.run([str(script)], env=env, capture_output=True, timeout=self.timeout,
                                       stdin=subprocess.DEVNULL, check=False)
