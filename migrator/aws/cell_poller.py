@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from migrator.aws import rate_budget
 from migrator.aws.kms import AwsCallError, KmsApplier
 from migrator.aws.store_config import Observation
 
@@ -30,11 +31,31 @@ _MAKING = threading.Lock()
 
 
 def poller_for(clients: ClientFactory) -> CellPoller:
-    """The one describe stream of this factory's cell, made on first use and kept on the factory."""
+    """The one describe stream of this factory's cell, made on first use and kept on the factory; with a cell
+    budget, its looks are paced at the budget's rate and pay their token before they are stamped."""
     with _MAKING:
         if not isinstance(clients.shared_poller, CellPoller):
-            clients.shared_poller = CellPoller(KmsApplier(clients.client("kms")).all_stores)
+            pace = None
+            if clients.cell_rate is not None:
+                budget = rate_budget.cell_budget(clients.budget_cell(), rate=clients.cell_rate,
+                                                 scale=clients.time_scale)
+                pace = _Pace(budget, 1.0 / (clients.cell_rate * clients.time_scale))
+            clients.shared_poller = CellPoller(KmsApplier(clients.client("kms")).all_stores, pace=pace)
         return clients.shared_poller
+
+
+class _Pace:
+    """At most one look per `spacing` real seconds (the cell's rate, without its burst), each with its token."""
+
+    def __init__(self, budget: rate_budget.CellBudget, spacing: float):
+        self.budget, self.spacing, self.last = budget, spacing, float("-inf")
+
+    def __call__(self) -> None:
+        wait = self.last + self.spacing - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self.budget.acquire()
+        self.last = time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -47,8 +68,9 @@ class _Look:
 class CellPoller:
     """Shared DescribeCustomKeyStores for one cell; thread-safe."""
 
-    def __init__(self, all_stores: Callable[[], list[Observation]], clock: Callable[[], float] = time.time):
-        self._all_stores, self._clock = all_stores, clock
+    def __init__(self, all_stores: Callable[[], list[Observation]], clock: Callable[[], float] = time.time,
+                 pace: Callable[[], None] | None = None):
+        self._all_stores, self._clock, self._pace = all_stores, clock, pace
         self._latest: _Look | None = None
         self._busy = False
         self._cond = threading.Condition()
@@ -59,24 +81,32 @@ class CellPoller:
         asked = self._clock()
         with self._cond:
             while True:
-                look = self._latest
-                if look is not None and look.started_at >= asked:
-                    return _pick(look, store_id)
+                seen = self._latest
+                if seen is not None and seen.started_at >= asked:
+                    return _pick(seen, store_id)
                 if not self._busy:
                     self._busy = True
                     break
                 self._cond.wait(timeout=1.0)
-        started = self._clock()
-        look = _Look(started, {})
+        # Stamped once its token is paid, just before it is sent: every store that asked meanwhile (while it
+        # waited for the cell's budget) is served by this look, which is no older than their asks.
+        look: _Look | None = None  # published only when the describe answered (or failed as AWS said)
         try:
-            look = _Look(started, {o.id: o for o in self._all_stores()})
-        except AwsCallError as exc:  # every store that asked gets the same answer
-            look = _Look(started, {}, exc)
+            if self._pace is not None:
+                self._pace()
+            started = self._clock()
+            try:
+                with rate_budget.prepaid():
+                    look = _Look(started, {o.id: o for o in self._all_stores()})
+            except AwsCallError as exc:  # every store that asked gets the same answer
+                look = _Look(started, {}, exc)
         finally:
             with self._cond:
-                self.calls += 1
-                self._latest, self._busy = look, False
+                self.calls += look is not None
+                self._latest = look or self._latest
+                self._busy = False
                 self._cond.notify_all()
+        assert look is not None  # else the exception that left it unset has propagated
         return _pick(look, store_id)
 
 

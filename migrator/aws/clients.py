@@ -50,6 +50,10 @@ class ClientFactory:
     cells: dict[tuple[str | None, ...], ClientFactory] = field(default_factory=dict, repr=False)
     role: object | None = field(default=None, repr=False)  # aws/roles.AssumedRole
 
+    def budget_cell(self) -> tuple[str, str, str]:
+        """The key of this factory's request budget (aws/rate_budget.py): endpoint, account, Region."""
+        return (self.endpoint_url or "aws", self.account_id or "caller", self.region)
+
     def client(self, service: str) -> Any:
         with _SESSION_LOCK:
             return self._client(service)
@@ -72,8 +76,8 @@ class ClientFactory:
             if service == "kms" and self.cell_rate is not None:
                 from migrator.aws import rate_budget
 
-                cell = (self.endpoint_url or "aws", self.account_id or "caller", self.region)
-                rate_budget.attach(client, rate_budget.cell_budget(cell, rate=self.cell_rate, scale=self.time_scale))
+                rate_budget.attach(client, rate_budget.cell_budget(self.budget_cell(), rate=self.cell_rate,
+                                                                   scale=self.time_scale))
             self._clients[service] = client
         return self._clients[service]
 

@@ -149,3 +149,38 @@ def test_stores_waiting_in_one_cell_share_each_describe_and_never_see_an_older_l
     assert poller.calls == len(started) and poller.calls < 100 / 3  # 100 looks
     with pytest.raises(Exception, match="does not exist"):
         poller.describe("cks-404")
+
+
+def test_asks_made_while_a_look_waits_for_its_token_are_served_by_that_look() -> None:
+    """The look is stamped once its token is paid (just before it is sent), so the stores that asked during the
+    wait share it instead of each paying for another one; and a look that never answered is not published."""
+    import time
+
+    from migrator.aws.cell_poller import CellPoller
+    from migrator.aws.store_config import Observation, StoreConfig
+
+    config = StoreConfig("PUBLIC_ENDPOINT", "https://p.example.com", "/kms/xks/v1", "", "", "AKIAPROXY0000000001")
+    sent: list[float] = []
+
+    def all_stores() -> list[Observation]:
+        sent.append(time.time())
+        return [Observation(f"cks-{i}", "look", "EXTERNAL_KEY_STORE", "CONNECTED", "", config) for i in range(5)]
+
+    poller = CellPoller(all_stores, pace=lambda: time.sleep(0.3))  # a token wait of 0.3 s
+    first = threading.Thread(target=poller.describe, args=("cks-0",))
+    first.start()
+    time.sleep(0.1)  # inside the first look's token wait
+    others = [threading.Thread(target=poller.describe, args=(f"cks-{i}",)) for i in range(1, 5)]
+    for t in others:
+        t.start()
+    for t in [first, *others]:
+        t.join()
+    assert poller.calls == 1 and len(sent) == 1
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    broken = CellPoller(all_stores, pace=interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        broken.describe("cks-0")
+    assert broken.calls == 0 and broken._latest is None  # nobody is handed an empty look as if it had answered
