@@ -30,6 +30,7 @@ HANDLERS: dict[str, Handler] = {
     "CreateKey": kms_keys.create_key,
     "DescribeKey": kms_keys.describe_key,
     "ListKeys": kms_keys.list_keys,
+    "ListAliases": kms_keys.list_aliases,
     "ScheduleKeyDeletion": kms_keys.schedule_key_deletion,
     "CancelKeyDeletion": kms_keys.cancel_key_deletion,
     "Encrypt": kms_keys.encrypt,

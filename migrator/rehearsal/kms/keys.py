@@ -104,6 +104,11 @@ def list_keys(state: WorldState, p: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def list_aliases(state: WorldState, p: dict[str, Any]) -> dict[str, Any]:
+    """The world models no aliases: an empty list, as an account without any answers."""
+    return {"Aliases": [], "Truncated": False}
+
+
 def create_key(state: WorldState, p: dict[str, Any]) -> dict[str, Any]:
     """CreateKey(Origin=EXTERNAL_KEY_STORE): the store must be CONNECTED; KMS asks the proxy GetKeyMetadata.
 

@@ -32,6 +32,8 @@ what they meant; accounts, roles and quotas: the end of this list and `world.acc
   read live). `[iam]` caller_arn, denied_actions, simulation_denied.
 - `[[faults]]` see `Fault`; proxy_fault is one of PROXY_FAULT_KINDS (incl. "throttling", "dependency_timeout");
   optional account / region limit an API fault (and a connect outcome) to calls in that account / Region.
+- `[capture]` (written by `xksmigrate capture`; see `world.captured`): tool, version, captured_at, scrubbed,
+  key_check, unseen. A secret may be the placeholder "placeholder:filled-by-the-rehearsal-world".
 - `[[proxies]] region`: the Region whose KMS signs to the proxy (SigV4 scope), default `[world] region`.
 
 Many accounts and Regions (all optional; a file without them means exactly what it meant before):
@@ -63,6 +65,7 @@ from pathlib import Path
 from typing import Any
 
 from migrator.rehearsal.world import accounts as _accounts
+from migrator.rehearsal.world import captured
 from migrator.rehearsal.world.accounts import Account as Account
 from migrator.rehearsal.world.accounts import Quota as Quota
 from migrator.rehearsal.world.accounts import Role as Role
@@ -207,8 +210,10 @@ def world_from_dict(data: dict[str, Any], source: str = "<world>") -> World:
     world.quotas = _accounts.read_quotas(top.tables("quotas"))
     world.accounts = [Account(id=world.account_id, regions=[world.region])]
     _read_accounts(top, world, paths)
+    world.capture = captured.read_capture_table(top.table_reader("capture"))
     top.done()
     _check_references(world, source, paths)
+    captured.fill_placeholders(world)
     return world
 
 

@@ -50,7 +50,10 @@ VANTAGES = ("inside_vpc", "outside")
 _ACCOUNT = re.compile(r"^[0-9]{12}$")
 _KEYSTORE_ID = re.compile(r"^cks-[0-9a-f]{17}$")
 _ACCESS_KEY_ID = re.compile(r"^[A-Z2-7]{20,30}$")
-_SECRET = re.compile(r"^[a-zA-Z0-9/+=]{43,64}$")
+# A captured twin (`xksmigrate capture`) never holds a secret: this placeholder stands in, and the world fills it
+# (world.captured.fill_placeholders) with one value per access key id, the same for KMS's side and the proxy's.
+SECRET_PLACEHOLDER = "placeholder:filled-by-the-rehearsal-world"
+_SECRET = re.compile(r"^[a-zA-Z0-9/+=]{43,64}$|^placeholder:filled-by-the-rehearsal-world$")
 _XKS_KEY_ID = re.compile(r"^[a-zA-Z0-9\-_.]{1,128}$")
 _HOST = re.compile(r"^[a-zA-Z0-9.-]+$")
 _URI_PATH = re.compile(r"^(/[a-zA-Z0-9/_-]+/kms/xks/v\d{1,2})$|^(/kms/xks/v\d{1,2})$")
@@ -226,6 +229,10 @@ class World:
     quotas: list[Quota] = field(default_factory=list)  # [[quotas]]: none = no throttling (opt-in)
     # True when the file has [[accounts]]: requests are then routed strictly by the signing Region.
     declares_accounts: bool = False
+    # [capture]: how a captured twin was made (tool, version, captured_at, scrubbed, key_check, unseen);
+    # empty for a hand-written world. `placeholder_keys`: access key ids whose secret the world made up.
+    capture: dict[str, object] = field(default_factory=dict)
+    placeholder_keys: set[str] = field(default_factory=set)
     # The other (account, Region) cells, each a World of its own sharing proxies, key managers and
     # latencies with this one; this World is the cell ([world] account_id, [world] region).
     cells: dict[tuple[str, str], World] = field(default_factory=dict, repr=False, compare=False)
