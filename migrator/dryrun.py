@@ -57,7 +57,25 @@ def _world(plan: Plan, world_path: str | None, secrets: dict[str, str]) -> Any:
     if world.region != plan.region:
         raise RehearsalError(f"{world_path}: world.region: {world.region!r} but the plan's region is "
                              f"{plan.region!r}")
+    if world.placeholder_keys:
+        _fill_twin_secrets(world, plan, secrets)
     return world
+
+
+def _fill_twin_secrets(world: Any, plan: Plan, secrets: dict[str, str]) -> None:
+    """A captured twin holds no secret: where the plan's own reference resolved here (env:, file:), the twin's
+    store and proxy take that value, so the rehearsal probes and signs exactly as the real run would."""
+    from migrator.rehearsal.world.captured import fill_secret
+
+    stores = {key: ks for cell in world.all_cells().values() for ks in cell.keystores for key in (ks.id, ks.name)}
+    for ks in plan.keystores:
+        twin = stores.get(ks.ref)
+        if twin is None:
+            continue
+        for cred, key_id in ((ks.original_credential, twin.access_key_id),
+                             (ks.target.credential, ks.target.credential_access_key_id or twin.access_key_id)):
+            if cred is not None and cred.secret_ref in secrets:
+                fill_secret(world, cred.access_key_id or key_id, secrets[cred.secret_ref])
 
 
 @contextmanager

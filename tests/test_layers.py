@@ -341,15 +341,17 @@ def test_rehearsal_parts_build_only_on_the_world(part: str) -> None:
 
 LAYER_RULES: dict[str, tuple[str, ...]] = {
     # migrator.aws is the bottom layer, held to a stricter rule: test_aws_imports_only_aws.
-    "migrator.plan": ("migrator.journal", "migrator.preflight", "migrator.engine", "migrator.cli", "migrator.dryrun",
-                      "migrator.report"),
-    "migrator.journal": ("migrator.aws", "migrator.preflight", "migrator.engine", "migrator.cli", "migrator.dryrun",
-                         "migrator.report"),
-    "migrator.preflight": ("migrator.engine", "migrator.cli", "migrator.dryrun", "migrator.report"),
-    "migrator.engine": ("migrator.cli", "migrator.dryrun", "migrator.report"),
-    "migrator.dryrun": ("migrator.cli", "migrator.report"),
+    "migrator.plan": ("migrator.capture", "migrator.journal", "migrator.preflight", "migrator.engine", "migrator.cli",
+                      "migrator.dryrun", "migrator.report"),
+    "migrator.journal": ("migrator.capture", "migrator.aws", "migrator.preflight", "migrator.engine", "migrator.cli",
+                         "migrator.dryrun", "migrator.report"),
+    "migrator.preflight": ("migrator.capture", "migrator.engine", "migrator.cli", "migrator.dryrun", "migrator.report"),
+    "migrator.engine": ("migrator.capture", "migrator.cli", "migrator.dryrun", "migrator.report"),
+    "migrator.dryrun": ("migrator.capture", "migrator.cli", "migrator.report"),
     # The change record reads the engine's summary and the journal; only the CLI imports it.
-    "migrator.report": ("migrator.cli", "migrator.dryrun", "migrator.preflight", "migrator.aws"),
+    "migrator.report": ("migrator.cli", "migrator.dryrun", "migrator.preflight", "migrator.aws", "migrator.capture"),
+    # Capture reads the account with aws/ and preflight's probes and writes a world file; only the CLI imports it.
+    "migrator.capture": ("migrator.cli", "migrator.dryrun", "migrator.engine", "migrator.journal", "migrator.report"),
 }
 # The one downward exception: the journal knows the secret type so that it can refuse to store one.
 LAYER_EXCEPTIONS: dict[str, tuple[str, ...]] = {"migrator.journal": ("migrator.aws.secret_refs",)}

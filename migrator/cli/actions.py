@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from migrator.cli import capture as capture_cli
 from migrator.cli import environment as support
 from migrator.cli import report as run_report
 
@@ -35,6 +36,8 @@ def run(plan_file: str, *, dry_run: bool, yes: bool, json_output: bool, state: s
     report_dir = run_report.out_dir(report, "--report") if report else None
     accepted = accept_names(accept_unverified)
     plan = support.load_plan(plan_file)
+    if dry_run:
+        plan = capture_cli.plan_for_world(plan, world)
     when = support.parse_cutover_at(cutover_at) if cutover_at else None
     run_hooks = support.make_hooks(hooks, allow_insecure=allow_insecure_hooks)
     support.require_consent(yes)
@@ -75,6 +78,8 @@ def plan(plan_file: str, *, dry_run: bool, json_output: bool, state: str | None,
 
     accepted = accept_names(accept_unverified)
     plan = support.load_plan(plan_file)
+    dry_run = dry_run or world is not None  # a world file is a rehearsal
+    plan = capture_cli.plan_for_world(plan, world)
     with support.environment(plan, dry_run=dry_run, json_output=json_output, command="plan", yes=False, state=state,
                              world=world, faults=faults, profile=profile, region=region, endpoint_url=endpoint_url,
                              time_scale=None, observe=False, resolve=resolve) as (env, _):

@@ -109,7 +109,8 @@ def run(plan_file: Annotated[str, typer.Argument(metavar="PLAN", help="plan.toml
 def plan_command(plan_file: Annotated[str, typer.Argument(metavar="PLAN", help="plan.toml")],
                  dry_run: Annotated[bool, typer.Option("--dry-run", help="Against an in-process world")] = False,
                  json_output: JsonOpt = False, state: StateOpt = None,
-                 world: Annotated[str | None, typer.Option("--world", help="World file for --dry-run")] = None,
+                 world: Annotated[str | None, typer.Option("--world", help="World file (a twin from `capture`, "
+                                                           "a hand-written world): implies --dry-run")] = None,
                  faults: Annotated[str | None, typer.Option("--faults", help="Fault file for --dry-run")] = None,
                  profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None,
                  accept_unverified: AcceptOpt = None, resolve: ResolveOpt = None) -> None:
@@ -119,6 +120,28 @@ def plan_command(plan_file: Annotated[str, typer.Argument(metavar="PLAN", help="
     raise typer.Exit(actions.plan(plan_file, dry_run=dry_run, json_output=json_output, state=state, world=world,
                                   faults=faults, profile=profile, region=region, endpoint_url=endpoint_url,
                                   accept_unverified=accept_unverified or [], resolve=resolve or []))
+
+
+@app.command()
+def capture(plan_file: Annotated[str | None, typer.Option("--plan", metavar="PLAN", help="Capture what PLAN's stores "
+                                                          "use and will use (their proxies probed with its secrets)")]
+            = None,
+            keystore: Annotated[list[str] | None, typer.Option("--keystore", metavar="ID",
+                                                               help="A key store id (repeatable; with --region)")]
+            = None,
+            out: Annotated[str, typer.Option("--out", metavar="FILE", help="The world file to write")] = "world.toml",
+            no_scrub: Annotated[bool, typer.Option("--no-scrub", help="Keep real names (a private twin)")] = False,
+            key: Annotated[str | None, typer.Option("--key", metavar="REF", help="Pseudonym key: env:NAME or "
+                                                    "file:PATH (default $XKSMIGRATE_CAPTURE_KEY, else capture.key "
+                                                    "beside the journal)")] = None,
+            profile: ProfileOpt = None, region: RegionOpt = None, endpoint_url: EndpointOpt = None,
+            resolve: ResolveOpt = None) -> None:
+    """Read-only: write a rehearsal world that is a twin of the account (scrubbed by default)."""
+    from migrator.cli import capture as capture_cli
+
+    raise typer.Exit(capture_cli.capture(plan_file=plan_file, keystores=keystore or [], out=out, scrub=not no_scrub,
+                                         key_ref=key, profile=profile, region=region, endpoint_url=endpoint_url,
+                                         resolve=resolve or []))
 
 
 @app.command()
