@@ -19,6 +19,7 @@ JSON_CLAIM = re.compile(r"((?:`[a-z]+`(?:,\s*|\s+and\s+)?)+)\s+take\s+`--json`")
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 REPO_PATH = re.compile(r"(?<![\w$/.{-])((?:plans|migrator|docs|tests|bench)/[\w./-]+\.(?:toml|md|py|json|sh))\b")
 FILE_OPTION = re.compile(r"--(?:faults|world)\s+([\w./-]+\.toml)")
+WRITTEN = re.compile(r"--out\s+([\w./-]+\.toml)")  # a file a command on the same page writes (capture --out)
 
 
 def _json_commands() -> list[str]:
@@ -50,6 +51,7 @@ def test_every_file_the_docs_point_at_exists(doc: str) -> None:
     text = (REPO / doc).read_text()
     named_in_blocks = {line.strip()[2:].strip() for block in _code_blocks(text) for line in block.splitlines()[:1]
                        if line.startswith("# ")}
+    written = set(WRITTEN.findall(text))
     missing = []
     for target in LINK.findall(text):
         if "://" not in target and not (REPO / target).exists():
@@ -58,6 +60,7 @@ def test_every_file_the_docs_point_at_exists(doc: str) -> None:
         if not (REPO / path).exists():
             missing.append(f"path {path}")
     for path in FILE_OPTION.findall(text):
-        if not (REPO / path).exists() and path not in named_in_blocks:
-            missing.append(f"file {path} (neither in the repository nor an example block headed `# {path}`)")
+        if not (REPO / path).exists() and path not in named_in_blocks and path not in written:
+            missing.append(f"file {path} (neither in the repository, nor an example block headed `# {path}`, "
+                           f"nor written by `--out {path}`)")
     assert not missing, f"{doc}: {sorted(set(missing))}"
