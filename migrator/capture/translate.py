@@ -30,7 +30,7 @@ def capture_header(world_path: str) -> Table:
     try:
         with open(world_path, "rb") as fh:
             table = tomllib.load(fh).get("capture", {})
-    except (OSError, tomllib.TOMLDecodeError):
+    except (OSError, ValueError, RecursionError):  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
         return {}  # the rehearsal reports the file's own problem, with its line
     return table if isinstance(table, dict) else {}
 
