@@ -55,13 +55,13 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from migrator.aws.secret_refs import REFERENCE_FORMS, is_reference
-from migrator.plan_toml import SECRETISH, PlanError, Table, one_line, show, type_name
+from migrator.plan_toml import PlanError, Table, decode_toml, one_line, show, type_name
 
 PUBLIC = "PUBLIC_ENDPOINT"
 VPC = "VPC_ENDPOINT_SERVICE"
@@ -209,28 +209,8 @@ def load_plan(path: str | Path) -> Plan:
 
 def parse_plan(text: str | bytes, source: str) -> Plan:
     """Validate plan text; `source` names the file in messages and becomes `Plan.path`."""
-    src = one_line(str(source))
-    if isinstance(text, str):
-        try:
-            raw = text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise PlanError(f"{src}: not UTF-8 text (character {exc.start})") from None
-    else:
-        raw = bytes(text)
-    if len(raw) > MAX_PLAN_BYTES:
-        raise PlanError(f"{src}: larger than {MAX_PLAN_BYTES} bytes (1 MiB); not a plan file")
-    try:
-        decoded = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PlanError(f"{src}: not UTF-8 text (byte {exc.start})") from None
-    try:
-        data = tomllib.loads(decoded.removeprefix("\ufeff"))
-    except tomllib.TOMLDecodeError as exc:
-        reason = SECRETISH.sub("(not shown)", str(exc))  # tomllib quotes duplicate keys
-        raise PlanError(one_line(f"{src}: not valid TOML: {reason}")) from None
-    except RecursionError:
-        raise PlanError(f"{src}: not valid TOML: nested too deeply") from None
-    plan = _plan_from_dict(Table(src, "", data))
+    data, decoded, raw = decode_toml(text, source, MAX_PLAN_BYTES, "a plan file")
+    plan = _plan_from_dict(Table(one_line(str(source)), "", data))
     return replace(plan, path=str(source), text=decoded, fingerprint=hashlib.sha256(raw).hexdigest())
 
 
@@ -265,7 +245,7 @@ def _plan_from_dict(top: Table) -> Plan:
     if not stores:
         raise top.fail("keystores", "at least one [[keystores]] table is required")
     top.done()
-    _check_unique(top, stores)
+    check_unique(top.source, stores, [f"keystores[{i}]" for i in range(len(stores))])
     return Plan(name=name or "", region=region or "", keystores=tuple(stores), max_disconnected=max_disc,
                 poll_interval=poll, account_id=account_id, extra_trusted_roots=tuple(roots),
                 accept_unverified=accepted)
@@ -421,9 +401,10 @@ def _credential(t: Table, *, require_key_id: bool, require_secret: bool) -> Cred
     return CredentialRef(access_key_id=key_id or "", secret_ref=secret)
 
 
-def _check_unique(top: Table, stores: list[KeystorePlan]) -> None:
+def check_unique(source: str, stores: Sequence[KeystorePlan], wheres: Sequence[str]) -> None:
     """KMS refuses two stores sharing an endpoint or a service in a Region, across accounts too (facts §1.3);
-    a name is unique per account and Region, an id everywhere. Caught before any call."""
+    a name is unique per account and Region, an id everywhere. Caught before any call; `wheres` names each
+    store's table in the file (a plan's `keystores[i]`, a fleet's `targets[i].stores[j]`)."""
     seen: dict[tuple[str, str], int] = {}
     for i, store in enumerate(stores):
         in_region = f"{store.region} " if len({s.region for s in stores}) > 1 else ""
@@ -436,6 +417,13 @@ def _check_unique(top: Table, stores: list[KeystorePlan]) -> None:
                 continue
             first = seen.setdefault((key, f"{scope} {value}"), i)
             if first != i:
-                where = f"keystores[{i}].{key}"
-                raise PlanError(one_line(f"{top.source}: {where}: {show(value)} is also used by keystores[{first}]"
+                raise PlanError(one_line(f"{source}: {wheres[i]}.{key}: {show(value)} is also used by {wheres[first]}"
                                          + (f" in {in_region.strip()}" if in_region and key != "id" else "")))
+
+
+def store_from_table(t: Table, *, region: str, account_id: str | None, role_arn: str | None,
+                     external_id: str | None) -> KeystorePlan:
+    """One `[[keystores]]`-shaped table whose Region and reach were decided elsewhere (a fleet's target group):
+    validated exactly as a plan's store, its errors naming `t`'s own file and key."""
+    ks = _keystore(t, _PlanReach(region, account_id, None, None))
+    return replace(ks, account_id=account_id, role_arn=role_arn, external_id=external_id if role_arn else None)

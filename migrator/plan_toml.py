@@ -7,6 +7,7 @@ Kept apart from `plan.py` (which says what a plan means) so each stays short. Ev
 from __future__ import annotations
 
 import re
+import tomllib
 from typing import Any
 
 
@@ -32,6 +33,32 @@ def show(value: Any) -> str:
     return one_line(text if len(text) <= 140 else text[:137] + "...")
 
 
+def decode_toml(text: str | bytes, source: str, max_bytes: int, what: str) -> tuple[dict[str, Any], str, bytes]:
+    """UTF-8 TOML of at most `max_bytes` -> (the document, its text, its bytes); a PlanError names `source`."""
+    src = one_line(str(source))
+    if isinstance(text, str):
+        try:
+            raw = text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise PlanError(f"{src}: not UTF-8 text (character {exc.start})") from None
+    else:
+        raw = bytes(text)
+    if len(raw) > max_bytes:
+        raise PlanError(f"{src}: larger than {max_bytes} bytes ({max_bytes // 1048576} MiB); not {what}")
+    try:
+        decoded = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PlanError(f"{src}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        data = tomllib.loads(decoded.removeprefix("\ufeff"))
+    except tomllib.TOMLDecodeError as exc:
+        reason = SECRETISH.sub("(not shown)", str(exc))  # tomllib quotes duplicate keys
+        raise PlanError(one_line(f"{src}: not valid TOML: {reason}")) from None
+    except RecursionError:
+        raise PlanError(f"{src}: not valid TOML: nested too deeply") from None
+    return data, decoded, raw
+
+
 def type_name(value: Any) -> str:
     for kind, name in _TOML_TYPES.items():
         if isinstance(value, kind):
@@ -40,7 +67,7 @@ def type_name(value: Any) -> str:
 
 
 def _key_text(key: str) -> str:
-    if re.fullmatch(r"[A-Za-z0-9_-]+(\[\d+\])?", key) and not SECRETISH.search(key):
+    if re.fullmatch(r"[A-Za-z0-9_-]+(\[\d+\])*", key) and not SECRETISH.search(key):
         return key
     return show(key) if SECRETISH.search(key) else one_line(repr(key))
 
