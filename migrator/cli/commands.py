@@ -19,8 +19,23 @@ from typing import Annotated
 
 import typer
 
-from migrator.cli.environment import DEFAULT_STATE
 from migrator.cli.errors import CliError
+from migrator.cli.fleet import fleet_app
+from migrator.cli.options import (
+    AcceptOpt,
+    EndpointOpt,
+    HooksOpt,
+    InsecureHooksOpt,
+    JsonOpt,
+    MetricsOpt,
+    ProfileOpt,
+    RegionOpt,
+    ReportOpt,
+    ResolveOpt,
+    ScaleOpt,
+    StateOpt,
+    YesOpt,
+)
 from migrator.cli.text import one_line
 
 app = typer.Typer(name="xksmigrate", add_completion=True, no_args_is_help=True,
@@ -29,6 +44,8 @@ app = typer.Typer(name="xksmigrate", add_completion=True, no_args_is_help=True,
 sim_app = typer.Typer(help="The rehearsal world: a local AWS endpoint and XKS proxies.", no_args_is_help=True,
                       rich_markup_mode=None)
 app.add_typer(sim_app, name="sim")
+app.add_typer(fleet_app, name="fleet", help="Many key stores across accounts and Regions, in waves: the canary "
+              "alone first, then waves (a fleet file; plans/fleet-example.toml).")
 
 
 def _print_version(value: bool) -> None:
@@ -43,36 +60,6 @@ def _print_version(value: bool) -> None:
 def _top_level(version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
                                                      help="Print the version and exit")] = False) -> None:
     """Safely switch an AWS KMS external key store between public and VPC endpoint connectivity."""
-
-
-# No `envvar=` here: XKSMIGRATE_STATE names the real journal, which a --dry-run must never use, so the CLI
-# reads it itself (environment.open_journal) only for commands that are not rehearsals.
-StateOpt = Annotated[str | None, typer.Option("--state", help="Journal database URL; else $XKSMIGRATE_STATE (never "
-                                              f"for --dry-run) [default: {DEFAULT_STATE}]")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="NDJSON on stdout: a version line, events, a summary line")]
-YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before the disconnect")]
-ProfileOpt = Annotated[str | None, typer.Option("--profile", envvar="AWS_PROFILE", help="AWS profile")]
-RegionOpt = Annotated[str | None, typer.Option("--region", help="AWS Region (default: the plan's)")]
-EndpointOpt = Annotated[str | None, typer.Option("--endpoint-url", envvar="AWS_ENDPOINT_URL",
-                                                 help="AWS endpoint (a rehearsal world started by `sim serve`)")]
-HooksOpt = Annotated[str | None, typer.Option("--hooks", help="Directory of hook executables (see RUNBOOK.md); "
-                                                             "a resume or rollback uses the run's")]
-InsecureHooksOpt = Annotated[bool, typer.Option("--allow-insecure-hooks",
-                                                help="Run hooks from a directory other users may write")]
-ScaleOpt = Annotated[float | None, typer.Option("--time-scale", envvar="XKSMIGRATE_TIME_SCALE",
-                                                help="Simulated seconds per real second (rehearsal endpoints only)")]
-AcceptOpt = Annotated[list[str] | None, typer.Option(
-    "--accept-unverified", metavar="CHECK", help="Run although CHECK could not be made (repeatable; journaled with "
-    "who and when; a block can never be accepted; RUNBOOK.md#accepting-unverified-checks)")]
-ResolveOpt = Annotated[list[str] | None, typer.Option(
-    "--resolve", metavar="HOST=IP:PORT", help="Dial HOST at IP:PORT for preflight's probes, e.g. an SSM port "
-    "forward (repeatable; also $XKSMIGRATE_RESOLVE=\"host=ip:port,...\"; RUNBOOK.md#vantage-point)")]
-MetricsOpt = Annotated[str | None, typer.Option(
-    "--metrics-file", metavar="PATH", help="When the command ends, write Prometheus textfile metrics to PATH "
-    "(atomically; e.g. node_exporter's textfile directory, NAME.prom; RUNBOOK.md#metrics-and-traces)")]
-ReportOpt = Annotated[str | None, typer.Option(
-    "--report", metavar="DIR", help="When the run ends, write its change record into DIR (HTML, JSON, Markdown, "
-    "timeline SVG/PNG; as `xksmigrate report`; RUNBOOK.md#change-record)")]
 
 
 # -- commands: parse, call one function in actions.py or views.py, exit with its code -----------
@@ -357,7 +344,9 @@ def main() -> None:
 
 
 def _command(args: list[str]) -> str:
-    return next((a for a in args if not a.startswith("-")), "")
+    """The command an error's NDJSON names: its first word, and the next for a sub-app's (`fleet plan`)."""
+    words = [a for a in args if not a.startswith("-")]
+    return " ".join(words[:2] if words[:1] in (["fleet"], ["sim"]) else words[:1])
 
 
 if __name__ == "__main__":
