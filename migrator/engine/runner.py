@@ -46,14 +46,14 @@ LOCK_PROBE_SECONDS = 1.0  # between heartbeats, how often the heartbeat thread a
 _T = TypeVar("_T")
 
 
-def start(plan: Plan, env: Environment) -> RunResult:
-    """Record a new run of `plan`, then drive it."""
+def start(plan: Plan, env: Environment, run_id: str | None = None) -> RunResult:
+    """Record a new run of `plan` with its stores (one transaction: a run is never found without them), then
+    drive it. `run_id`: the id to record it under (a fleet's store), else a new one."""
+    seed = [{"keystore_ref": ks.ref, "target": _target_record(ks)} for ks in plan.keystores]
     run_id = env.journal.create_run(
         plan_name=plan.name, plan_path=plan.path, plan_text=plan.text, plan_fingerprint=plan.fingerprint,
         region=plan.region, account_id=plan.account_id, dry_run=env.dry_run, who=env.who,
-        host=socket.gethostname(), pid=os.getpid(), options=_run_options(env))
-    for ks in plan.keystores:
-        env.journal.add_migration(run_id, ks.ref, _target_record(ks))
+        host=socket.gethostname(), pid=os.getpid(), options=_run_options(env), seed=seed, run_id=run_id)
     return _drive(plan, env, run_id)
 
 

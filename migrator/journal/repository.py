@@ -166,29 +166,30 @@ class Journal:
     def create_run(self, *, plan_name: str, plan_path: str, plan_text: str, plan_fingerprint: str, region: str,
                    account_id: str | None = None, dry_run: bool = False, options: dict[str, Any] | None = None,
                    who: str | None = None, host: str | None = None, pid: int | None = None,
-                   seed: Sequence[dict[str, Any]] = ()) -> str:
+                   seed: Sequence[dict[str, Any]] = (), run_id: str | None = None) -> str:
         """A new run, with the migrations in `seed` (their fields; keystore_ref and target at least) in the same
-        transaction: a rollback run starts with copies of the stores it takes back."""
+        transaction: a rollback run starts with copies of the stores it takes back. `run_id` given (a fleet's
+        store: the same id on every attempt, so a repeated step finds its run) must be new."""
         _refuse_secrets(options, "options")
         seeded = [{"state": "pending", "attempts": {}, "api_calls": {}, **self._check_fields(dict(m))}
                   for m in seed]
-        for _ in range(5):
+        for _ in range(1 if run_id else 5):
             now = time.time()
             stamp = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y%m%d-%H%M%S")
-            run_id = f"run-{stamp}-{secrets.token_hex(2)}"
+            new_id = run_id or f"run-{stamp}-{secrets.token_hex(2)}"
             try:
                 with self._engine.begin() as tx:
                     tx.execute(insert(runs).values(
-                        id=run_id, plan_name=plan_name, plan_path=plan_path, plan_text=plan_text,
+                        id=new_id, plan_name=plan_name, plan_path=plan_path, plan_text=plan_text,
                         plan_fingerprint=plan_fingerprint, who=who or self.who, host=host or self.host,
                         pid=self.pid if pid is None else pid, started_at=now, outcome="running", dry_run=dry_run,
                         region=region, account_id=account_id, options=dict(options or {})))
                     for values in seeded:
-                        tx.execute(insert(migrations).values(run_id=run_id, **values))
-                return run_id
+                        tx.execute(insert(migrations).values(run_id=new_id, **values))
+                return new_id
             except IntegrityError:  # two runs in one second drew the same suffix
                 continue
-        raise JournalError("could not allocate a unique run id")
+        raise JournalError(f"run id {run_id} is taken" if run_id else "could not allocate a unique run id")
 
     def finish_run(self, run_id: str, outcome: str, exit_code: int) -> None:
         if outcome not in RUN_OUTCOMES:
