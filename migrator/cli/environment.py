@@ -238,10 +238,12 @@ def is_loopback(url: str | None) -> bool:
 def environment(plan: Plan, *, dry_run: bool, json_output: bool, command: str, yes: bool, state: str | None,
                 world: str | None, faults: str | None, profile: str | None, region: str | None,
                 endpoint_url: str | None, time_scale: float | None, observe: bool = True,
-                resolve: list[str] | None = None) -> Iterator[tuple[Environment, Renderer]]:
+                resolve: list[str] | None = None,
+                world_log: str | None = None) -> Iterator[tuple[Environment, Renderer]]:
     """The Environment for a real account, or for an in-process rehearsal world (--dry-run), and its renderer.
 
     `observe=False` (plan) gives the engine a renderer that shows nothing: the command renders its own report.
+    `world_log`: where the rehearsal world writes its log (every call and state change, on its clock).
     """
     from migrator.cli import output
 
@@ -274,7 +276,7 @@ def environment(plan: Plan, *, dry_run: bool, json_output: bool, command: str, y
                     known[cred.secret_ref] = resolve_secret(cred.secret_ref).reveal()
     try:
         with dryrun.rehearsal(plan, world_path=world, faults_path=faults, secrets=known,
-                              time_scale=time_scale) as rh:
+                              time_scale=time_scale, log_path=world_log) as rh:
             renderer = make_renderer()
             yield Environment(journal=journal, clients=rh.clients, clock=rh.clock, observer=renderer,
                               secret_resolver=lambda ref: resolve_secret(

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from migrator.cli.options import AcceptOpt, EndpointOpt, JsonOpt, ProfileOpt, ResolveOpt, StateOpt
+from migrator.cli.options import AcceptOpt, EndpointOpt, JsonOpt, ProfileOpt, ResolveOpt, ScaleOpt, StateOpt, YesOpt
 
 fleet_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)  # its help: commands.py's add_typer
 
@@ -32,3 +32,51 @@ def fleet_plan(fleet_file: FleetArg,
                                  faults=faults, profile=profile, endpoint_url=endpoint_url,
                                  accept_unverified=accept_unverified or [], resolve=resolve or []))
 
+
+FleetIdArg = Annotated[str | None, typer.Argument(metavar="FLEET_ID", help="The fleet (default: the latest)")]
+
+
+@fleet_app.command("run")
+def fleet_run(fleet_file: FleetArg,
+              dry_run: Annotated[bool, typer.Option("--dry-run", help="Rehearse on an in-process world derived "
+                                                    "from the fleet file (never a real account or journal)")] = False,
+              yes: YesOpt = False, json_output: JsonOpt = False, state: StateOpt = None,
+              faults: Annotated[str | None, typer.Option("--faults", help="Fault file for --dry-run")] = None,
+              world_log: Annotated[str | None, typer.Option("--world-log", metavar="PATH", help="--dry-run: write "
+                                                            "the world's log (every call, its account and Region, "
+                                                            "on the world's clock) to PATH")] = None,
+              profile: ProfileOpt = None, endpoint_url: EndpointOpt = None, time_scale: ScaleOpt = None) -> None:
+    """Migrate the fleet in waves: the canary first and alone, then waves within max_in_flight and the failure
+    tolerance, a health gate and the bake between waves (on DBOS: `fleet worker`s share and take over)."""
+    from migrator.cli import fleet_run as action
+
+    raise typer.Exit(action.fleet_run(fleet_file, dry_run=dry_run, yes=yes, json_output=json_output, state=state,
+                                      profile=profile, endpoint_url=endpoint_url, time_scale=time_scale,
+                                      faults=faults, world_log=world_log))
+
+
+@fleet_app.command("status")
+def fleet_status(fleet_id: FleetIdArg = None, json_output: JsonOpt = False, state: StateOpt = None,
+                 dry_run: Annotated[bool, typer.Option("--dry-run", help="A rehearsal's fleet (the rehearsal "
+                                                       "journal)")] = False) -> None:
+    """The fleet's summary when it ended, else where each of its stores stands."""
+    from migrator.cli import fleet_run as action
+
+    raise typer.Exit(action.fleet_status(fleet_id, state=state, json_output=json_output, dry_run=dry_run))
+
+
+@fleet_app.command("resume")
+def fleet_resume(fleet_id: FleetIdArg = None, json_output: JsonOpt = False, state: StateOpt = None,
+                 profile: ProfileOpt = None) -> None:
+    """Continue a fleet whose runner died, from its checkpoints and each store's journal."""
+    from migrator.cli import fleet_run as action
+
+    raise typer.Exit(action.fleet_resume(fleet_id, state=state, profile=profile, json_output=json_output))
+
+
+@fleet_app.command("worker")
+def fleet_worker(json_output: JsonOpt = False, state: StateOpt = None, profile: ProfileOpt = None) -> None:
+    """Work on the fleets of this journal (PostgreSQL: on several machines) and take over a dead worker's stores."""
+    from migrator.cli import fleet_run as action
+
+    raise typer.Exit(action.fleet_worker(state=state, profile=profile, json_output=json_output))

@@ -346,7 +346,9 @@ class RunContext:
             runs = self.journal.unfinished_runs(self.plan.region, self.plan.account_id)
         except Exception:  # a journal hiccup must not fail preflight: the check says it could not be made
             return None
-        return tuple(r.id for r in runs if r.id != self.run_id)
+        fleet = self.options.get("fleet_id")  # a fleet's own stores share its cell budget by design: not "others"
+        return tuple(r.id for r in runs if r.id != self.run_id
+                     and not (fleet and (r.options or {}).get("fleet_id") == fleet))
 
 
 class SecretUnavailable(StepFailed, SecretError):

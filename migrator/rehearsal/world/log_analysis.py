@@ -38,11 +38,13 @@ def cell_of(entry: dict[str, Any]) -> Cell:
     return str(entry.get("account")), str(entry.get("region"))
 
 
-def calls(log: list[dict[str, Any]], operation: str | None = None, cell: Cell | None = None, *,
+def calls(log: list[dict[str, Any]], operation: str | tuple[str, ...] | None = None, cell: Cell | None = None, *,
           accepted: bool = False) -> list[dict[str, Any]]:
-    """API calls, optionally of one operation, in one cell, and only those not throttled (`accepted`)."""
+    """API calls, optionally of one operation (or any of several), in one cell, and only those not throttled
+    (`accepted`)."""
+    wanted = (operation,) if isinstance(operation, str) else operation
     return [e for e in log if e.get("kind") == "call"
-            and (operation is None or e.get("operation") == operation)
+            and (wanted is None or e.get("operation") in wanted)
             and (cell is None or cell_of(e) == cell)
             and not (accepted and e.get("error") in THROTTLING_ERRORS)]
 
@@ -59,7 +61,7 @@ def throttled(log: list[dict[str, Any]], cell: Cell | None = None) -> list[dict[
     return [e for e in calls(log, cell=cell) if e.get("error") in THROTTLING_ERRORS]
 
 
-def peak_rate(log: list[dict[str, Any]], operation: str, cell: Cell, *, window: float = 1.0,
+def peak_rate(log: list[dict[str, Any]], operation: str | tuple[str, ...], cell: Cell, *, window: float = 1.0,
               accepted: bool = False) -> int:
     """The most calls of `operation` in `cell` within any `window` simulated seconds ([t, t + window)).
 
@@ -73,3 +75,30 @@ def peak_rate(log: list[dict[str, Any]], operation: str, cell: Cell, *, window: 
             start += 1
         peak = max(peak, end - start + 1)
     return peak
+
+
+def most_disconnected_at_once(log: list[dict[str, Any]]) -> tuple[int, float]:
+    """The most stores out of CONNECTED at one moment (a store is out from its first change away from CONNECTED
+    until it is CONNECTED again), and when (simulated seconds): what a fleet's max_in_flight bounds."""
+    changes = sorted((e["t"], e.get("keystore"), e.get("from"), e.get("to")) for e in log
+                     if e.get("kind") == "state" and e.get("keystore"))
+    out: set[str] = set()
+    peak, when = 0, 0.0
+    for t, store, before, after in changes:
+        if after == "CONNECTED":
+            out.discard(str(store))
+        elif before == "CONNECTED" or after in ("DISCONNECTING", "DISCONNECTED"):
+            out.add(str(store))
+        if len(out) > peak:
+            peak, when = len(out), float(t)
+    return peak, when
+
+
+def first_disconnects(log: list[dict[str, Any]]) -> list[str]:
+    """The stores in the order they were first disconnected (accepted DisconnectCustomKeyStore calls)."""
+    order: list[str] = []
+    for e in calls(log, "DisconnectCustomKeyStore", accepted=True):
+        store = str(e.get("keystore"))
+        if e.get("error") is None and store not in order:
+            order.append(store)
+    return order

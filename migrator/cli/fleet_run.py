@@ -1,0 +1,360 @@
+"""`fleet run` and `fleet status`: the fleet's process-local services (journal, AWS clients or the rehearsal
+world, printing) around the DBOS workflows in fleet/engine.py.
+
+The fleet's DBOS state lives beside the journal: on PostgreSQL in the same database (schema `dbos`), on SQLite in
+a file next to the journal's (`<journal>.fleet.sqlite`), so a rehearsal's fleet state sits beside the rehearsal
+journal and never beside the real one. Every store's run is an ordinary journal run (`xksmigrate status RUN_ID`
+works on it), with the id `<fleet id>.<store>`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import socket
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any, TextIO
+
+from migrator.cli import environment as support
+from migrator.cli.output import describe_event, fmt_seconds, json_line, printable
+from migrator.engine.environment import Observer
+
+if TYPE_CHECKING:
+    from migrator.engine.environment import Environment
+    from migrator.fleet.outcome import StoreOutcome
+    from migrator.fleet.rollout import Wave
+    from migrator.fleet.spec import FleetSpec, FleetStore
+    from migrator.fleet.stores import FleetRequest, GateResult
+    from migrator.journal.repository import Journal
+
+
+class FleetLines:
+    """The fleet's output: every store's events prefixed with the store, and the fleet's own (thread-safe)."""
+
+    def __init__(self, json_output: bool, simulated: bool, stream: TextIO | None = None):
+        self.json_output, self.simulated = json_output, simulated
+        self.stream = stream or sys.stdout
+        self._lock = threading.Lock()
+
+    def _write(self, line: str) -> None:
+        with self._lock:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    def store_event(self, ref: str, event: dict[str, Any]) -> None:
+        if self.json_output:
+            if event.get("type") == "event":
+                self._write(json_line({**event, "fleet_store": ref}))
+            return
+        if event.get("type") == "event" and (line := describe_event(event, self.simulated)):
+            self._write(f"{time.strftime('%H:%M:%S')} {ref}: {printable(line.strip())}")
+
+    def fleet_event(self, event: dict[str, Any]) -> None:
+        if self.json_output:
+            self._write(json_line(event))
+            return
+        for line in describe_fleet_event(event, self.simulated):
+            self._write(printable(line))
+
+
+def describe_fleet_event(event: dict[str, Any], simulated: bool = False) -> list[str]:
+    kind = event.get("type")
+    if kind == "fleet_start":
+        return [str(event["message"]) + (" (dry run: a rehearsal world derived from the fleet file)"
+                                          if event.get("dry_run") else "")]
+    if kind == "fleet_wave":
+        return [f"== {event['label']}: {', '.join(event['stores'])}"]
+    if kind == "fleet_gate":
+        verdict = "passed" if event.get("ok") else "FAILED"
+        proved = ", ".join(f"{ref} ({n} keys)" for ref, n in (event.get("proved") or {}).items()) or "no store"
+        lines = [f"   gate after wave {event['wave']} {verdict}: round trips proved {proved}"]
+        return lines + [f"     {failure}" for failure in event.get("failures") or []]
+    if kind == "fleet_bake":
+        return [f"   baking {fmt_seconds(float(event['seconds']))}{' simulated' if simulated else ''}"]
+    if kind == "fleet_waiting":
+        return [f"   {event['message']}"]
+    if kind == "fleet_summary":
+        unit = " simulated" if simulated else ""
+        fleet = event.get("fleet_id") or "(not started)"
+        lines = [f"fleet {fleet}: {event['outcome']} (exit {event['exit_code']}): {event['message']}"]
+        for ks in event.get("keystores") or []:
+            window = ks.get("window_seconds")
+            shown = f"window {fmt_seconds(window)}{unit}" if window is not None else "no window"
+            budget = ks.get("budget_seconds")
+            of = f" of {fmt_seconds(budget)}" if budget is not None and window is not None else ""
+            run = f"  run {ks['run_id']}" if ks.get("run_id") and ks["outcome"] != "not_started" else ""
+            lines.append(f"  {ks['ref']:<24} {ks['account_id']} {ks['region']:<12} wave {ks['wave']:<3} "
+                         f"{ks['outcome']:<12} {shown}{of}{run}")
+        return lines
+    return []
+
+
+class StoreObserver(Observer):
+    def __init__(self, ref: str, lines: FleetLines):
+        self.ref, self.lines = ref, lines
+
+    def event(self, event: dict[str, object]) -> None:
+        self.lines.store_event(self.ref, event)
+
+
+class LocalServices:
+    """The fleet's services in this process: one Environment per store around one base Environment."""
+
+    def __init__(self, base: Environment, lines: FleetLines, *, dry_run: bool, endpoint_url: str | None):
+        from migrator.fleet.stores import StoreRunner
+
+        self.base, self.lines, self.dry_run, self.endpoint_url = base, lines, dry_run, endpoint_url
+        self.runner = StoreRunner(self.env_for, lock_wait_seconds=60.0)
+
+    def env_for(self, store: FleetStore) -> Environment:
+        from migrator.cli import recorded
+
+        facts = recorded.run_facts(store.plan, hooks_dir=None, allow_insecure_hooks=False,
+                                   endpoint_url=self.endpoint_url, account_id=None, dry_run=self.dry_run)
+        return dataclasses.replace(self.base, observer=StoreObserver(store.ref, self.lines),
+                                   approve=lambda question: True, run_facts=facts)
+
+    def waves(self, request: FleetRequest) -> list[Wave]:
+        from migrator.fleet.checks import waves_for
+
+        spec = request.spec()
+        return list(waves_for(spec, current_endpoints(spec, self.base)))
+
+    def drive(self, request: FleetRequest, ref: str, wave: int) -> StoreOutcome:
+        from migrator.fleet.outcome import StoreOutcome
+
+        try:
+            return self.runner.drive(request, ref, wave)
+        except Exception as exc:  # one store's fault is its outcome, never the fleet's crash
+            store = request.spec().store(ref)
+            return StoreOutcome(ref, store.account.account_id, store.keystore.region, wave, None, "failed", 1,
+                                message=f"{type(exc).__name__}: the store's run could not go on")
+
+    def gate(self, request: FleetRequest, refs: list[str], wave: int) -> GateResult:
+        from migrator.fleet.stores import health_gate
+
+        return health_gate(request.spec(), refs, wave, self.base.clients)
+
+    def progress(self, event: dict[str, object]) -> None:
+        self.lines.fleet_event(dict(event))
+
+
+def current_endpoints(spec: FleetSpec, env: Environment) -> dict[str, str | None]:
+    """Each store's URI endpoint today (None when it cannot be read: the ramp then knows only the target's)."""
+    from migrator.aws.kms import AwsCallError, KmsApplier
+    from migrator.preflight.accounts import store_clients
+
+    found: dict[str, str | None] = {}
+    for store in spec.stores:
+        try:
+            kms = KmsApplier(store_clients(store.plan, store.keystore, env.clients).client("kms"))
+            found[store.ref] = kms.describe(store.keystore.id or store.ref).config.uri_endpoint
+        except (AwsCallError, OSError):
+            found[store.ref] = None
+    return found
+
+
+def system_url(journal: Journal) -> str:
+    """Where DBOS keeps the fleet's state: the journal's PostgreSQL database, or a SQLite file beside it."""
+    if journal.backend == "postgresql":
+        return journal.url.render_as_string(hide_password=False)
+    database = journal.url.database or ""
+    if not database or database == ":memory:":
+        raise support.fail("a fleet needs a journal on disk or on PostgreSQL (--state)")
+    return f"sqlite:///{os.path.abspath(database)}.fleet.sqlite"
+
+
+def executor_id() -> str:
+    """This worker's DBOS executor id: host and pid, so a dead one is told from a live one (engine.py)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def fleet_run(fleet_file: str, *, dry_run: bool, yes: bool, json_output: bool, state: str | None,
+              profile: str | None, endpoint_url: str | None, time_scale: float | None,
+              faults: str | None = None, world_log: str | None = None) -> int:
+    """`fleet run`: the fleet's waves, each store's run through the single-store engine, on DBOS.
+
+    This process runs the fleet's workflow and works on its queue; `fleet worker`s on other machines (on a
+    PostgreSQL journal) share its stores and take over if it dies. A --dry-run's world is in this process: only
+    this process works on its stores.
+    """
+    from migrator.cli.fleet_plan import load_fleet
+    from migrator.fleet import engine
+    from migrator.fleet.stores import FleetRequest, new_fleet_id
+
+    spec = load_fleet(fleet_file)
+    if world_log and not dry_run:
+        raise support.fail("--world-log belongs to --dry-run")
+    support.require_consent(yes)
+    with support.environment(spec.whole, dry_run=dry_run, json_output=json_output, command="run", yes=yes,
+                             state=state, world=None, faults=faults, profile=profile, region=None,
+                             endpoint_url=endpoint_url, time_scale=time_scale, observe=False,
+                             world_log=world_log) as (env, _):
+        lines = FleetLines(json_output, env.clock.scale != 1.0)
+        if (refused := fleet_preflight(spec, env, json_output, lines)) is not None:
+            return refused
+        request = FleetRequest(new_fleet_id(), os.path.abspath(fleet_file), spec.text, dry_run, env.clock.scale,
+                               None if dry_run else endpoint_url)
+        own = LocalServices(env, lines, dry_run=dry_run, endpoint_url=request.endpoint_url)
+        engine.install(lambda asked: own if asked.fleet_id == request.fleet_id else _refuse(asked))
+        lines.fleet_event({"type": "fleet_start", "fleet_id": request.fleet_id, "name": spec.name,
+                           "stores": len(spec.stores), "dry_run": dry_run,
+                           "message": f"fleet {request.fleet_id}: {spec.name}, {len(spec.stores)} stores"})
+        with engine.runtime(system_url(env.journal), executor_id(), request.fleet_id):
+            summary = engine.start(request)
+    return int(str(summary["exit_code"]))
+
+
+def fleet_preflight(spec: FleetSpec, env: Environment, json_output: bool, lines: FleetLines) -> int | None:
+    """`fleet plan`'s report of the whole fleet before any store moves: what only the fleet can see (one proxy
+    endpoint public in one account and VPC in another, two stores of one proxy in a wave, role sessions too short)
+    blocks here; each store's own run checks its store again right before its disconnect. None: go on."""
+    from migrator.cli import fleet_plan
+    from migrator.fleet.plan_report import fleet_report
+    from migrator.preflight import planner
+
+    checked = fleet_report(spec, planner.make_report(spec.whole, env, ()))
+    if checked.exit_code == 0:
+        return None
+    (fleet_plan.render_json if json_output else fleet_plan.render_human)(checked)
+    lines.fleet_event({"type": "fleet_summary", "fleet_id": None, "outcome": "blocked", "exit_code": checked.exit_code,
+                       "message": f"fleet plan says {checked.verdict}: no store was started, nothing changed",
+                       "stopped_by": "fleet plan", "stop_reason": checked.verdict, "keystores": [], "gates": []})
+    return checked.exit_code
+
+
+def _refuse(request: FleetRequest) -> LocalServices:
+    raise RuntimeError(f"fleet {request.fleet_id} is not this process's")  # listen_queues keeps it from coming
+
+
+class WorkerServices:
+    """A `fleet worker`'s services: each fleet's, made from its request (its endpoint, its time scale), with this
+    machine's own credentials, and journaled in the worker's journal."""
+
+    def __init__(self, journal: Journal, lines: FleetLines, profile: str | None):
+        self.journal, self.lines, self.profile = journal, lines, profile
+
+    def __call__(self, request: FleetRequest) -> LocalServices:
+        if request.dry_run:
+            raise RuntimeError(f"fleet {request.fleet_id} is a rehearsal: its world lives in its own process")
+        from migrator.cli.output import Renderer
+
+        spec = request.spec()
+        env = support.real_env(spec.whole, journal=self.journal, renderer=Renderer(), yes=True, profile=self.profile,
+                               region=None, endpoint_url=request.endpoint_url, time_scale=request.time_scale,
+                               roots_required=False, scale_check=False)
+        return LocalServices(env, self.lines, dry_run=False, endpoint_url=request.endpoint_url)
+
+
+def fleet_worker(*, state: str | None, profile: str | None, json_output: bool, once: bool = False) -> int:
+    """`fleet worker`: work on every fleet's stores in this journal's DBOS state, and take over the work of a
+    worker (or a `fleet run`) that died (fleet/workers.py says how death is told and how fast)."""
+    from migrator.fleet import engine, workers
+
+    support.interruptible()
+    journal = support.open_journal(state)
+    url, me = system_url(journal), executor_id()
+    lines = FleetLines(json_output, simulated=False)
+    engine.install(WorkerServices(journal, lines, profile))
+    with engine.runtime(url, me), workers.alive(url, me):
+        lines.fleet_event({"type": "fleet_worker", "executor_id": me,
+                           "message": f"fleet worker {me}: working on {journal.url_for_display}"})
+        try:
+            while True:
+                for dead in workers.take_over_dead(url, me):
+                    lines.fleet_event({"type": "fleet_takeover", "executor_id": me, "dead": dead,
+                                       "message": f"took over the work of {dead}, which is no longer alive"})
+                if once:
+                    return 0
+                time.sleep(workers.TAKEOVER_POLL_SECONDS)
+        except KeyboardInterrupt:
+            lines.fleet_event({"type": "fleet_worker_stopped", "executor_id": me,
+                               "message": f"fleet worker {me} stopped; its unfinished work waits for another"})
+            return 130
+
+
+def fleet_resume(fleet_id: str | None, *, state: str | None, profile: str | None, json_output: bool) -> int:
+    """`fleet resume`: continue a fleet whose runner died, from its checkpoints and its stores' journals."""
+    from dbos import DBOSClient
+
+    from migrator.fleet import engine, workers
+
+    support.interruptible()
+    journal = support.open_journal(state)
+    url, me = system_url(journal), executor_id()
+    client = DBOSClient(system_database_url=url)
+    try:
+        status = _fleet_status(client, fleet_id)
+    finally:
+        client.destroy()
+    fleet_id = status.workflow_id
+    if status.status != "PENDING":
+        raise support.fail(f"fleet {fleet_id} is {status.status}, not unfinished: see `xksmigrate fleet status "
+                           f"{fleet_id}`")
+    request = request_of(status)
+    if request.dry_run:
+        raise support.fail(f"fleet {fleet_id} was a rehearsal (--dry-run): its world ended with its process; "
+                           "rehearse again with a new `fleet run --dry-run`")
+    if status.executor_id and not workers.is_dead(url, status.executor_id):
+        raise support.fail(f"fleet {fleet_id} is still run by {status.executor_id}, which is alive")
+    lines = FleetLines(json_output, request.time_scale != 1.0)
+    engine.install(WorkerServices(journal, lines, profile))
+    with engine.runtime(url, me, fleet_id), workers.alive(url, me):
+        workers.take_over_dead(url, me)
+        summary = engine.wait(fleet_id)
+    return int(str(summary["exit_code"]))
+
+
+def request_of(status: Any) -> FleetRequest:
+    from migrator.fleet.stores import FleetRequest
+
+    args = status.input.args if status.input is not None else ()
+    return FleetRequest.from_dict(dict(args[0]))
+
+
+def _fleet_status(client: Any, fleet_id: str | None) -> Any:
+    if fleet_id:
+        found = client.list_workflows(workflow_ids=[fleet_id], load_output=True)
+    else:
+        found = client.list_workflows(name="xksmigrate.fleet", sort_desc=True, limit=1, load_output=True)
+    if not found:
+        raise support.fail(f"no fleet {fleet_id}" if fleet_id else "no fleet has run with this journal")
+    return found[0]
+
+
+def fleet_status(fleet_id: str | None, *, state: str | None, json_output: bool, dry_run: bool = False) -> int:
+    """`fleet status`: the fleet's summary when it ended, else where each store stands (from its journal run)."""
+    from dbos import DBOSClient
+
+    from migrator.fleet.outcome import StoreOutcome, fleet_outcome
+    from migrator.fleet.stores import store_run_id
+    from migrator.journal.models import JournalError
+
+    journal = support.open_journal(state or (support.default_journal_url("rehearsal.db") if dry_run else None),
+                                   rehearsal=dry_run, read_only=True)
+    client = DBOSClient(system_database_url=system_url(journal))
+    try:
+        status = _fleet_status(client, fleet_id)
+        if status.status == "SUCCESS" and isinstance(status.output, dict):
+            summary = dict(status.output)
+        else:
+            planned = client.get_event(status.workflow_id, "planned", timeout_seconds=0) or []
+            ended = {ref: StoreOutcome.from_dict(o) for ref, o in
+                     (client.get_event(status.workflow_id, "ended", timeout_seconds=0) or {}).items()}
+            for ref, account, region, wave in planned:
+                if ref in ended:
+                    continue
+                with contextlib.suppress(JournalError):
+                    run = journal.get_run(store_run_id(status.workflow_id, ref))
+                    state_now = run.migrations[0].state if run.migrations else run.outcome
+                    ended[ref] = StoreOutcome(ref, account, region, wave, run.id, state_now, 0)
+            summary = fleet_outcome(status.workflow_id, [tuple(p) for p in planned], ended, None,
+                                    finished=False).summary()
+        summary["dbos_status"], summary["executor_id"] = status.status, status.executor_id
+    finally:
+        client.destroy()
+    FleetLines(json_output, simulated=False).fleet_event(summary)
+    return int(str(summary["exit_code"])) if status.status == "SUCCESS" else 0
