@@ -16,6 +16,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from migrator.cli import environment as support
@@ -52,6 +53,12 @@ class FleetLines:
         if event.get("type") == "event" and (line := describe_event(event, self.simulated)):
             self._write(f"{time.strftime('%H:%M:%S')} {ref}: {printable(line.strip())}")
 
+    def took_over(self, me: str) -> Callable[[str], None]:
+        def say(dead: str) -> None:
+            self.fleet_event({"type": "fleet_takeover", "executor_id": me, "dead": dead,
+                              "message": f"{me} took over the unfinished work of {dead}, which is no longer alive"})
+        return say
+
     def fleet_event(self, event: dict[str, Any]) -> None:
         if self.json_output:
             self._write(json_line(event))
@@ -62,6 +69,8 @@ class FleetLines:
 
 def describe_fleet_event(event: dict[str, Any], simulated: bool = False) -> list[str]:
     kind = event.get("type")
+    if kind in ("fleet_takeover", "fleet_worker", "fleet_worker_stopped"):
+        return [str(event["message"])]
     if kind == "fleet_start":
         return [str(event["message"]) + (" (dry run: a rehearsal world derived from the fleet file)"
                                           if event.get("dry_run") else "")]
@@ -182,7 +191,7 @@ def fleet_run(fleet_file: str, *, dry_run: bool, yes: bool, json_output: bool, s
     this process works on its stores.
     """
     from migrator.cli.fleet_plan import load_fleet
-    from migrator.fleet import engine
+    from migrator.fleet import engine, workers
     from migrator.fleet.stores import FleetRequest, new_fleet_id
 
     spec = load_fleet(fleet_file)
@@ -203,7 +212,9 @@ def fleet_run(fleet_file: str, *, dry_run: bool, yes: bool, json_output: bool, s
         lines.fleet_event({"type": "fleet_start", "fleet_id": request.fleet_id, "name": spec.name,
                            "stores": len(spec.stores), "dry_run": dry_run,
                            "message": f"fleet {request.fleet_id}: {spec.name}, {len(spec.stores)} stores"})
-        with engine.runtime(system_url(env.journal), executor_id(), request.fleet_id):
+        url, me = system_url(env.journal), executor_id()
+        with engine.runtime(url, me, request.fleet_id), workers.alive(url, me), \
+                (contextlib.nullcontext() if dry_run else workers.taking_over(url, me, lines.took_over(me))):
             summary = engine.start(request)
     return int(str(summary["exit_code"]))
 
@@ -259,17 +270,13 @@ def fleet_worker(*, state: str | None, profile: str | None, json_output: bool, o
     url, me = system_url(journal), executor_id()
     lines = FleetLines(json_output, simulated=False)
     engine.install(WorkerServices(journal, lines, profile))
-    with engine.runtime(url, me), workers.alive(url, me):
+    with engine.runtime(url, me), workers.alive(url, me), workers.taking_over(url, me, lines.took_over(me)):
         lines.fleet_event({"type": "fleet_worker", "executor_id": me,
                            "message": f"fleet worker {me}: working on {journal.url_for_display}"})
         try:
-            while True:
-                for dead in workers.take_over_dead(url, me):
-                    lines.fleet_event({"type": "fleet_takeover", "executor_id": me, "dead": dead,
-                                       "message": f"took over the work of {dead}, which is no longer alive"})
-                if once:
-                    return 0
+            while not once:
                 time.sleep(workers.TAKEOVER_POLL_SECONDS)
+            return 0
         except KeyboardInterrupt:
             lines.fleet_event({"type": "fleet_worker_stopped", "executor_id": me,
                                "message": f"fleet worker {me} stopped; its unfinished work waits for another"})
@@ -302,8 +309,10 @@ def fleet_resume(fleet_id: str | None, *, state: str | None, profile: str | None
         raise support.fail(f"fleet {fleet_id} is still run by {status.executor_id}, which is alive")
     lines = FleetLines(json_output, request.time_scale != 1.0)
     engine.install(WorkerServices(journal, lines, profile))
-    with engine.runtime(url, me, fleet_id), workers.alive(url, me):
-        workers.take_over_dead(url, me)
+    with engine.runtime(url, me, fleet_id), workers.alive(url, me), \
+            workers.taking_over(url, me, lines.took_over(me)):
+        for dead in workers.take_over_dead(url, me):
+            lines.took_over(me)(dead)
         summary = engine.wait(fleet_id)
     return int(str(summary["exit_code"]))
 
@@ -311,7 +320,7 @@ def fleet_resume(fleet_id: str | None, *, state: str | None, profile: str | None
 def request_of(status: Any) -> FleetRequest:
     from migrator.fleet.stores import FleetRequest
 
-    args = status.input.args if status.input is not None else ()
+    args = (status.input or {}).get("args") or ()  # DBOS's WorkflowInputs: {"args": [...], "kwargs": {...}}
     return FleetRequest.from_dict(dict(args[0]))
 
 

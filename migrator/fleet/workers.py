@@ -21,7 +21,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import socket
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from migrator.journal.locks import pid_alive
@@ -83,3 +84,24 @@ def take_over_dead(system_url: str, me: str) -> list[str]:
     if dead:
         DBOS._recover_pending_workflows(dead)
     return dead
+
+
+@contextlib.contextmanager
+def taking_over(system_url: str, me: str, on_takeover: Callable[[str], None]) -> Iterator[None]:
+    """While the block runs, look for dead executors every TAKEOVER_POLL_SECONDS and requeue their work (a `fleet
+    run` does too, so a fleet whose worker died while running a store goes on without a person)."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(TAKEOVER_POLL_SECONDS):
+            with contextlib.suppress(Exception):  # a database hiccup: the next round tries again
+                for dead in take_over_dead(system_url, me):
+                    on_takeover(dead)
+
+    thread = threading.Thread(target=loop, name="fleet-takeover", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=TAKEOVER_POLL_SECONDS + 1)
