@@ -260,7 +260,7 @@ class WorkerServices:
         return LocalServices(env, self.lines, dry_run=False, endpoint_url=request.endpoint_url)
 
 
-def fleet_worker(*, state: str | None, profile: str | None, json_output: bool, once: bool = False) -> int:
+def fleet_worker(*, state: str | None, profile: str | None, json_output: bool) -> int:
     """`fleet worker`: work on every fleet's stores in this journal's DBOS state, and take over the work of a
     worker (or a `fleet run`) that died (fleet/workers.py says how death is told and how fast)."""
     from migrator.fleet import engine, workers
@@ -274,9 +274,8 @@ def fleet_worker(*, state: str | None, profile: str | None, json_output: bool, o
         lines.fleet_event({"type": "fleet_worker", "executor_id": me,
                            "message": f"fleet worker {me}: working on {journal.url_for_display}"})
         try:
-            while not once:
+            while True:  # the queues and the takeover work in DBOS's and taking_over's threads
                 time.sleep(workers.TAKEOVER_POLL_SECONDS)
-            return 0
         except KeyboardInterrupt:
             lines.fleet_event({"type": "fleet_worker_stopped", "executor_id": me,
                                "message": f"fleet worker {me} stopped; its unfinished work waits for another"})
