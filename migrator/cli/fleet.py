@@ -33,6 +33,7 @@ def fleet_plan(fleet_file: FleetArg,
                                  accept_unverified=accept_unverified or [], resolve=resolve or []))
 
 
+RehearsalOpt = Annotated[bool, typer.Option("--dry-run", help="A rehearsal's fleet (the rehearsal journal)")]
 FleetIdArg = Annotated[str | None, typer.Argument(metavar="FLEET_ID", help="The fleet (default: the latest)")]
 
 
@@ -57,12 +58,24 @@ def fleet_run(fleet_file: FleetArg,
 
 @fleet_app.command("status")
 def fleet_status(fleet_id: FleetIdArg = None, json_output: JsonOpt = False, state: StateOpt = None,
-                 dry_run: Annotated[bool, typer.Option("--dry-run", help="A rehearsal's fleet (the rehearsal "
-                                                       "journal)")] = False) -> None:
+                 dry_run: RehearsalOpt = False,
+                 watch: Annotated[bool, typer.Option("--watch", help="Again every 2 s until the fleet ends; then "
+                                                     "its exit code")] = False) -> None:
     """The fleet's summary when it ended, else where each of its stores stands."""
     from migrator.cli import fleet_run as action
 
-    raise typer.Exit(action.fleet_status(fleet_id, state=state, json_output=json_output, dry_run=dry_run))
+    raise typer.Exit(action.fleet_status(fleet_id, state=state, json_output=json_output, dry_run=dry_run,
+                                         watch=watch))
+
+
+@fleet_app.command("proceed")
+def fleet_proceed(fleet_id: Annotated[str, typer.Argument(metavar="FLEET_ID", help="The fleet waiting")],
+                  wave: Annotated[int, typer.Option("--wave", min=2, help="The wave that may start")],
+                  json_output: JsonOpt = False, state: StateOpt = None, dry_run: RehearsalOpt = False) -> None:
+    """Let wave N start, in a fleet whose file asks for approval between waves ([rollout] approval = true)."""
+    from migrator.cli import fleet_run as action
+
+    raise typer.Exit(action.fleet_proceed(fleet_id, wave, state=state, dry_run=dry_run, json_output=json_output))
 
 
 @fleet_app.command("resume")

@@ -69,7 +69,7 @@ class FleetLines:
 
 def describe_fleet_event(event: dict[str, Any], simulated: bool = False) -> list[str]:
     kind = event.get("type")
-    if kind in ("fleet_takeover", "fleet_worker", "fleet_worker_stopped"):
+    if kind in ("fleet_takeover", "fleet_worker", "fleet_worker_stopped", "fleet_proceed"):
         return [str(event["message"])]
     if kind == "fleet_start":
         return [str(event["message"]) + (" (dry run: a rehearsal world derived from the fleet file)"
@@ -333,16 +333,56 @@ def _fleet_status(client: Any, fleet_id: str | None) -> Any:
     return found[0]
 
 
-def fleet_status(fleet_id: str | None, *, state: str | None, json_output: bool, dry_run: bool = False) -> int:
-    """`fleet status`: the fleet's summary when it ended, else where each store stands (from its journal run)."""
+def _state_journal(state: str | None, dry_run: bool, read_only: bool = True) -> Journal:
+    from migrator.dryrun import REHEARSAL_JOURNAL_NAME
+
+    url = state or (support.default_journal_url(REHEARSAL_JOURNAL_NAME) if dry_run else None)
+    return support.open_journal(url, rehearsal=dry_run, read_only=read_only)
+
+
+def fleet_proceed(fleet_id: str, wave: int, *, state: str | None, dry_run: bool, json_output: bool) -> int:
+    """`fleet proceed FLEET_ID --wave N`: a person's go for wave N of a fleet whose file asks for approval."""
+    from dbos import DBOSClient
+
+    client = DBOSClient(system_database_url=system_url(_state_journal(state, dry_run)))
+    try:
+        status = _fleet_status(client, fleet_id)
+        if status.status != "PENDING":
+            raise support.fail(f"fleet {fleet_id} is {status.status}: there is no wave waiting")
+        client.send(fleet_id, {"by": support.who(), "at": time.time()}, topic=f"proceed-{wave}",
+                    idempotency_key=f"proceed-{fleet_id}-{wave}")
+    finally:
+        client.destroy()
+    FleetLines(json_output, simulated=False).fleet_event(
+        {"type": "fleet_proceed", "fleet_id": fleet_id, "wave": wave, "by": support.who(),
+         "message": f"fleet {fleet_id}: wave {wave} may start"})
+    return 0
+
+
+def fleet_status(fleet_id: str | None, *, state: str | None, json_output: bool, dry_run: bool = False,
+                 watch: bool = False) -> int:
+    """`fleet status`: the fleet's summary when it ended, else where each store stands; `watch`: again every
+    2 s while it is going, until it ends (the fleet's exit code)."""
+    shown = None
+    while True:
+        summary, finished = _status_summary(fleet_id, state=state, dry_run=dry_run)
+        fleet_id = str(summary["fleet_id"])
+        if summary != shown:
+            FleetLines(json_output, simulated=False).fleet_event(summary)
+            shown = summary
+        if finished or not watch:
+            return int(str(summary["exit_code"])) if finished else 0
+        time.sleep(2.0)
+
+
+def _status_summary(fleet_id: str | None, *, state: str | None, dry_run: bool) -> tuple[dict[str, Any], bool]:
     from dbos import DBOSClient
 
     from migrator.fleet.outcome import StoreOutcome, fleet_outcome
     from migrator.fleet.stores import store_run_id
     from migrator.journal.models import JournalError
 
-    journal = support.open_journal(state or (support.default_journal_url("rehearsal.db") if dry_run else None),
-                                   rehearsal=dry_run, read_only=True)
+    journal = _state_journal(state, dry_run)
     client = DBOSClient(system_database_url=system_url(journal))
     try:
         status = _fleet_status(client, fleet_id)
@@ -364,5 +404,5 @@ def fleet_status(fleet_id: str | None, *, state: str | None, json_output: bool, 
         summary["dbos_status"], summary["executor_id"] = status.status, status.executor_id
     finally:
         client.destroy()
-    FleetLines(json_output, simulated=False).fleet_event(summary)
-    return int(str(summary["exit_code"])) if status.status == "SUCCESS" else 0
+        journal.close()
+    return summary, status.status not in ("PENDING", "ENQUEUED")

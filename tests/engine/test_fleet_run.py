@@ -194,3 +194,25 @@ def test_a_fleet_check_that_blocks_stops_the_run_before_any_store_moves(tmp_path
     blocks = [json.loads(line) for line in done.stdout.splitlines() if '"fleet_finding"' in line]
     assert [f["check"] for f in blocks if f["status"] == "block"] == ["fleet.role_session"]
     assert not [e for e in log if e.get("kind") == "call" and e.get("operation") in MUTATING]
+
+
+def test_a_fleet_that_asks_for_approval_waits_for_fleet_proceed_before_each_wave(tmp_path: Path) -> None:
+    from crash_helpers import kill_leftovers, spawn
+
+    state = f"sqlite:///{tmp_path}/journal.db"
+    log = tmp_path / "world-log.jsonl"
+    runner = spawn(["fleet", "run", str(small_fleet(tmp_path, approval=True, bake="0s")), "--dry-run", "--yes",
+                    "--json", "--state", state, "--world-log", str(log)], tmp_path, "run")
+    try:
+        for wave in (2, 3):
+            waiting = runner.wait_for_line(lambda line, n=wave: line.get("type") == "fleet_waiting"
+                                           and line.get("wave") == n, timeout=300)
+            assert waiting is not None, runner.err.read_text()[-2000:]
+            world = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+            assert len(first_disconnects(world)) == {2: 1, 3: 3}[wave]  # nothing of wave N before the go
+            told = fleet("proceed", waiting["fleet_id"], "--wave", str(wave), "--state", state, cwd=tmp_path)
+            assert told.returncode == 0, told.stderr
+        assert runner.wait(timeout=300) == 0
+        assert runner.lines()[-1]["outcome"] == "completed"
+    finally:
+        kill_leftovers()
