@@ -49,7 +49,8 @@ class FleetLines:
 
 def describe_fleet_event(event: dict[str, Any], simulated: bool = False) -> list[str]:
     kind = event.get("type")
-    if kind in ("fleet_takeover", "fleet_worker", "fleet_worker_stopped", "fleet_proceed"):
+    if kind in ("fleet_takeover", "fleet_worker", "fleet_worker_stopped", "fleet_proceed",
+                "fleet_interrupted"):
         return [str(event["message"])]
     if kind == "fleet_start":
         return [str(event["message"]) + (" (dry run: a rehearsal world derived from the fleet file)"

@@ -13,8 +13,9 @@ import contextlib
 import dataclasses
 import os
 import socket
+import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from migrator.cli import environment as support
 from migrator.cli.fleet_output import FleetLines
@@ -126,6 +127,7 @@ def fleet_run(fleet_file: str, *, dry_run: bool, yes: bool, json_output: bool, s
     if world_log and not dry_run:
         raise support.fail("--world-log belongs to --dry-run")
     support.require_consent(yes)
+    support.interruptible()  # SIGTERM as Ctrl-C
     with support.environment(spec.whole, dry_run=dry_run, json_output=json_output, command="run", yes=yes,
                              state=state, world=None, faults=faults, profile=profile, region=None,
                              endpoint_url=endpoint_url, time_scale=time_scale, observe=False,
@@ -143,8 +145,25 @@ def fleet_run(fleet_file: str, *, dry_run: bool, yes: bool, json_output: bool, s
         url, me = system_url(env.journal), executor_id()
         with engine.runtime(url, me, request.fleet_id), workers.alive(url, me), \
                 (contextlib.nullcontext() if dry_run else workers.taking_over(url, me, lines.took_over(me))):
-            summary = engine.start(request)
+            try:
+                summary = engine.start(request)
+            except KeyboardInterrupt:
+                interrupted(lines, request.fleet_id, dry_run)
     return int(str(summary["exit_code"]))
+
+
+def interrupted(lines: FleetLines, fleet_id: str, dry_run: bool) -> NoReturn:
+    """Ctrl-C or SIGTERM: say how to go on, then stop at once. The stores in flight run in DBOS's threads, which a
+    signal cannot reach; they stop where a SIGKILL would leave them (every journal write is committed, so a
+    resume or another worker continues each from its journal, as the crash matrix and the takeover tests prove),
+    and this process's liveness lock ends with it."""
+    how = ("rehearse again with a new `fleet run --dry-run`" if dry_run else
+           f"continue it with: xksmigrate fleet resume {fleet_id} (or a `fleet worker` takes it over)")
+    lines.fleet_event({"type": "fleet_interrupted", "fleet_id": fleet_id, "exit_code": 130,
+                       "message": f"fleet {fleet_id} interrupted; {how}"})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
 
 
 def fleet_preflight(spec: FleetSpec, env: Environment, json_output: bool, lines: FleetLines) -> int | None:

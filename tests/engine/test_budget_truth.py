@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from crash_helpers import default_sigint
 from engine_helpers import REPO, load_world, roomy_plan_file
 from test_lock_cli import advance_world, cli_env, wait_until
 
@@ -204,7 +205,8 @@ def test_ctrl_c_in_the_connect_wait_and_a_late_resume_show_the_overrun_everywher
         runner = subprocess.Popen([sys.executable, "-m", "migrator.cli", "run", str(plan), "--yes", "--json",
                                    "--endpoint-url", server.endpoint_url, "--time-scale", str(SCALE),
                                    "--state", journal_url], stdout=fo, stderr=subprocess.PIPE,
-                                  stdin=subprocess.DEVNULL, cwd=tmp_path, env=cli_env())
+                                  stdin=subprocess.DEVNULL, cwd=tmp_path, env=cli_env(),
+                                  preexec_fn=default_sigint)
     try:
         run_id = wait_until("the connect wait", connecting(journal), runner, timeout=90.0)
         runner.send_signal(signal.SIGINT)
@@ -303,7 +305,7 @@ def test_status_gives_up_with_124_while_the_run_is_still_going(journal_url, jour
     runner = subprocess.Popen([sys.executable, "-m", "migrator.cli", "run", str(plan), "--yes", "--endpoint-url",
                                server.endpoint_url, "--time-scale", str(SCALE), "--state", journal_url],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                              cwd=tmp_path, env=cli_env())
+                              cwd=tmp_path, env=cli_env(), preexec_fn=default_sigint)
     try:
         run_id = wait_until("the disconnect", lambda: next((r.id for r in journal.list_runs(limit=1)
                                                             if r.migrations and r.migrations[0].disconnected_at),

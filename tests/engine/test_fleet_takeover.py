@@ -144,3 +144,23 @@ def test_a_fleet_whose_every_process_died_resumes(tmp_path: Path, start_world: C
                              capture_output=True, timeout=600, stdin=subprocess.DEVNULL)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert_taken_over_once(server, state_url, start["fleet_id"])
+
+
+def test_a_fleet_run_stopped_by_sigterm_says_how_to_go_on_and_resumes(tmp_path: Path,
+                                                                     start_world: Callable[..., Any]) -> None:
+    fleet_file = small_fleet(tmp_path, bake="0s")
+    server = serve_fleet_world(start_world, fleet_file)
+    state = f"sqlite:///{tmp_path}/journal.db"
+    runner = spawn(["fleet", "run", str(fleet_file), "--yes", "--json", "--endpoint-url", server.endpoint_url,
+                    "--time-scale", f"{SCALE:g}", "--state", state], tmp_path, "run")
+    start = runner.wait_for_line(lambda line: line.get("type") == "fleet_start")
+    assert start is not None, runner.err.read_text()[-2000:]
+    wait_until("the canary's disconnect", lambda: canary_disconnected(server))
+    runner.popen.send_signal(signal.SIGTERM)
+    assert runner.wait() == 130
+    said = [line for line in runner.lines() if line.get("type") == "fleet_interrupted"]
+    assert said and f"xksmigrate fleet resume {start['fleet_id']}" in said[0]["message"]
+    resumed = subprocess.run([*CLI, "fleet", "resume", start["fleet_id"], "--json", "--state", state], env=tool_env(),
+                             text=True, capture_output=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert_taken_over_once(server, state, start["fleet_id"])

@@ -47,7 +47,12 @@ def parse(text: str | bytes) -> Plan:
 
 
 def test_example_plans_load():
-    for path in sorted((REPO / "plans").glob("*.toml")):
+    """Every example in plans/ loads: a plan as a plan, a fleet file (plans/fleet-*.toml) as a fleet."""
+    from migrator.fleet.spec import load_fleet
+
+    for path in sorted((REPO / "plans").glob("fleet-*.toml")):
+        assert load_fleet(path).stores
+    for path in sorted(p for p in (REPO / "plans").glob("*.toml") if not p.name.startswith("fleet-")):
         plan = load_plan(path)
         assert plan.keystores and plan.path == str(path)
         assert plan.text == path.read_text()
