@@ -9,16 +9,18 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from migrator.cli.output import describe_event, fmt_seconds, json_line, printable
+from migrator.cli.output import describe_event, fmt_seconds, json_line, printable, write_version
 
 
 class FleetLines:
     """The fleet's output: every store's events prefixed with the store, and the fleet's own (thread-safe)."""
 
-    def __init__(self, json_output: bool, simulated: bool, stream: TextIO | None = None):
+    def __init__(self, json_output: bool, simulated: bool, command: str, stream: TextIO | None = None):
         self.json_output, self.simulated = json_output, simulated
         self.stream = stream or sys.stdout
         self._lock = threading.Lock()
+        if json_output:  # as every NDJSON stream of the tool: which xksmigrate, which schema, which command
+            write_version(self.stream, command)
 
     def _write(self, line: str) -> None:
         with self._lock:

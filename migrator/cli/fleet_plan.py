@@ -78,13 +78,15 @@ def rollout_facts(result: FleetPlanReport) -> dict[str, object]:
             "ramp": r.ramp, "alarms": list(r.alarms), "approval": r.approval, "waves": len(result.waves)}
 
 
-def render_json(result: FleetPlanReport) -> None:
+def render_json(result: FleetPlanReport, *, version: bool = True) -> None:
+    """`version=False`: inside another command's stream (fleet run's refusal), which wrote its own version line."""
     from migrator.cli import plan_view
     from migrator.cli.output import json_line, write_version
     from migrator.fleet.plan_report import READY, changes
 
     out = sys.stdout
-    write_version(out, COMMAND)
+    if version:
+        write_version(out, COMMAND)
     plan_view.write_findings(out, result.report.stores)
     for f in result.findings:
         out.write(json_line({"type": "fleet_finding", **plan_view.finding_facts(f)}))

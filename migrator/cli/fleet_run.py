@@ -24,7 +24,7 @@ from migrator.engine.environment import Observer
 if TYPE_CHECKING:
     from migrator.engine.environment import Environment
     from migrator.fleet.outcome import StoreOutcome
-    from migrator.fleet.rollout import Wave
+    from migrator.fleet.plan_report import FleetPlanReport
     from migrator.fleet.spec import FleetSpec, FleetStore
     from migrator.fleet.stores import FleetRequest, GateResult
     from migrator.journal.repository import Journal
@@ -55,12 +55,6 @@ class LocalServices:
         return dataclasses.replace(self.base, observer=StoreObserver(store.ref, self.lines),
                                    approve=lambda question: True, run_facts=facts)
 
-    def waves(self, request: FleetRequest) -> list[Wave]:
-        from migrator.fleet.checks import waves_for
-
-        spec = request.spec()
-        return list(waves_for(spec, current_endpoints(spec, self.base)))
-
     def drive(self, request: FleetRequest, ref: str, wave: int) -> StoreOutcome:
         from migrator.fleet.outcome import StoreOutcome
 
@@ -78,21 +72,6 @@ class LocalServices:
 
     def progress(self, event: dict[str, object]) -> None:
         self.lines.fleet_event(dict(event))
-
-
-def current_endpoints(spec: FleetSpec, env: Environment) -> dict[str, str | None]:
-    """Each store's URI endpoint today (None when it cannot be read: the ramp then knows only the target's)."""
-    from migrator.aws.kms import AwsCallError, KmsApplier
-    from migrator.preflight.accounts import store_clients
-
-    found: dict[str, str | None] = {}
-    for store in spec.stores:
-        try:
-            kms = KmsApplier(store_clients(store.plan, store.keystore, env.clients).client("kms"))
-            found[store.ref] = kms.describe(store.keystore.id or store.ref).config.uri_endpoint
-        except (AwsCallError, OSError):
-            found[store.ref] = None
-    return found
 
 
 def system_url(journal: Journal) -> str:
@@ -121,7 +100,7 @@ def fleet_run(fleet_file: str, *, dry_run: bool, yes: bool, json_output: bool, s
     """
     from migrator.cli.fleet_plan import load_fleet
     from migrator.fleet import engine, workers
-    from migrator.fleet.stores import FleetRequest, new_fleet_id
+    from migrator.fleet.stores import FleetRequest, new_fleet_id, wave_records
 
     spec = load_fleet(fleet_file)
     if world_log and not dry_run:
@@ -132,11 +111,12 @@ def fleet_run(fleet_file: str, *, dry_run: bool, yes: bool, json_output: bool, s
                              state=state, world=None, faults=faults, profile=profile, region=None,
                              endpoint_url=endpoint_url, time_scale=time_scale, observe=False,
                              world_log=world_log) as (env, _):
-        lines = FleetLines(json_output, env.clock.scale != 1.0)
-        if (refused := fleet_preflight(spec, env, json_output, lines)) is not None:
-            return refused
+        lines = FleetLines(json_output, env.clock.scale != 1.0, "fleet run")
+        checked = fleet_preflight(spec, env, json_output, lines)
+        if isinstance(checked, int):
+            return checked
         request = FleetRequest(new_fleet_id(), os.path.abspath(fleet_file), spec.text, dry_run, env.clock.scale,
-                               None if dry_run else endpoint_url)
+                               None if dry_run else endpoint_url, wave_records(checked.waves))
         own = LocalServices(env, lines, dry_run=dry_run, endpoint_url=request.endpoint_url)
         engine.install(lambda asked: own if asked.fleet_id == request.fleet_id else _refuse(asked))
         lines.fleet_event({"type": "fleet_start", "fleet_id": request.fleet_id, "name": spec.name,
@@ -166,18 +146,23 @@ def interrupted(lines: FleetLines, fleet_id: str, dry_run: bool) -> NoReturn:
     os._exit(130)
 
 
-def fleet_preflight(spec: FleetSpec, env: Environment, json_output: bool, lines: FleetLines) -> int | None:
+def fleet_preflight(spec: FleetSpec, env: Environment, json_output: bool,
+                    lines: FleetLines) -> int | FleetPlanReport:
     """`fleet plan`'s report of the whole fleet before any store moves: what only the fleet can see (one proxy
     endpoint public in one account and VPC in another, two stores of one proxy in a wave, role sessions too short)
-    blocks here; each store's own run checks its store again right before its disconnect. None: go on."""
+    blocks here; each store's own run checks its store again right before its disconnect. The report (its waves,
+    from today's snapshots, are the run's), or the exit code when it holds the fleet."""
     from migrator.cli import fleet_plan
     from migrator.fleet.plan_report import fleet_report
     from migrator.preflight import planner
 
     checked = fleet_report(spec, planner.make_report(spec.whole, env, ()))
     if checked.exit_code == 0:
-        return None
-    (fleet_plan.render_json if json_output else fleet_plan.render_human)(checked)
+        return checked
+    if json_output:
+        fleet_plan.render_json(checked, version=False)
+    else:
+        fleet_plan.render_human(checked)
     lines.fleet_event({"type": "fleet_summary", "fleet_id": None, "outcome": "blocked", "exit_code": checked.exit_code,
                        "message": f"fleet plan says {checked.verdict}: no store was started, nothing changed",
                        "stopped_by": "fleet plan", "stop_reason": checked.verdict, "keystores": [], "gates": []})
@@ -215,7 +200,7 @@ def fleet_worker(*, state: str | None, profile: str | None, json_output: bool) -
     support.interruptible()
     journal = support.open_journal(state)
     url, me = system_url(journal), executor_id()
-    lines = FleetLines(json_output, simulated=False)
+    lines = FleetLines(json_output, simulated=False, command="fleet worker")
     engine.install(WorkerServices(journal, lines, profile))
     with engine.runtime(url, me), workers.alive(url, me), workers.taking_over(url, me, lines.took_over(me)):
         lines.fleet_event({"type": "fleet_worker", "executor_id": me,
@@ -253,7 +238,7 @@ def fleet_resume(fleet_id: str | None, *, state: str | None, profile: str | None
                            "rehearse again with a new `fleet run --dry-run`")
     if status.executor_id and not workers.is_dead(url, status.executor_id):
         raise support.fail(f"fleet {fleet_id} is still run by {status.executor_id}, which is alive")
-    lines = FleetLines(json_output, request.time_scale != 1.0)
+    lines = FleetLines(json_output, request.time_scale != 1.0, "fleet resume")
     engine.install(WorkerServices(journal, lines, profile))
     with engine.runtime(url, me, fleet_id), workers.alive(url, me), \
             workers.taking_over(url, me, lines.took_over(me)):
@@ -300,7 +285,7 @@ def fleet_proceed(fleet_id: str, wave: int, *, state: str | None, dry_run: bool,
                     idempotency_key=f"proceed-{fleet_id}-{wave}")
     finally:
         client.destroy()
-    FleetLines(json_output, simulated=False).fleet_event(
+    FleetLines(json_output, simulated=False, command="fleet proceed").fleet_event(
         {"type": "fleet_proceed", "fleet_id": fleet_id, "wave": wave, "by": support.who(),
          "message": f"fleet {fleet_id}: wave {wave} may start"})
     return 0
@@ -310,12 +295,13 @@ def fleet_status(fleet_id: str | None, *, state: str | None, json_output: bool, 
                  watch: bool = False) -> int:
     """`fleet status`: the fleet's summary when it ended, else where each store stands; `watch`: again every
     2 s while it is going, until it ends (the fleet's exit code)."""
-    shown = None
+    shown, lines = None, None
     while True:
         summary, finished = _status_summary(fleet_id, state=state, dry_run=dry_run)
         fleet_id = str(summary["fleet_id"])
         if summary != shown:
-            FleetLines(json_output, simulated=False).fleet_event(summary)
+            lines = lines or FleetLines(json_output, simulated=False, command="fleet status")
+            lines.fleet_event(summary)
             shown = summary
         if finished or not watch:
             return int(str(summary["exit_code"])) if finished else 0

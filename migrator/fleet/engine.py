@@ -39,7 +39,6 @@ POLL_SECONDS = 0.5  # how often DBOS looks for a child that ended, and a queue f
 class FleetServices(Protocol):
     """What the workflows need from this process (stores.py, cli/fleet_run.py build one)."""
 
-    def waves(self, request: FleetRequest) -> list[Wave]: ...
     def drive(self, request: FleetRequest, ref: str, wave: int) -> StoreOutcome: ...
     def gate(self, request: FleetRequest, refs: list[str], wave: int) -> GateResult: ...
     def progress(self, event: dict[str, object]) -> None: ...
@@ -112,12 +111,6 @@ def wait(fleet_id: str) -> dict[str, Any]:
     return dict(DBOS.retrieve_workflow(fleet_id).get_result(polling_interval_sec=POLL_SECONDS))
 
 
-@DBOS.step(name="xksmigrate.fleet.waves")
-def _waves_step(request_data: dict[str, object]) -> list[dict[str, object]]:
-    waves = _services(request_data).waves(FleetRequest.from_dict(request_data))
-    return [{"number": w.number, "refs": list(w.refs), "canary": w.canary} for w in waves]
-
-
 @DBOS.step(name="xksmigrate.fleet.drive_store")
 def _drive_step(request_data: dict[str, object], ref: str, wave: int) -> dict[str, object]:
     return _services(request_data).drive(FleetRequest.from_dict(request_data), ref, wave).to_dict()
@@ -143,8 +136,7 @@ def fleet_workflow(request_data: dict[str, object]) -> dict[str, object]:
     request = FleetRequest.from_dict(request_data)
     spec = request.spec()
     rollout = spec.rollout
-    waves = [Wave(int(str(w["number"])), tuple(w["refs"]), bool(w["canary"]))  # type: ignore[arg-type]
-             for w in _waves_step(request_data)]
+    waves = request.rollout_waves()
     planned = [(ref, spec.store(ref).account.account_id, spec.store(ref).keystore.region, w.number)
                for w in waves for ref in w.refs]
     DBOS.set_event("planned", [list(p) for p in planned])  # `fleet status` reads the order while it runs

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from migrator.aws.kms import AwsCallError
 from migrator.fleet.outcome import StoreOutcome
+from migrator.fleet.rollout import Wave
 from migrator.fleet.spec import FleetSpec, FleetStore, parse_fleet
 
 if TYPE_CHECKING:
@@ -45,18 +46,31 @@ class FleetRequest:
     dry_run: bool = False
     time_scale: float = 1.0
     endpoint_url: str | None = None  # a `sim serve` endpoint or another AWS endpoint; None: AWS's own
+    # The waves `fleet plan`'s checks proved (from today's snapshots), [{"number", "refs", "canary"}]: the run
+    # goes exactly as the preflight showed, and a worker that takes it over needs no observation of its own.
+    waves: tuple[dict[str, object], ...] = ()
 
     def to_dict(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "waves": [dict(w) for w in self.waves]}
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> FleetRequest:
         endpoint = data.get("endpoint_url")
+        waves = data.get("waves") or ()
         return cls(str(data["fleet_id"]), str(data["path"]), str(data["text"]), bool(data.get("dry_run")),
-                   float(str(data.get("time_scale") or 1.0)), str(endpoint) if endpoint else None)
+                   float(str(data.get("time_scale") or 1.0)), str(endpoint) if endpoint else None,
+                   tuple(dict(w) for w in waves))  # type: ignore[attr-defined]
+
+    def rollout_waves(self) -> list[Wave]:
+        return [Wave(int(str(w["number"])), tuple(str(r) for r in w["refs"]), bool(w["canary"]))  # type: ignore[attr-defined]
+                for w in self.waves]
 
     def spec(self) -> FleetSpec:
         return parse_fleet(self.text, self.path, Path(self.path).parent)
+
+
+def wave_records(waves: Sequence[Wave]) -> tuple[dict[str, object], ...]:
+    return tuple({"number": w.number, "refs": list(w.refs), "canary": w.canary} for w in waves)
 
 
 def new_fleet_id() -> str:

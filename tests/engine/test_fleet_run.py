@@ -68,7 +68,8 @@ def small_fleet(tmp_path: Path, **rollout: Any) -> Path:
     makes waves [a], [b, c], [d]."""
     groups = [("payments", "111122223333", ["a", "b"]), ("ledger", "444455556666", ["c", "d"])]
     data = {"fleet": {"name": "small", "account_id": "111122223333"},
-            "defaults": {"max_disconnected": "15m", "poll_interval": "5s"},
+            # 25m: a roomy budget over the floor of 10m, so a loaded CI machine never exhausts it
+            "defaults": {"max_disconnected": "25m", "poll_interval": "5s"},
             "access": {"role_name": "xks-migrator", "external_id": "xksmigrate-rehearsal", "session_duration": "1h"},
             "accounts": {label: {"account_id": account} for label, account, _ in groups},
             "rollout": {"canary": [STORES["a"]], "max_in_flight": 2, "failure_tolerance": 0, "bake": "1m",

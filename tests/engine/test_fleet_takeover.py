@@ -77,6 +77,20 @@ def serve_fleet_world(start_world: Callable[..., Any], fleet_file: Path) -> Any:
     return start_world(world_for_plan(tomllib.loads(load_fleet(fleet_file).whole.text), {}, time_scale=SCALE))
 
 
+def run_until_the_canary_is_out(tmp_path: Path, start_world: Callable[..., Any],
+                                state: str) -> tuple[Any, Any, dict[str, Any]]:
+    """A small fleet's world served here, `fleet run` against it as a process, returned once the world saw the
+    canary's disconnect: (the world's server, the process, its fleet_start line)."""
+    fleet_file = small_fleet(tmp_path, bake="0s")
+    server = serve_fleet_world(start_world, fleet_file)
+    runner = spawn(["fleet", "run", str(fleet_file), "--yes", "--json", "--endpoint-url", server.endpoint_url,
+                    "--time-scale", f"{SCALE:g}", "--state", state], tmp_path, "run")
+    start = runner.wait_for_line(lambda line: line.get("type") == "fleet_start")
+    assert start is not None, runner.err.read_text()[-2000:]
+    wait_until("the canary's disconnect", lambda: canary_disconnected(server))
+    return server, runner, start
+
+
 def assert_taken_over_once(server: Any, state: str, fleet_id: str) -> None:
     """The fleet completed; the canary's disconnect, update and connect each happened once; its journal run was
     resumed and its window spans the world's own, from the first disconnect to CONNECTED again."""
@@ -131,13 +145,7 @@ def test_a_worker_killed_mid_window_is_taken_over_by_the_other(tmp_path: Path, s
 
 def test_a_fleet_whose_every_process_died_resumes(tmp_path: Path, start_world: Callable[..., Any],
                                                   state_url: str) -> None:
-    fleet_file = small_fleet(tmp_path, bake="0s")
-    server = serve_fleet_world(start_world, fleet_file)
-    runner = spawn(["fleet", "run", str(fleet_file), "--yes", "--json", "--endpoint-url", server.endpoint_url,
-                    "--time-scale", f"{SCALE:g}", "--state", state_url], tmp_path, "run")
-    start = runner.wait_for_line(lambda line: line.get("type") == "fleet_start")
-    assert start is not None, runner.err.read_text()[-2000:]
-    wait_until("the canary's disconnect", lambda: canary_disconnected(server))
+    server, runner, start = run_until_the_canary_is_out(tmp_path, start_world, state_url)
     runner.popen.send_signal(signal.SIGKILL)
     runner.wait()
     resumed = subprocess.run([*CLI, "fleet", "resume", "--json", "--state", state_url], env=tool_env(), text=True,
@@ -148,14 +156,8 @@ def test_a_fleet_whose_every_process_died_resumes(tmp_path: Path, start_world: C
 
 def test_a_fleet_run_stopped_by_sigterm_says_how_to_go_on_and_resumes(tmp_path: Path,
                                                                      start_world: Callable[..., Any]) -> None:
-    fleet_file = small_fleet(tmp_path, bake="0s")
-    server = serve_fleet_world(start_world, fleet_file)
     state = f"sqlite:///{tmp_path}/journal.db"
-    runner = spawn(["fleet", "run", str(fleet_file), "--yes", "--json", "--endpoint-url", server.endpoint_url,
-                    "--time-scale", f"{SCALE:g}", "--state", state], tmp_path, "run")
-    start = runner.wait_for_line(lambda line: line.get("type") == "fleet_start")
-    assert start is not None, runner.err.read_text()[-2000:]
-    wait_until("the canary's disconnect", lambda: canary_disconnected(server))
+    server, runner, start = run_until_the_canary_is_out(tmp_path, start_world, state)
     runner.popen.send_signal(signal.SIGTERM)
     assert runner.wait() == 130
     said = [line for line in runner.lines() if line.get("type") == "fleet_interrupted"]
