@@ -214,7 +214,8 @@ def status(run_id: Annotated[str | None, typer.Argument(help="Run id (default: t
 
 
 @app.command("report")
-def report_command(run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run (see `xksmigrate history`)")],
+def report_command(run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run (see `xksmigrate history`), "
+                                                     "or a fleet's id (as `fleet report`)")],
                    out: Annotated[str, typer.Option("--out", metavar="DIR", help="Directory to write into "
                                                     "(created if missing)")] = ".",
                    formats: Annotated[str, typer.Option("--format", metavar="html,json,md",
@@ -223,8 +224,10 @@ def report_command(run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help=
     """A run's change record from the journal: a self-contained HTML page, JSON, Markdown, the timeline picture.
 
     Read-only, like `status`. Prints the paths it wrote; RUNBOOK.md#change-record says how to attach them."""
-    from migrator.cli import report
+    from migrator.cli import fleet_report, report
 
+    if fleet_report.is_fleet_id(run_id):  # `report FLEET_ID`: the fleet's record, as `fleet report`
+        raise typer.Exit(fleet_report.fleet_report(run_id, state=state, dry_run=False, out=out, formats=formats))
     raise typer.Exit(report.report(state, run_id, out=out, formats=formats))
 
 

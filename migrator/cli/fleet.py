@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from migrator.cli.options import AcceptOpt, EndpointOpt, JsonOpt, ProfileOpt, ResolveOpt, ScaleOpt, StateOpt, YesOpt
+from migrator.cli.options import (
+    AcceptOpt,
+    EndpointOpt,
+    JsonOpt,
+    ProfileOpt,
+    ResolveOpt,
+    ScaleOpt,
+    StateOpt,
+    YesOpt,
+)
 
 fleet_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)  # its help: commands.py's add_typer
 
@@ -35,6 +44,9 @@ def fleet_plan(fleet_file: FleetArg,
 
 RehearsalOpt = Annotated[bool, typer.Option("--dry-run", help="A rehearsal's fleet (the rehearsal journal)")]
 FleetIdArg = Annotated[str | None, typer.Argument(metavar="FLEET_ID", help="The fleet (default: the latest)")]
+FleetReportOpt = Annotated[str | None, typer.Option(
+    "--report", metavar="DIR", help="When the fleet ends, write its change record into DIR (HTML, JSON, Markdown, "
+    "timeline SVG/PNG; as `fleet report`; RUNBOOK.md#change-record)")]
 
 
 @fleet_app.command("run")
@@ -46,14 +58,15 @@ def fleet_run(fleet_file: FleetArg,
               world_log: Annotated[str | None, typer.Option("--world-log", metavar="PATH", help="--dry-run: write "
                                                             "the world's log (every call, its account and Region, "
                                                             "on the world's clock) to PATH")] = None,
-              profile: ProfileOpt = None, endpoint_url: EndpointOpt = None, time_scale: ScaleOpt = None) -> None:
+              profile: ProfileOpt = None, endpoint_url: EndpointOpt = None, time_scale: ScaleOpt = None,
+              report: FleetReportOpt = None) -> None:
     """Migrate the fleet in waves: the canary first and alone, then waves within max_in_flight and the failure
     tolerance, a health gate and the bake between waves (on DBOS: `fleet worker`s share and take over)."""
     from migrator.cli import fleet_run as action
 
     raise typer.Exit(action.fleet_run(fleet_file, dry_run=dry_run, yes=yes, json_output=json_output, state=state,
                                       profile=profile, endpoint_url=endpoint_url, time_scale=time_scale,
-                                      faults=faults, world_log=world_log))
+                                      faults=faults, world_log=world_log, report=report))
 
 
 @fleet_app.command("status")
@@ -80,11 +93,25 @@ def fleet_proceed(fleet_id: Annotated[str, typer.Argument(metavar="FLEET_ID", he
 
 @fleet_app.command("resume")
 def fleet_resume(fleet_id: FleetIdArg = None, json_output: JsonOpt = False, state: StateOpt = None,
-                 profile: ProfileOpt = None) -> None:
+                 profile: ProfileOpt = None, report: FleetReportOpt = None) -> None:
     """Continue a fleet whose runner died, from its checkpoints and each store's journal."""
     from migrator.cli import fleet_run as action
 
-    raise typer.Exit(action.fleet_resume(fleet_id, state=state, profile=profile, json_output=json_output))
+    raise typer.Exit(action.fleet_resume(fleet_id, state=state, profile=profile, json_output=json_output,
+                                         report=report))
+
+
+@fleet_app.command("report")
+def fleet_report(fleet_id: FleetIdArg = None,
+                 out: Annotated[str, typer.Option("--out", metavar="DIR", help="Directory to write into "
+                                                  "(created if missing)")] = ".",
+                 formats: Annotated[str, typer.Option("--format", metavar="html,json,md",
+                                                      help="Which files, comma-separated")] = "html,json,md",
+                 state: StateOpt = None, dry_run: RehearsalOpt = False) -> None:
+    """The fleet's change record: one row per store, one timeline with every store's window (read-only)."""
+    from migrator.cli import fleet_report as action
+
+    raise typer.Exit(action.fleet_report(fleet_id, state=state, dry_run=dry_run, out=out, formats=formats))
 
 
 @fleet_app.command("worker")

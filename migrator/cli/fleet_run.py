@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from migrator.cli import environment as support
 from migrator.cli.fleet_output import FleetLines
+from migrator.cli.fleet_report import after_fleet
+from migrator.cli.fleet_state import fleet_status_of, fleet_view, request_of, state_journal, system_url
+from migrator.cli.report import out_dir
 from migrator.engine.environment import Observer
 
 if TYPE_CHECKING:
@@ -74,16 +77,6 @@ class LocalServices:
         self.lines.fleet_event(dict(event))
 
 
-def system_url(journal: Journal) -> str:
-    """Where DBOS keeps the fleet's state: the journal's PostgreSQL database, or a SQLite file beside it."""
-    if journal.backend == "postgresql":
-        return journal.url.render_as_string(hide_password=False)
-    database = journal.url.database or ""
-    if not database or database == ":memory:":
-        raise support.fail("a fleet needs a journal on disk or on PostgreSQL (--state)")
-    return f"sqlite:///{os.path.abspath(database)}.fleet.sqlite"
-
-
 def executor_id() -> str:
     """This worker's DBOS executor id: host and pid, so a dead one is told from a live one (engine.py)."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -91,7 +84,7 @@ def executor_id() -> str:
 
 def fleet_run(fleet_file: str, *, dry_run: bool, yes: bool, json_output: bool, state: str | None,
               profile: str | None, endpoint_url: str | None, time_scale: float | None,
-              faults: str | None = None, world_log: str | None = None) -> int:
+              faults: str | None = None, world_log: str | None = None, report: str | None = None) -> int:
     """`fleet run`: the fleet's waves, each store's run through the single-store engine, on DBOS.
 
     This process runs the fleet's workflow and works on its queue; `fleet worker`s on other machines (on a
@@ -105,6 +98,7 @@ def fleet_run(fleet_file: str, *, dry_run: bool, yes: bool, json_output: bool, s
     spec = load_fleet(fleet_file)
     if world_log and not dry_run:
         raise support.fail("--world-log belongs to --dry-run")
+    report_dir = out_dir(report, "--report") if report else None
     support.require_consent(yes)
     support.interruptible()  # SIGTERM as Ctrl-C
     with support.environment(spec.whole, dry_run=dry_run, json_output=json_output, command="run", yes=yes,
@@ -129,6 +123,8 @@ def fleet_run(fleet_file: str, *, dry_run: bool, yes: bool, json_output: bool, s
                 summary = engine.start(request)
             except KeyboardInterrupt:
                 interrupted(lines, request.fleet_id, dry_run)
+        if report_dir is not None:
+            after_fleet(env.journal, request.fleet_id, report_dir)
     return int(str(summary["exit_code"]))
 
 
@@ -214,18 +210,20 @@ def fleet_worker(*, state: str | None, profile: str | None, json_output: bool) -
             return 130
 
 
-def fleet_resume(fleet_id: str | None, *, state: str | None, profile: str | None, json_output: bool) -> int:
+def fleet_resume(fleet_id: str | None, *, state: str | None, profile: str | None, json_output: bool,
+                 report: str | None = None) -> int:
     """`fleet resume`: continue a fleet whose runner died, from its checkpoints and its stores' journals."""
     from dbos import DBOSClient
 
     from migrator.fleet import engine, workers
 
     support.interruptible()
+    report_dir = out_dir(report, "--report") if report else None
     journal = support.open_journal(state)
     url, me = system_url(journal), executor_id()
     client = DBOSClient(system_database_url=url)
     try:
-        status = _fleet_status(client, fleet_id)
+        status = fleet_status_of(client, fleet_id)
     finally:
         client.destroy()
     fleet_id = status.workflow_id
@@ -245,40 +243,18 @@ def fleet_resume(fleet_id: str | None, *, state: str | None, profile: str | None
         for dead in workers.take_over_dead(url, me):
             lines.took_over(me)(dead)
         summary = engine.wait(fleet_id)
+    if report_dir is not None:
+        after_fleet(journal, fleet_id, report_dir)
     return int(str(summary["exit_code"]))
-
-
-def request_of(status: Any) -> FleetRequest:
-    from migrator.fleet.stores import FleetRequest
-
-    args = (status.input or {}).get("args") or ()  # DBOS's WorkflowInputs: {"args": [...], "kwargs": {...}}
-    return FleetRequest.from_dict(dict(args[0]))
-
-
-def _fleet_status(client: Any, fleet_id: str | None) -> Any:
-    if fleet_id:
-        found = client.list_workflows(workflow_ids=[fleet_id], load_output=True)
-    else:
-        found = client.list_workflows(name="xksmigrate.fleet", sort_desc=True, limit=1, load_output=True)
-    if not found:
-        raise support.fail(f"no fleet {fleet_id}" if fleet_id else "no fleet has run with this journal")
-    return found[0]
-
-
-def _state_journal(state: str | None, dry_run: bool, read_only: bool = True) -> Journal:
-    from migrator.dryrun import REHEARSAL_JOURNAL_NAME
-
-    url = state or (support.default_journal_url(REHEARSAL_JOURNAL_NAME) if dry_run else None)
-    return support.open_journal(url, rehearsal=dry_run, read_only=read_only)
 
 
 def fleet_proceed(fleet_id: str, wave: int, *, state: str | None, dry_run: bool, json_output: bool) -> int:
     """`fleet proceed FLEET_ID --wave N`: a person's go for wave N of a fleet whose file asks for approval."""
     from dbos import DBOSClient
 
-    client = DBOSClient(system_database_url=system_url(_state_journal(state, dry_run)))
+    client = DBOSClient(system_database_url=system_url(state_journal(state, dry_run)))
     try:
-        status = _fleet_status(client, fleet_id)
+        status = fleet_status_of(client, fleet_id)
         if status.status != "PENDING":
             raise support.fail(f"fleet {fleet_id} is {status.status}: there is no wave waiting")
         client.send(fleet_id, {"by": support.who(), "at": time.time()}, topic=f"proceed-{wave}",
@@ -309,33 +285,9 @@ def fleet_status(fleet_id: str | None, *, state: str | None, json_output: bool, 
 
 
 def _status_summary(fleet_id: str | None, *, state: str | None, dry_run: bool) -> tuple[dict[str, Any], bool]:
-    from dbos import DBOSClient
-
-    from migrator.fleet.outcome import StoreOutcome, fleet_outcome
-    from migrator.fleet.stores import store_run_id
-    from migrator.journal.models import JournalError
-
-    journal = _state_journal(state, dry_run)
-    client = DBOSClient(system_database_url=system_url(journal))
+    journal = state_journal(state, dry_run)
     try:
-        status = _fleet_status(client, fleet_id)
-        if status.status == "SUCCESS" and isinstance(status.output, dict):
-            summary = dict(status.output)
-        else:
-            planned = client.get_event(status.workflow_id, "planned", timeout_seconds=0) or []
-            ended = {ref: StoreOutcome.from_dict(o) for ref, o in
-                     (client.get_event(status.workflow_id, "ended", timeout_seconds=0) or {}).items()}
-            for ref, account, region, wave in planned:
-                if ref in ended:
-                    continue
-                with contextlib.suppress(JournalError):
-                    run = journal.get_run(store_run_id(status.workflow_id, ref))
-                    state_now = run.migrations[0].state if run.migrations else run.outcome
-                    ended[ref] = StoreOutcome(ref, account, region, wave, run.id, state_now, 0)
-            summary = fleet_outcome(status.workflow_id, [tuple(p) for p in planned], ended, None,
-                                    finished=False).summary()
-        summary["dbos_status"], summary["executor_id"] = status.status, status.executor_id
+        summary, finished, _ = fleet_view(journal, fleet_id)
     finally:
-        client.destroy()
         journal.close()
-    return summary, status.status not in ("PENDING", "ENQUEUED")
+    return summary, finished

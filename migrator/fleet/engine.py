@@ -163,6 +163,7 @@ def fleet_workflow(request_data: dict[str, object]) -> dict[str, object]:
         completed = [ref for ref in wave.refs if ref in ended and ended[ref].outcome in DONE]
         gate = _gate_step(request_data, completed, wave.number)
         gates.append(gate)
+        DBOS.set_event("gates", gates)  # `fleet status` and a running fleet's report read them
         _progress_step(request_data, {"type": "fleet_gate", "fleet_id": request.fleet_id, **gate})
         if not gate["ok"]:
             failures = gate.get("failures") or []

@@ -128,6 +128,8 @@ class GateResult:
     wave: int
     proved: dict[str, int]  # store -> keys proved
     failures: list[str]  # one line each: the store or alarm and why
+    started_at: float | None = None  # real instants (the fleet's change record draws the gate on its timeline)
+    ended_at: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -135,6 +137,7 @@ class GateResult:
 
 def health_gate(spec: FleetSpec, refs: Sequence[str], wave: int, base: ClientFactory) -> GateResult:
     """Round trips on every store in `refs` (in parallel) and the fleet's alarms, in each store's account."""
+    started_at = time.time()
     proved: dict[str, int] = {}
     failures: list[str] = []
     lock = threading.Lock()
@@ -157,7 +160,7 @@ def health_gate(spec: FleetSpec, refs: Sequence[str], wave: int, base: ClientFac
     for thread in threads:
         thread.join()
     failures.extend(_alarm_failures(spec, refs, base))
-    return GateResult(not failures, wave, dict(sorted(proved.items())), sorted(failures))
+    return GateResult(not failures, wave, dict(sorted(proved.items())), sorted(failures), started_at, time.time())
 
 
 def _prove_store(store: FleetStore, base: ClientFactory) -> int:

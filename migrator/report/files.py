@@ -1,6 +1,6 @@
-"""Writing a run's report: the change record (JSON), the timeline (SVG, PNG), the page (HTML), Markdown.
+"""Writing a run's (or a fleet's) report: the change record (JSON), the timeline (SVG, PNG), the page (HTML), Markdown.
 
-Files are named after the run (`RUN_ID.json`, `RUN_ID.html`, `RUN_ID.md`, `RUN_ID-timeline.svg`,
+Files are named after the run or the fleet (`RUN_ID.json`, `RUN_ID.html`, `RUN_ID.md`, `RUN_ID-timeline.svg`,
 `RUN_ID-timeline.png`) and each is written whole (a temporary file renamed into place), so a report being
 rewritten is never seen half done. The timeline is drawn for every format but JSON alone.
 """
@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,20 +37,40 @@ def write_report(journal: Journal, run_id: str, out_dir: Path, formats: Sequence
 
 
 def write_record(record: dict[str, Any], out_dir: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
-    file = names(str(record["run"]["id"]))
+    """A run's change record (record.py) in `formats` under `out_dir`."""
+    from migrator.report import html, markdown, timeline
+
+    return _write_all(record, str(record["run"]["id"]), out_dir, formats,
+                      (timeline.render, html.page, markdown.document))
+
+
+def write_fleet_record(record: dict[str, Any], out_dir: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
+    """A fleet's change record (fleet_record.py) in `formats` under `out_dir`, named after the fleet."""
+    from migrator.report import fleet_page, fleet_timeline
+
+    return _write_all(record, str(record["fleet"]["id"]), out_dir, formats,
+                      (fleet_timeline.render, fleet_page.page, fleet_page.document))
+
+
+Renderers = tuple[Callable[[dict[str, Any]], tuple[bytes, bytes]], Callable[[dict[str, Any], bytes], str],
+                  Callable[[dict[str, Any], str], str]]
+
+
+def _write_all(record: dict[str, Any], name: str, out_dir: Path, formats: Sequence[str],
+               renderers: Renderers) -> list[Path]:
+    file = names(name)
     written: list[Path] = []
     if "json" in formats:
         written.append(_write(out_dir / file["json"], (json.dumps(record, indent=2, default=str) + "\n").encode()))
     if not {"html", "md"} & set(formats):
         return written
-    from migrator.report import html, markdown, timeline
-
-    svg, png = timeline.render(record)
+    draw, page, document = renderers
+    svg, png = draw(record)
     written += [_write(out_dir / file["svg"], svg), _write(out_dir / file["png"], png)]
     if "html" in formats:
-        written.append(_write(out_dir / file["html"], html.page(record, svg).encode()))
+        written.append(_write(out_dir / file["html"], page(record, svg).encode()))
     if "md" in formats:
-        written.append(_write(out_dir / file["md"], markdown.document(record, file["png"]).encode()))
+        written.append(_write(out_dir / file["md"], document(record, file["png"]).encode()))
     return written
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import tomli_w
 from crash_helpers import CLI, tool_env
+from fleet_report_checks import check_fleet_report
 
 from migrator.rehearsal.world.log_analysis import (
     calls_per_cell,
@@ -106,7 +107,7 @@ def outcomes(summary: dict[str, Any]) -> dict[str, str]:
 
 
 def test_the_example_fleet_completes_canary_first_within_max_in_flight_and_each_cells_budget(tmp_path: Path) -> None:
-    done, summary, log = run_fleet(EXAMPLE, tmp_path)
+    done, summary, log = run_fleet(EXAMPLE, tmp_path, "--report", str(tmp_path / "report"))
     assert done.returncode == 0, done.stderr[-2000:]
     assert (summary["outcome"], summary["exit_code"]) == ("completed", 0)
     assert len(summary["keystores"]) == 20 and set(outcomes(summary).values()) == {"completed"}
@@ -133,6 +134,7 @@ def test_the_example_fleet_completes_canary_first_within_max_in_flight_and_each_
     status = subprocess.run([*CLI, "status", first["run_id"], "--json", "--state", f"sqlite:///{tmp_path}/journal.db"],
                             env=tool_env(), text=True, capture_output=True, timeout=120)
     assert '"outcome": "completed"' in status.stdout, status.stdout[-1000:] + status.stderr
+    check_fleet_report(tmp_path / "report", summary, tmp_path, {ks["ref"]: "successful" for ks in summary["keystores"]})
 
 
 def test_a_canary_that_fails_stops_the_fleet_with_no_other_store_touched(tmp_path: Path) -> None:
@@ -155,7 +157,8 @@ def test_failures_beyond_the_tolerance_stop_new_starts_while_stores_in_flight_fi
     faults = faults_file(tmp_path, {"operation": "ConnectCustomKeyStore", "account": "111122223333",
                                     "region": "us-east-1", "connection_error_code": "XKS_PROXY_TIMED_OUT",
                                     "after": 1, "count": 1})
-    done, summary, log = run_fleet(small_fleet(tmp_path), tmp_path, "--faults", str(faults))
+    report = tmp_path / "report"
+    done, summary, log = run_fleet(small_fleet(tmp_path), tmp_path, "--faults", str(faults), "--report", str(report))
     assert (summary["outcome"], done.returncode) == ("stopped", 5), done.stdout[-2000:]
     assert summary["stopped_by"] == STORES["b"]
     assert outcomes(summary) == {STORES["a"]: "completed", STORES["b"]: "rolled_back",
@@ -163,6 +166,9 @@ def test_failures_beyond_the_tolerance_stop_new_starts_while_stores_in_flight_fi
     assert STORES["d"] not in first_disconnects(log)
     b_back = reconnected_at(log, STORES["b"], last=True)
     assert disconnected_at(log, STORES["c"]) < b_back  # c was in flight while b failed, and was let finish
+    # its change record (`--report`), as `fleet report` writes it: one row per store, one timeline
+    check_fleet_report(report, summary, tmp_path, {STORES["a"]: "successful", STORES["b"]: "unsuccessful",
+                                                   STORES["c"]: "successful", STORES["d"]: None})
 
 
 def test_a_gate_that_fails_stops_before_the_next_wave(tmp_path: Path) -> None:

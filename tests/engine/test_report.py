@@ -211,6 +211,8 @@ def test_report_says_no_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("")
     cases = [(["report", "run-20260101-000000-beef", "--out", str(tmp_path / "out")], "no run run-2026"),
              (["report", run_id, "--out", str(tmp_path / "a-file" / "sub")], "--out"),
+             (["report", "fleet-20260101-000000-beef", "--out", str(tmp_path / "out")], "no fleet fleet-2026"),
+             (["fleet", "report", "fleet-20260101-000000-beef", "--out", str(tmp_path / "out")], "no fleet"),
              (["report", "run-x", "--format", "pdf"], "--format"),
              (["run", "plans/public-to-vpc.toml", "--dry-run", "--yes", "--report", str(tmp_path / "a-file")],
               "--report")]
