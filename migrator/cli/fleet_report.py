@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from migrator.cli import environment as support
 from migrator.cli.errors import CliError, warn
-from migrator.cli.report import out_dir, parse_formats
+from migrator.cli.report import out_dir, parse_formats, told_written
 from migrator.cli.text import printable
 
 if TYPE_CHECKING:
@@ -108,6 +108,4 @@ def after_fleet(journal: Journal, fleet_id: str, folder: Path) -> None:
         warn(f"--report {folder}: the report of {fleet_id} was not written ({type(exc).__name__}: {exc}); "
              f"write it with: xksmigrate fleet report {fleet_id} --out {folder}")
         return
-    html = next((p for p in written if p.suffix == ".html"), written[0] if written else folder)
-    print(f"xksmigrate: report of {fleet_id}: {printable(html)} (and {len(written) - 1} more file(s) beside it)",
-          file=sys.stderr)
+    told_written(fleet_id, written, folder)

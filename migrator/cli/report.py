@@ -95,6 +95,11 @@ def after_run(journal: Journal, run_id: str, folder: Path) -> None:
         warn(f"--report {folder}: the report of {run_id} was not written ({type(exc).__name__}: {exc}); "
              f"write it with: xksmigrate report {run_id} --out {folder}")
         return
+    told_written(run_id, written, folder)
+
+
+def told_written(name: str, written: list[Path], folder: Path) -> None:
+    """The one line `--report DIR` says once the report of NAME (a run, a fleet) is written."""
     html = next((p for p in written if p.suffix == ".html"), written[0] if written else folder)
-    print(f"xksmigrate: report of {run_id}: {printable(html)} (and {len(written) - 1} more file(s) beside it)",
+    print(f"xksmigrate: report of {name}: {printable(html)} (and {len(written) - 1} more file(s) beside it)",
           file=sys.stderr)

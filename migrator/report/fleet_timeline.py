@@ -12,11 +12,10 @@ As timeline.py: matplotlib's object API only (no pyplot), the Agg renderer, text
 
 from __future__ import annotations
 
-import io
 from typing import TYPE_CHECKING, Any
 
 from migrator.engine.budget import duration
-from migrator.report.timeline import DPI, FONT, MARK_STYLES, STATE_COLOURS, WIDTH_IN, _step
+from migrator.report.timeline import DPI, FONT, MARK_STYLES, STATE_COLOURS, WIDTH_IN, _step, svg_and_png
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -54,10 +53,7 @@ def render(record: dict[str, Any]) -> tuple[bytes, bytes]:
         fleet = record["fleet"]
         fig.suptitle(f"xksmigrate fleet {fleet['id']}: {fleet['outcome']} ({record['close']['label']}); "
                      f"longest window {_dur(fleet.get('longest_window_seconds'))}", fontsize=FONT + 2.5)
-        svg, png = io.BytesIO(), io.BytesIO()
-        fig.savefig(svg, format="svg", metadata={"Date": None})
-        fig.savefig(png, format="png", metadata={"Software": None})
-    return svg.getvalue(), png.getvalue()
+        return svg_and_png(fig)
 
 
 def _right(record: dict[str, Any]) -> float:

@@ -22,6 +22,7 @@ from migrator.engine.budget import duration
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 WIDTH_IN = 12.0
 DPI = 110
@@ -76,9 +77,14 @@ def render(record: dict[str, Any]) -> tuple[bytes, bytes]:
             _legend(fig, [w for _, w in windows])
         fig.suptitle(f"xksmigrate run {record['run']['id']}: {record['run']['outcome']} "
                      f"({record['close']['label']})", fontsize=FONT + 2.5)
-        svg, png = io.BytesIO(), io.BytesIO()
-        fig.savefig(svg, format="svg", metadata={"Date": None})
-        fig.savefig(png, format="png", metadata={"Software": None})
+        return svg_and_png(fig)
+
+
+def svg_and_png(fig: Figure) -> tuple[bytes, bytes]:
+    """The figure as SVG and PNG, with no date or software stamp (the same record draws the same bytes)."""
+    svg, png = io.BytesIO(), io.BytesIO()
+    fig.savefig(svg, format="svg", metadata={"Date": None})
+    fig.savefig(png, format="png", metadata={"Software": None})
     return svg.getvalue(), png.getvalue()
 
 

@@ -9,16 +9,14 @@ itself and is not blank in headless Chromium; no secret of the rehearsal world i
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
 
-import pytest
 from crash_helpers import CLI, tool_env
-from report_helpers import chromium, distinct_colours, external_references, report_files, screenshot
+from report_helpers import assert_page_not_blank, external_references, report_files
 
 from migrator.fleet.spec import parse_fleet
 from migrator.journal.repository import Journal
@@ -101,14 +99,5 @@ def check_fleet_report(report: Path, summary: dict[str, Any], work: Path, closes
     assert again.returncode == 0, again.stderr
     second = json.loads((work / "again" / f"{fleet_id}.json").read_text())
     assert second["stores"] == rows and second["close"] == record["close"]
-    _not_blank(files["html"], work)
+    assert_page_not_blank(files["html"], work)
 
-
-def _not_blank(page: Path, work: Path) -> None:
-    if chromium() is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (.ci/run installs it from Debian's packages)")
-        pytest.skip("chromium is not installed (apt-get install -y chromium)")
-    shot = work / "fleet-screenshot.png"
-    screenshot(page, shot, work / "chromium-profile")
-    assert distinct_colours(shot) > 50, "the page rendered blank"

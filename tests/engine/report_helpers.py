@@ -157,6 +157,19 @@ def screenshot(page: Path, png: Path, profile: Path) -> None:
     assert done.returncode == 0 and png.exists(), done.stderr[-2000:]
 
 
+def assert_page_not_blank(page: Path, work: Path) -> None:
+    """`page` in headless Chromium shows something (CI must have Chromium; elsewhere the check is skipped)."""
+    import pytest
+
+    if chromium() is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (.ci/run installs it from Debian's packages)")
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    shot = work / f"screenshot-{page.stem}.png"
+    screenshot(page, shot, work / "chromium-profile")
+    assert distinct_colours(shot) > 50, "the page rendered blank"
+
+
 def distinct_colours(png: Path) -> int:
     import matplotlib.image
     import numpy
