@@ -197,9 +197,9 @@ class Probe:
             if not getattr(budget, "_bench_probe", False):
                 acquire = budget.acquire
 
-                def timed_acquire() -> float:
+                def timed_acquire(urgent: bool = False) -> float:
                     t0 = time.time()
-                    waited = acquire()
+                    waited = acquire(urgent)
                     if waited > 0:
                         with self.lock:
                             self.waits.append((t0, time.time(), *getattr(local, "tag", ("?", "?", None))))

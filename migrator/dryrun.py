@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from migrator.aws.clients import ClientFactory
-from migrator.aws.rate_budget import DEFAULT_RATE
 from migrator.engine.clock import Clock
 from migrator.plan import Plan
 
@@ -101,7 +100,7 @@ def rehearsal(plan: Plan, *, world_path: str | None = None, faults_path: str | N
     server.start()
     try:
         clients = ClientFactory(region=world.region, endpoint_url=server.endpoint_url,
-                                credentials=dict(DUMMY_CREDENTIALS), cell_rate=DEFAULT_RATE,
+                                credentials=dict(DUMMY_CREDENTIALS), cell_rate=plan.request_rate,
                                 time_scale=world.time_scale, account_id=world.account_id)
         with open(server.ca_bundle_path, "rb") as fh:
             roots = [fh.read()]

@@ -13,6 +13,9 @@ Plan file keys:
     account_id = "111122223333"        # optional guard: refuse to run in another account
     max_disconnected = "15m"           # downtime budget (default 15m)
     poll_interval = "5s"               # DescribeCustomKeyStores interval (default 5s, minimum 1s)
+    request_rate = 1                   # the run's requests per second per account-Region for Describe, Connect,
+                                       # Disconnect and Update (default 1, at most AWS's quota 5, which every
+                                       # caller in the account shares); its looks stay at most 1 a second
     extra_trusted_roots = ["ca.pem"]   # optional PEM files trusted besides KMS's 130 roots (rehearsals)
     role_name = "xks-migrator"         # optional: the role assumed in each store's account_id (when the store
                                        # gives no role_arn); the custom key store APIs are not cross-account
@@ -131,6 +134,7 @@ class Plan:
     keystores: tuple[KeystorePlan, ...]
     max_disconnected: float = 900.0  # seconds
     poll_interval: float = 5.0  # seconds
+    request_rate: float = 1.0  # requests per second per account-Region cell (aws/rate_budget.py)
     account_id: str | None = None
     extra_trusted_roots: tuple[str, ...] = ()
     accept_unverified: tuple[str, ...] = ()  # check ids the operator accepts as unverified ([preflight])
@@ -218,8 +222,8 @@ def _plan_from_dict(top: Table) -> Plan:
     top.expect("plan", "preflight", "keystores")
     head = top.table("plan", required=True)
     assert head is not None
-    head.expect("name", "region", "account_id", "max_disconnected", "poll_interval", "extra_trusted_roots",
-                "role_name", "external_id")
+    head.expect("name", "region", "account_id", "max_disconnected", "poll_interval", "request_rate",
+                "extra_trusted_roots", "role_name", "external_id")
     name = head.text("name", required=True)
     region = head.text("region", RE_REGION, required=True, lengths=(1, 32))
     account_id = head.text("account_id", RE_ACCOUNT, lengths=(12, 12))
@@ -232,6 +236,10 @@ def _plan_from_dict(top: Table) -> Plan:
                                          "per account and Region, shared with every other caller")
     if poll >= max_disc:
         raise head.fail("poll_interval", "must be shorter than max_disconnected")
+    rate = head.get("request_rate", float, default=1.0)
+    if not 0 < rate <= 5:
+        raise head.fail("request_rate", "must be more than 0 and at most 5 requests per second: AWS's quota per "
+                                        "account and Region, shared with every other caller")
     role_name = head.text("role_name", RE_ROLE_NAME, lengths=(1, 64))
     external_id = head.text("external_id", RE_EXTERNAL_ID, lengths=(2, 1224))
     roots = head.get("extra_trusted_roots", list, default=[])
@@ -247,7 +255,7 @@ def _plan_from_dict(top: Table) -> Plan:
     top.done()
     check_unique(top.source, stores, [f"keystores[{i}]" for i in range(len(stores))])
     return Plan(name=name or "", region=region or "", keystores=tuple(stores), max_disconnected=max_disc,
-                poll_interval=poll, account_id=account_id, extra_trusted_roots=tuple(roots),
+                poll_interval=poll, request_rate=rate, account_id=account_id, extra_trusted_roots=tuple(roots),
                 accept_unverified=accepted)
 
 

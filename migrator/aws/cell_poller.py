@@ -28,24 +28,28 @@ if TYPE_CHECKING:
     from migrator.aws.clients import ClientFactory
 
 _MAKING = threading.Lock()
+DESCRIBE_RATE = 1.0  # looks per (simulated) second for the cell at most, whatever its budget: the rest of a
+# larger budget is for the calls that change stores
 
 
 def poller_for(clients: ClientFactory) -> CellPoller:
     """The one describe stream of this factory's cell, made on first use and kept on the factory; with a cell
-    budget, its looks are paced at the budget's rate and pay their token before they are stamped."""
+    budget, its looks are paced at the budget's rate (at most DESCRIBE_RATE) and pay their token before they
+    are stamped."""
     with _MAKING:
         if not isinstance(clients.shared_poller, CellPoller):
             pace = None
             if clients.cell_rate is not None:
                 budget = rate_budget.cell_budget(clients.budget_cell(), rate=clients.cell_rate,
                                                  scale=clients.time_scale)
-                pace = _Pace(budget, 1.0 / (clients.cell_rate * clients.time_scale))
+                pace = _Pace(budget, 1.0 / (min(clients.cell_rate, DESCRIBE_RATE) * clients.time_scale))
             clients.shared_poller = CellPoller(KmsApplier(clients.client("kms")).all_stores, pace=pace)
         return clients.shared_poller
 
 
 class _Pace:
-    """At most one look per `spacing` real seconds (the cell's rate, without its burst), each with its token."""
+    """At most one look per `spacing` real seconds (the cell's rate, at most DESCRIBE_RATE, without its burst),
+    each with its token."""
 
     def __init__(self, budget: rate_budget.CellBudget, spacing: float):
         self.budget, self.spacing, self.last = budget, spacing, float("-inf")

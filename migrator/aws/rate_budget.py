@@ -4,7 +4,9 @@ DescribeCustomKeyStores, ConnectCustomKeyStore, DisconnectCustomKeyStore and Upd
 quota of 5 requests per second per account and Region with every other caller in that account (AWS KMS
 quotas). Several stores migrating at once in one cell must not each poll as if alone, so every HTTP request
 of those operations takes a token from its cell's bucket first (botocore's `before-send`, so retries count
-too), and a ThrottlingException backs the whole cell off, not just the call that saw it.
+too), and a ThrottlingException backs the whole cell off, not just the call that saw it. A call that changes a
+store (Connect, Disconnect, Update) goes before a waiting describe: it is on a window's critical path, while
+a look delayed by one token serves every store that waits for it anyway.
 
 The rate is in the run's seconds: simulated in a rehearsal (`scale` simulated seconds per real second), so
 "1 request per second" keeps its meaning at any time scale. The default leaves most of the quota to the
@@ -18,8 +20,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-SHARED_OPERATIONS = frozenset({"DescribeCustomKeyStores", "ConnectCustomKeyStore", "DisconnectCustomKeyStore",
-                               "UpdateCustomKeyStore"})
+CHANGING_OPERATIONS = frozenset({"ConnectCustomKeyStore", "DisconnectCustomKeyStore", "UpdateCustomKeyStore"})
+SHARED_OPERATIONS = CHANGING_OPERATIONS | {"DescribeCustomKeyStores"}
 DEFAULT_RATE = 1.0  # requests per (simulated) second per cell
 DEFAULT_BURST = 5.0  # the quota itself: a short burst never exceeds what AWS allows in one second
 _EPSILON = 1e-9
@@ -39,6 +41,7 @@ class CellBudget:
     _stamp: float = field(default=0.0, repr=False)
     _paused_until: float = field(default=0.0, repr=False)
     _throttles: int = field(default=0, repr=False)
+    _urgent_waiting: int = field(default=0, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     granted: int = 0  # requests let through (what the bench and tests read)
     throttled_count: int = 0
@@ -52,21 +55,34 @@ class CellBudget:
         self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate * self.scale)
         self._stamp = now
 
-    def acquire(self) -> float:
-        """Wait for a token; returns the real seconds waited."""
+    def acquire(self, urgent: bool = False) -> float:
+        """Wait for a token; returns the real seconds waited. An `urgent` request (a call that changes a store:
+        always on some window's critical path) goes before every waiting look (a describe can wait a tick)."""
         waited = 0.0
-        while True:
+        if urgent:
             with self._lock:
-                now = self.clock()
-                self._refill(now)
-                pause = self._paused_until - now
-                if pause <= 0 and self._tokens >= 1.0 - _EPSILON:  # float refills land a hair short of 1
-                    self._tokens = max(0.0, self._tokens - 1.0)
-                    self.granted += 1
-                    return waited
-                need = max(pause, (1.0 - self._tokens) / (self.rate * self.scale), _EPSILON)
-            self.sleep(need)
-            waited += need
+                self._urgent_waiting += 1
+        try:
+            while True:
+                with self._lock:
+                    now = self.clock()
+                    self._refill(now)
+                    pause = self._paused_until - now
+                    ready = pause <= 0 and self._tokens >= 1.0 - _EPSILON  # float refills land a hair short of 1
+                    if ready and (urgent or self._urgent_waiting == 0):
+                        self._tokens = max(0.0, self._tokens - 1.0)
+                        self.granted += 1
+                        return waited
+                    tick = 1.0 / (self.rate * self.scale)
+                    need = max(pause, (1.0 - self._tokens) * tick, _EPSILON)
+                    if ready:  # a token is there, but an urgent request takes it: look again shortly
+                        need = tick / 10
+                self.sleep(need)
+                waited += need
+        finally:
+            if urgent:
+                with self._lock:
+                    self._urgent_waiting -= 1
 
     def throttled(self) -> None:
         """AWS said ThrottlingException: the whole cell waits, longer each time in a row (capped)."""
@@ -121,7 +137,7 @@ def attach(client: object, budget: CellBudget) -> None:
             if getattr(_PREPAID, "count", 0) > 0:
                 _PREPAID.count -= 1
                 return
-            budget.acquire()
+            budget.acquire(urgent=event_name.rsplit(".", 1)[-1] in CHANGING_OPERATIONS)
 
     def needs_retry(event_name: str = "", response: object = None, **_: object) -> None:
         if event_name.rsplit(".", 1)[-1] not in SHARED_OPERATIONS or not isinstance(response, tuple):

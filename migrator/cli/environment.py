@@ -186,7 +186,6 @@ def real_env(plan: Plan, *, journal: Journal, renderer: Renderer, yes: bool, pro
     about an unreadable extra trusted root: they serve preflight, and a store mid-window must not wait on them.
     `resolve` (--resolve HOST=IP:PORT, with XKSMIGRATE_RESOLVE and a loopback world's own) is the vantage point."""
     from migrator.aws.clients import ClientFactory
-    from migrator.aws.rate_budget import DEFAULT_RATE
     from migrator.aws.secret_refs import resolve_secret
     from migrator.cli import vantage
     from migrator.engine.clock import Clock
@@ -204,7 +203,7 @@ def real_env(plan: Plan, *, journal: Journal, renderer: Renderer, yes: bool, pro
     if world is not None and scale_check and (told := vantage.scale_warning(world.time_scale, time_scale)):
         warn(told)  # after every refusal above: an error stays the one line a bad command prints
     clients = ClientFactory(region=plan.region, profile=profile, endpoint_url=endpoint_url,
-                            cell_rate=DEFAULT_RATE, time_scale=scale, account_id=plan.account_id)
+                            cell_rate=plan.request_rate, time_scale=scale, account_id=plan.account_id)
     return Environment(journal=journal, clients=clients, clock=Clock(scale), observer=renderer,
                        secret_resolver=lambda ref: resolve_secret(ref, client_factory=secret_clients(plan, ref,
                                                                                                      clients)),

@@ -81,6 +81,31 @@ def test_throttling_pauses_the_whole_cell_longer_each_time_until_a_success() -> 
     assert cell.throttled_count == 3
 
 
+def test_a_call_that_changes_a_store_goes_before_a_look_that_waited_longer() -> None:
+    # real threads and clock (two tokens a second, no burst): the look waits first, the Connect comes later
+    import time
+
+    a_waits = threading.Event()
+
+    def sleep(seconds: float) -> None:
+        if threading.current_thread().name == "look":
+            a_waits.set()
+        time.sleep(seconds)
+
+    cell = CellBudget(rate=2.0, burst=1.0, sleep=sleep)
+    cell.acquire()  # the one token is gone
+    order: list[str] = []
+    look = threading.Thread(target=lambda: (cell.acquire(), order.append("look")), name="look")
+    change = threading.Thread(target=lambda: (cell.acquire(urgent=True), order.append("connect")), name="connect")
+    look.start()
+    assert a_waits.wait(10)
+    change.start()
+    look.join(10)
+    change.join(10)
+    assert order == ["connect", "look"]
+    assert cell._urgent_waiting == 0 and cell.granted == 3
+
+
 def test_every_client_of_a_cell_shares_one_budget() -> None:
     a = rate_budget.cell_budget(("http://x", "111122223333", "eu-west-1"), rate=2.0)
     b = rate_budget.cell_budget(("http://x", "111122223333", "eu-west-1"), rate=2.0)
