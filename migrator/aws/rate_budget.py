@@ -10,7 +10,8 @@ a look delayed by one token serves every store that waits for it anyway.
 
 The rate is in the run's seconds: simulated in a rehearsal (`scale` simulated seconds per real second), so
 "1 request per second" keeps its meaning at any time scale. The default leaves most of the quota to the
-account's other callers: 1 request/s, with a burst of 5 (a preflight's few describes go at once).
+account's other callers: 1 request/s, with a burst of 4 (a preflight's few describes go at once), so that no
+second ever holds more than the quota's 5.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from dataclasses import dataclass, field
 CHANGING_OPERATIONS = frozenset({"ConnectCustomKeyStore", "DisconnectCustomKeyStore", "UpdateCustomKeyStore"})
 SHARED_OPERATIONS = CHANGING_OPERATIONS | {"DescribeCustomKeyStores"}
 DEFAULT_RATE = 1.0  # requests per (simulated) second per cell
-DEFAULT_BURST = 5.0  # the quota itself: a short burst never exceeds what AWS allows in one second
+QUOTA = 5.0  # AWS's requests per second per account-Region for these operations (each), shared with every caller
+DEFAULT_BURST = 5.0  # a bucket made by hand (tests); a cell's own bucket takes burst_for(rate)
 _EPSILON = 1e-9
 MAX_BACKOFF = 30.0  # seconds (simulated) a throttled cell waits at most before its next request
 
@@ -103,9 +105,16 @@ _CELLS: dict[Cell, CellBudget] = {}
 _CELLS_LOCK = threading.Lock()
 
 
-def cell_budget(cell: Cell, *, rate: float = DEFAULT_RATE, burst: float = DEFAULT_BURST,
+def burst_for(rate: float) -> float:
+    """The burst that keeps any one second within AWS's quota: the burst plus one second's refill is at most
+    QUOTA (at the default 1/s a burst of 4, so a preflight's few describes still go at once)."""
+    return max(1.0, QUOTA - rate)
+
+
+def cell_budget(cell: Cell, *, rate: float = DEFAULT_RATE, burst: float | None = None,
                 scale: float = 1.0) -> CellBudget:
     """The process's one budget for `cell` (made on first use): every client of the cell shares it."""
+    burst = burst_for(rate) if burst is None else burst
     with _CELLS_LOCK:
         found = _CELLS.get(cell)
         if found is None or (found.rate, found.burst, found.scale) != (rate, burst, scale):

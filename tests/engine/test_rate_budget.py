@@ -106,6 +106,21 @@ def test_a_call_that_changes_a_store_goes_before_a_look_that_waited_longer() -> 
     assert cell._urgent_waiting == 0 and cell.granted == 3
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(min_value=0.0, max_value=2.0), min_size=1, max_size=40),
+       st.sampled_from([0.5, 1.0, 2.0, 3.0, 4.0, 5.0]))
+def test_a_cells_own_bucket_never_lets_one_second_hold_more_than_the_quota(gaps: list[float], rate: float) -> None:
+    fake = FakeTime()
+    cell = CellBudget(rate=rate, burst=rate_budget.burst_for(rate), clock=fake.now, sleep=fake.sleep)
+    granted = []
+    for gap in gaps:
+        fake.sleep(gap)
+        cell.acquire(urgent=gap > 1.0)
+        granted.append(fake.t)
+    for start in granted:
+        assert sum(1 for t in granted if start <= t <= start + 1.0 - 1e-9) <= rate_budget.QUOTA
+
+
 def test_every_client_of_a_cell_shares_one_budget() -> None:
     a = rate_budget.cell_budget(("http://x", "111122223333", "eu-west-1"), rate=2.0)
     b = rate_budget.cell_budget(("http://x", "111122223333", "eu-west-1"), rate=2.0)
