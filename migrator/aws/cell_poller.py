@@ -28,38 +28,62 @@ if TYPE_CHECKING:
     from migrator.aws.clients import ClientFactory
 
 _MAKING = threading.Lock()
-DESCRIBE_RATE = 1.0  # looks per (simulated) second for the cell at most, whatever its budget: the rest of a
-# larger budget is for the calls that change stores
+DESCRIBE_RATE = 1.0  # looks per (simulated) second for the cell at most (on average), whatever its budget: the
+# rest of a larger budget is for the calls that change stores
 
 
 def poller_for(clients: ClientFactory) -> CellPoller:
     """The one describe stream of this factory's cell, made on first use and kept on the factory; with a cell
-    budget, its looks are paced at the budget's rate (at most DESCRIBE_RATE) and pay their token before they
-    are stamped."""
+    budget, its looks are paced (on average at the budget's rate, at most DESCRIBE_RATE) and pay their token
+    before they are stamped."""
     with _MAKING:
         if not isinstance(clients.shared_poller, CellPoller):
             pace = None
             if clients.cell_rate is not None:
                 budget = rate_budget.cell_budget(clients.budget_cell(), rate=clients.cell_rate,
                                                  scale=clients.time_scale)
-                pace = _Pace(budget, 1.0 / (min(clients.cell_rate, DESCRIBE_RATE) * clients.time_scale))
+                pace = LookPace(budget, min(clients.cell_rate, DESCRIBE_RATE) * clients.time_scale)
             clients.shared_poller = CellPoller(KmsApplier(clients.client("kms")).all_stores, pace=pace)
         return clients.shared_poller
 
 
-class _Pace:
-    """At most one look per `spacing` real seconds (the cell's rate, at most DESCRIBE_RATE, without its burst),
-    each with its token."""
+class LookPace:
+    """The cell's looks: `rate` per real second on average, with room for one more at once.
 
-    def __init__(self, budget: rate_budget.CellBudget, spacing: float):
-        self.budget, self.spacing, self.last = budget, spacing, float("-inf")
+    A store that polls while a change runs can wait a tick; a store whose window waits on the look (the proof
+    after its own UpdateCustomKeyStore) should not. So a polling look needs two of the bucket's two tokens and
+    leaves one; a look a step waits on (`urgent`) needs one. Any second then holds at most two looks, and the
+    average stays at `rate` (a polling look after an urgent one waits for the bucket to fill again).
+    """
 
-    def __call__(self) -> None:
-        wait = self.last + self.spacing - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
-        self.budget.acquire()
-        self.last = time.monotonic()
+    BURST = 2.0
+
+    def __init__(self, budget: rate_budget.CellBudget | None, rate: float,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+        if rate <= 0:
+            raise ValueError("a look pace needs rate > 0")
+        self.budget, self.rate, self.clock, self.sleep = budget, rate, clock, sleep
+        self.tokens, self.stamp = self.BURST, clock()
+
+    def __call__(self, urgent: Callable[[], bool]) -> None:
+        """Wait for this look's turn (asking `urgent()` again each tick: a step may start waiting meanwhile),
+        pay the cell budget's token, then take the look's own token: last, so that the looks' spacing holds
+        for when they are really sent, however long the budget made this one wait."""
+        while not self._ready(urgent()):
+            self.sleep(min(self._need(urgent()) - self.tokens, 0.1) / self.rate)
+        if self.budget is not None:
+            self.budget.acquire(urgent=urgent())
+        self._ready(urgent())  # refilled to now: at least what was ready before
+        self.tokens = max(0.0, self.tokens - 1.0)
+
+    def _need(self, urgent: bool) -> float:
+        return 1.0 if urgent else self.BURST
+
+    def _ready(self, urgent: bool) -> bool:
+        now = self.clock()
+        self.tokens = min(self.BURST, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        return self.tokens >= self._need(urgent) - 1e-9
 
 
 @dataclass(frozen=True)
@@ -73,16 +97,37 @@ class CellPoller:
     """Shared DescribeCustomKeyStores for one cell; thread-safe."""
 
     def __init__(self, all_stores: Callable[[], list[Observation]], clock: Callable[[], float] = time.time,
-                 pace: Callable[[], None] | None = None):
+                 pace: Callable[[Callable[[], bool]], None] | None = None):
         self._all_stores, self._clock, self._pace = all_stores, clock, pace
         self._latest: _Look | None = None
         self._busy = False
+        self._urgent_asks = 0  # stores whose step (not a poll) waits for the next look
         self._cond = threading.Condition()
         self.calls = 0  # describes made (each may serve many stores)
 
-    def describe(self, store_id: str) -> Observation:
-        """The store as seen by a describe that started no earlier than this call."""
+    @property
+    def paced(self) -> bool:
+        """Does the poller space its looks itself (so a store may ask again as soon as it has an answer)?"""
+        return self._pace is not None
+
+    def admit_window(self) -> float:
+        """Wait for the cell's turn to start a window (rate_budget.CellBudget.admit_window); 0 without a budget."""
+        budget = getattr(self._pace, "budget", None)
+        return budget.admit_window() if isinstance(budget, rate_budget.CellBudget) else 0.0
+
+    def describe(self, store_id: str, polling: bool = False) -> Observation:
+        """The store as seen by a describe that started no earlier than this call. `polling`: the store waits for
+        a change to finish and can wait a tick; otherwise the look goes first (LookPace)."""
         asked = self._clock()
+        with self._cond:
+            self._urgent_asks += not polling
+        try:
+            return self._look_since(asked, store_id)
+        finally:
+            with self._cond:
+                self._urgent_asks -= not polling
+
+    def _look_since(self, asked: float, store_id: str) -> Observation:
         with self._cond:
             while True:
                 seen = self._latest
@@ -97,7 +142,7 @@ class CellPoller:
         look: _Look | None = None  # published only when the describe answered (or failed as AWS said)
         try:
             if self._pace is not None:
-                self._pace()
+                self._pace(self._urgent)
             started = self._clock()
             try:
                 with rate_budget.prepaid():
@@ -112,6 +157,11 @@ class CellPoller:
                 self._cond.notify_all()
         assert look is not None  # else the exception that left it unset has propagated
         return _pick(look, store_id)
+
+    def _urgent(self) -> bool:
+        """Is some store's step (not a poll) waiting for the look being made?"""
+        with self._cond:
+            return self._urgent_asks > 0
 
 
 def _pick(look: _Look, store_id: str) -> Observation:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets as _random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from migrator.aws.secret_refs import SecretValue
 from migrator.aws.store_config import KeyInfo, Observation, StoreConfig
@@ -48,11 +48,22 @@ class AwsCallError(Exception):
         return self.code in RETRYABLE or (self.code not in NON_RETRYABLE and self.code.startswith("HTTP5"))
 
 
+class SharedLooks(Protocol):
+    """The cell's one describe stream (aws/cell_poller.CellPoller), as the applier sees it."""
+
+    @property
+    def paced(self) -> bool: ...
+
+    def describe(self, store_id: str, polling: bool = False) -> Observation: ...
+
+    def admit_window(self) -> float: ...
+
+
 class KmsApplier:
     """Thin, counted wrappers over the KMS API. `on_call(operation, request_id, error_code)` sees every call."""
 
     def __init__(self, kms_client: Any, on_call: Callable[[str, str | None, str | None], None] | None = None,
-                 poller: Callable[[str], Observation] | None = None):
+                 poller: SharedLooks | None = None):
         self._kms = kms_client
         self._on_call = on_call or (lambda op, rid, err: None)
         self._poller = poller  # `describe` through the cell's shared stream (aws/cell_poller.py)
@@ -83,7 +94,15 @@ class KmsApplier:
 
     # -- reading ---------------------------------------------------------------------------
     def find_store(self, store_id: str | None = None, name: str | None = None) -> Observation | None:
-        """The store named by id or name, or None when KMS says it does not exist."""
+        """The store named by id or name, or None when KMS says it does not exist (by id through the cell's poller
+        when there is one, so that a snapshot's look is one of the cell's paced looks too)."""
+        if store_id and self._poller is not None:
+            try:
+                return self._poller.describe(store_id)
+            except AwsCallError as exc:
+                if exc.code == "CustomKeyStoreNotFoundException":
+                    return None
+                raise
         params = {"CustomKeyStoreId": store_id} if store_id else {"CustomKeyStoreName": name}
         try:
             response = self._call("DescribeCustomKeyStores", "describe_custom_key_stores", **params)
@@ -94,10 +113,20 @@ class KmsApplier:
         stores = response.get("CustomKeyStores", [])
         return Observation.from_describe(stores[0]) if stores else None
 
-    def describe(self, store_id: str) -> Observation:
-        """The store now (through the cell's poller when there is one: one describe serves every store)."""
+    @property
+    def paced_looks(self) -> bool:
+        """Are this store's looks spaced by its cell's poller (so a wait may ask again as soon as answered)?"""
+        return self._poller is not None and self._poller.paced
+
+    def admit_window(self) -> float:
+        """Wait for the cell's turn to start a disconnected window (the real seconds waited; 0 alone)."""
+        return self._poller.admit_window() if self._poller is not None else 0.0
+
+    def describe(self, store_id: str, polling: bool = False) -> Observation:
+        """The store now (through the cell's poller when there is one: one describe serves every store);
+        `polling`: a wait for a change to finish, which can let a step's look go first."""
         if self._poller is not None:
-            return self._poller(store_id)
+            return self._poller.describe(store_id, polling)
         found = self.find_store(store_id=store_id)
         if found is None:
             raise AwsCallError("DescribeCustomKeyStores", "CustomKeyStoreNotFoundException",

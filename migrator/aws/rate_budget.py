@@ -28,6 +28,7 @@ QUOTA = 5.0  # AWS's requests per second per account-Region for these operations
 DEFAULT_BURST = 5.0  # a bucket made by hand (tests); a cell's own bucket takes burst_for(rate)
 _EPSILON = 1e-9
 MAX_BACKOFF = 30.0  # seconds (simulated) a throttled cell waits at most before its next request
+WINDOW_CALLS = 4.0  # what one window asks of its cell at its end: Update, its proof, Connect, and a look for the others
 
 
 @dataclass
@@ -44,6 +45,8 @@ class CellBudget:
     _paused_until: float = field(default=0.0, repr=False)
     _throttles: int = field(default=0, repr=False)
     _urgent_waiting: int = field(default=0, repr=False)
+    _next_window: float = field(default=float("-inf"), repr=False)
+    _reserved: dict[str, int] = field(default_factory=dict, repr=False)  # paid ahead: {operation: requests}
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     granted: int = 0  # requests let through (what the bench and tests read)
     throttled_count: int = 0
@@ -86,6 +89,34 @@ class CellBudget:
                 with self._lock:
                     self._urgent_waiting -= 1
 
+    def admit_window(self) -> float:
+        """Wait for this cell's turn to start a window, then take the Disconnect's token (the cell's next
+        DisconnectCustomKeyStore goes without waiting again); returns the real seconds waited.
+
+        Windows of one cell start at most one per WINDOW_CALLS tokens: when their changes finish about five
+        minutes later, each then finds the tokens of its update, proof and connect at once instead of queueing
+        behind the others' inside its window. The store is still connected while it waits its turn.
+        """
+        with self._lock:
+            now = self.clock()
+            start = max(now, self._next_window)
+            self._next_window = start + WINDOW_CALLS / (self.rate * self.scale)
+        waited = max(0.0, start - now)
+        if waited > 0:
+            self.sleep(waited)
+        waited += self.acquire(urgent=True)
+        with self._lock:
+            self._reserved["DisconnectCustomKeyStore"] = self._reserved.get("DisconnectCustomKeyStore", 0) + 1
+        return waited
+
+    def take_reserved(self, operation: str) -> bool:
+        """Was a request of `operation` paid ahead (admit_window)? Then this one uses that token."""
+        with self._lock:
+            if self._reserved.get(operation, 0) <= 0:
+                return False
+            self._reserved[operation] -= 1
+            return True
+
     def throttled(self) -> None:
         """AWS said ThrottlingException: the whole cell waits, longer each time in a row (capped)."""
         with self._lock:
@@ -126,8 +157,8 @@ _PREPAID = threading.local()
 
 
 class prepaid:
-    """The next request of a shared operation on this thread is already paid for (the cell poller takes its
-    token first, so that its look can be stamped when it is really sent)."""
+    """The next describe on this thread is already paid for (the cell poller takes its token first, so that
+    its look can be stamped when it is really sent)."""
 
     def __enter__(self) -> None:
         _PREPAID.count = 1
@@ -142,11 +173,14 @@ def attach(client: object, budget: CellBudget) -> None:
     events = client.meta.events  # type: ignore[attr-defined]
 
     def before_send(event_name: str = "", **_: object) -> None:
-        if event_name.rsplit(".", 1)[-1] in SHARED_OPERATIONS:
-            if getattr(_PREPAID, "count", 0) > 0:
+        operation = event_name.rsplit(".", 1)[-1]
+        if operation in SHARED_OPERATIONS:
+            if operation == "DescribeCustomKeyStores" and getattr(_PREPAID, "count", 0) > 0:
                 _PREPAID.count -= 1
                 return
-            budget.acquire(urgent=event_name.rsplit(".", 1)[-1] in CHANGING_OPERATIONS)
+            if budget.take_reserved(operation):
+                return
+            budget.acquire(urgent=operation in CHANGING_OPERATIONS)
 
     def needs_retry(event_name: str = "", response: object = None, **_: object) -> None:
         if event_name.rsplit(".", 1)[-1] not in SHARED_OPERATIONS or not isinstance(response, tuple):

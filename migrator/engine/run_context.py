@@ -71,7 +71,7 @@ class RunContext:
         self._base_calls: dict[int, Counter[str]] = {}
         self._spent_calls: dict[int, Counter[str]] = {}
         self._turn: tuple[int, Counter[str]] | None = None
-        self.kms = KmsApplier(env.clients.client("kms"), poller=poller_for(env.clients).describe)  # one per cell
+        self.kms = KmsApplier(env.clients.client("kms"), poller=poller_for(env.clients))  # one per cell
         self._cell_kms: dict[int, KmsApplier] = {}  # other cells' appliers, by their ClientFactory
         self.options: dict[str, object] = dict(options or {})
         self._lock_lost = False
@@ -106,7 +106,7 @@ class RunContext:
             return self.kms
         with self._emit_lock:
             if id(clients) not in self._cell_kms:
-                self._cell_kms[id(clients)] = KmsApplier(clients.client("kms"), poller=poller_for(clients).describe)
+                self._cell_kms[id(clients)] = KmsApplier(clients.client("kms"), poller=poller_for(clients))
             return self._cell_kms[id(clients)]
 
     def _region_peers(self, keystore: KeystorePlan) -> Callable[[], Sequence[Peer]] | None:

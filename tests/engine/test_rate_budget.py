@@ -206,7 +206,7 @@ def test_asks_made_while_a_look_waits_for_its_token_are_served_by_that_look() ->
         sent.append(time.time())
         return [Observation(f"cks-{i}", "look", "EXTERNAL_KEY_STORE", "CONNECTED", "", config) for i in range(5)]
 
-    poller = CellPoller(all_stores, pace=lambda: time.sleep(0.3))  # a token wait of 0.3 s
+    poller = CellPoller(all_stores, pace=lambda urgent: time.sleep(0.3))  # a token wait of 0.3 s
     first = threading.Thread(target=poller.describe, args=("cks-0",))
     first.start()
     time.sleep(0.1)  # inside the first look's token wait
@@ -217,7 +217,7 @@ def test_asks_made_while_a_look_waits_for_its_token_are_served_by_that_look() ->
         t.join()
     assert poller.calls == 1 and len(sent) == 1
 
-    def interrupted() -> None:
+    def interrupted(urgent: object) -> None:
         raise KeyboardInterrupt
 
     broken = CellPoller(all_stores, pace=interrupted)
