@@ -331,6 +331,12 @@ class Driver:
                            "budget_seconds": self.services.budget_seconds()}}
 
     def step_begin_disconnect(self) -> Fields:
+        # The cell's turn first (several stores of one account-Region at once): the store is still connected
+        # while it waits, and its window, which starts below, does not queue behind the others' at its end.
+        waited = self.ops.kms.admit_window() * self.clock.scale
+        if waited >= 1.0:
+            self.ops.note(f"waited {waited:.1f}s for the cell's request budget before disconnecting",
+                          waited_seconds=round(waited, 1))
         self._still_the_snapshot()
         try:
             self.hook("before-disconnect")

@@ -21,11 +21,12 @@ from migrator.aws.store_config import Observation, StoreConfig
 from migrator.engine.errors import LockLostStop, StepFailed
 from migrator.engine.services import RunServices
 from migrator.engine.verify import KeyProver
-from migrator.engine.waits import CallTimedOut, Deadline, call_within, poll_until, resolve, retry_step
+from migrator.engine.waits import MIN_POLL, CallTimedOut, Deadline, call_within, poll_until, resolve, retry_step
 from migrator.plan import Plan
 
 Credential = tuple[str, SecretValue]
 _R = TypeVar("_R")
+REUSE_SECONDS = 5.0  # (simulated) a look this young, made after the store's last change, serves the next step
 TRANSIENT_CONNECT_ERRORS = ("INTERNAL_ERROR", "NETWORK_ERRORS")  # worth one more disconnect+connect
 
 
@@ -55,6 +56,8 @@ class StoreOps:
         self.window, self.state, self.expected = window, state, expected
         self.checkpoint, self.bound = checkpoint, bound  # the operator's abort; the current row's deadline
         self.last_seen: Observation | None = None
+        self._seen_asked_at: float | None = None  # when last_seen was asked for (its look started no earlier)
+        self._changed_at: float | None = None  # when this run last sent the store a change
 
     def _within(self, action: Callable[[], _R], what: str) -> _R:
         return call_within(action, clock=self.clock, deadline=self.bound, what=what)
@@ -68,6 +71,7 @@ class StoreOps:
         self.services.record(self.mid, kind="call", operation=operation, outcome="started", detail=detail or None)
         if self.services.lock_lost:  # again: the write may have waited out a database blip that took the lock
             raise LockLostStop
+        self._changed_at = self.clock.now()  # every look asked before now may show the store before the change
         try:
             request_id = self._within(action, operation)
         except AwsCallError as exc:
@@ -96,17 +100,37 @@ class StoreOps:
             "window_seconds": self.window(), "budget_seconds": self.services.budget_seconds(),
             "next_poll_seconds": next_sleep, "simulated": self.clock.simulated})
 
-    def observe(self) -> Observation:
-        """DescribeCustomKeyStores; a lost lock stops here, before anything else reaches AWS."""
+    def observe(self, *, polling: bool = False, reuse: bool = False) -> Observation:
+        """DescribeCustomKeyStores; a lost lock stops here, before anything else reaches AWS.
+
+        `polling`: a wait for a change to finish (its look can yield to a step's). `reuse`: the step may act on
+        the last look instead of a new one when it was asked for after the run's last change to the store and
+        is at most REUSE_SECONDS old: the look that showed DISCONNECTED serves the update, the update's proof
+        serves the connect, so a shared poller's next tick is not on the window's critical path three times.
+        """
         if self.services.lock_lost:
             raise LockLostStop
         self.checkpoint()
-        obs = self._within(lambda: self.kms.describe(self.store_id), "DescribeCustomKeyStores")
-        previous, self.last_seen = self.last_seen, obs
+        if reuse and self._fresh_enough():
+            assert self.last_seen is not None
+            return self._checked(self.last_seen)
+        asked = self.clock.now()
+        obs = self._within(lambda: self.kms.describe(self.store_id, polling), "DescribeCustomKeyStores")
+        previous, self.last_seen, self._seen_asked_at = self.last_seen, obs, asked
         if previous is None or (previous.state, previous.error_code) != (obs.state, obs.error_code):
             self.services.record(self.mid, kind="note", operation="DescribeCustomKeyStores",
                                  detail={"connection_state": obs.state, "connection_error_code": obs.error_code or None,
                                          "window_seconds": self.window()})
+        return self._checked(obs)
+
+    def _fresh_enough(self) -> bool:
+        asked, changed = self._seen_asked_at, self._changed_at
+        if self.last_seen is None or asked is None or (changed is not None and asked < changed):
+            return False
+        return self.clock.elapsed(asked) <= REUSE_SECONDS
+
+    def _checked(self, obs: Observation) -> Observation:
+        """`obs`, unless it holds a configuration the journal does not account for in the current state."""
         expected = self.expected()
         if expected and not any(config.matches(obs.config) for config in expected):
             raise DriftDetected(self.state(), expected, obs)
@@ -116,7 +140,7 @@ class StoreOps:
     def ensure_disconnected(self, deadline: Deadline) -> None:
         """Disconnect unless the store is already disconnected or on its way; wait for DISCONNECTED."""
         def step() -> Observation:
-            obs = self.observe()
+            obs = self.observe(reuse=True)
             if obs.state in ("CONNECTED", "CONNECTING", "FAILED"):
                 try:
                     self.call("DisconnectCustomKeyStore", lambda: self.kms.disconnect(self.store_id),
@@ -138,7 +162,7 @@ class StoreOps:
         A change that needs no disconnect (credential, URI path) is made in any connection state.
         """
         def step() -> None:
-            obs = self.observe()
+            obs = self.observe(reuse=True)
             if obs.config.matches(want) and not invisible:
                 return
             params = update_parameters(self.store_id, want, obs.config, credential is not None)
@@ -161,7 +185,7 @@ class StoreOps:
         """ConnectCustomKeyStore unless the store is already connecting or connected (after a disconnect
         still under way, once it is DISCONNECTED); returns the first observation."""
         def step() -> Observation:
-            obs = self.observe()
+            obs = self.observe(reuse=True)
             if obs.state == "DISCONNECTED":
                 self.call("ConnectCustomKeyStore", lambda: self.kms.connect(self.store_id))
             elif obs.state == "DISCONNECTING":
@@ -207,9 +231,10 @@ class StoreOps:
     def wait_for(self, states: tuple[str, ...], deadline: Deadline, what: str) -> Observation:
         """Poll until the store reaches one of `states`; learns how long such a change takes."""
         started = self.clock.now()
-        obs = poll_until(self.observe, lambda o: o.state in states, clock=self.clock,
+        obs = poll_until(lambda: self.observe(polling=True), lambda o: o.state in states, clock=self.clock,
                          interval=self.plan.poll_interval, deadline=deadline, what=what,
-                         expected=self.services.expected_change_seconds, on_poll=self.on_poll)
+                         expected=self.services.expected_change_seconds, on_poll=self.on_poll,
+                         floor=0.0 if self.kms.paced_looks else MIN_POLL)
         took = self.clock.elapsed(started)
         if took > 2 * self.plan.poll_interval:  # a real transition, not an already-finished one
             self.services.expected_change_seconds = took

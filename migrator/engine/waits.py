@@ -91,15 +91,17 @@ def call_within(action: Callable[[], T], *, clock: Clock, deadline: Deadline, wh
     return value  # type: ignore[return-value]  # what action() returned
 
 
-def poll_schedule(interval: float, expected: float | None = None,
-                  elapsed: Callable[[], float] | None = None) -> Callable[[RetryCallState], float]:
+def poll_schedule(interval: float, expected: float | None = None, elapsed: Callable[[], float] | None = None,
+                  floor: float = MIN_POLL) -> Callable[[RetryCallState], float]:
     """When to look next: a short first poll, then the plan's interval, then, around the moment the
-    change is expected to finish, once a second (the floor) so the window is not stretched by up to a
+    change is expected to finish, every `floor` seconds so the window is not stretched by up to a
     whole interval; past that moment plus two intervals, back to the interval.
 
     `expected` is the likely duration in seconds (AWS documents about five minutes for connect and
     disconnect; the engine passes what it measured for the previous wait), `elapsed()` the seconds
-    since the change started.
+    since the change started. `floor` is MIN_POLL for a runner that polls alone; 0 when its cell's poller
+    spaces the looks itself (one look a second for the whole cell, each answering every store that asked),
+    and then the floor's stretch starts two intervals before the expected end, since asking costs nothing.
     """
     interval = max(interval, MIN_POLL)
     first = max(MIN_POLL, min(interval, interval / 5))
@@ -110,12 +112,13 @@ def poll_schedule(interval: float, expected: float | None = None,
         if expected is None or elapsed is None:
             return interval
         now = elapsed()
-        if now + interval < expected - MIN_POLL:
+        lead = MIN_POLL if floor >= MIN_POLL else 2 * interval  # a cell's looks are shared: start asking early
+        if now + interval < expected - lead:
             return interval
-        if now < expected - MIN_POLL:
-            return max(MIN_POLL, expected - MIN_POLL - now)  # land one floor-poll before the expected end
+        if now < expected - lead:
+            return max(MIN_POLL, expected - lead - now)  # land `lead` before the expected end
         if now < expected + 2 * interval:
-            return MIN_POLL
+            return floor
         return interval
 
     return wait
@@ -123,10 +126,11 @@ def poll_schedule(interval: float, expected: float | None = None,
 
 def poll_until(observe: Callable[[], T], done: Callable[[T], bool], *, clock: Clock, interval: float,
                deadline: Deadline, what: str, expected: float | None = None,
-               on_poll: Callable[[T, float], None] | None = None) -> T:
+               on_poll: Callable[[T, float], None] | None = None, floor: float = MIN_POLL) -> T:
     """Observe until `done(observation)`; raise DeadlineExceeded if the deadline comes first.
 
-    `on_poll(observation, next_sleep_seconds)` lets the caller show the last state and the next poll.
+    `on_poll(observation, next_sleep_seconds)` lets the caller show the last state and the next poll;
+    `floor`: see poll_schedule.
     """
     last: list[T] = []
     started = clock.now()
@@ -147,7 +151,7 @@ def poll_until(observe: Callable[[], T], done: Callable[[T], bool], *, clock: Cl
         # A throttled or failed observation (botocore's own retries exhausted) is one missed poll, not a failure.
         retry=retry_if_result(lambda v: not done(v)) | retry_if_exception(
             lambda e: isinstance(e, AwsCallError) and e.retryable),
-        wait=poll_schedule(interval, expected, lambda: clock.elapsed(started)),
+        wait=poll_schedule(interval, expected, lambda: clock.elapsed(started), floor),
         stop=_stop_at(clock, deadline),
         sleep=clock.sleep,
         before_sleep=before_sleep,

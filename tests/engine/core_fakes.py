@@ -104,10 +104,15 @@ class RecordingApplier:
         self._settle()
         return self._observation() if store_id in (None, STORE_ID) else None
 
-    def describe(self, store_id: str) -> Observation:
+    def describe(self, store_id: str, polling: bool = False) -> Observation:
         found = self.find_store(store_id=store_id)
         assert found is not None
         return found
+
+    paced_looks = False  # no cell poller: each wait polls on its own schedule
+
+    def admit_window(self) -> float:
+        return 0.0  # alone in its cell
 
     def disconnect(self, store_id: str) -> str:
         self.calls.append("DisconnectCustomKeyStore")
