@@ -123,6 +123,10 @@ class StoreOps:
                                          "window_seconds": self.window()})
         return self._checked(obs)
 
+    def forget_last_look(self) -> None:
+        """Something outside the run may have acted on the store (a hook ran): no step reuses the last look."""
+        self._seen_asked_at = None
+
     def _fresh_enough(self) -> bool:
         asked, changed = self._seen_asked_at, self._changed_at
         if self.last_seen is None or asked is None or (changed is not None and asked < changed):

@@ -163,6 +163,21 @@ def test_a_failing_before_disconnect_hook_blocks() -> None:
     assert driver.run() == "blocked" and kms.mutating() == []
 
 
+def test_a_before_disconnect_hook_that_changes_the_store_is_seen_before_the_disconnect() -> None:
+    """A step may act on the last look, but not across a hook: a hook may change the store by hand."""
+    driver, services, kms = _driver()
+    fire = services.hook
+
+    def hand_edit(mid: int, event: str, facts: object) -> None:
+        fire(mid, event, facts)
+        if event == "before-disconnect":
+            kms.config = dataclasses.replace(kms.config, uri_path="/edited/kms/xks/v1")
+
+    services.hook = hand_edit  # type: ignore[method-assign]
+    assert driver.run() == "stuck"
+    assert kms.mutating() == [] and services.transitions[-1][2]["error"].startswith("drift: in disconnecting")
+
+
 def test_transient_errors_before_the_disconnect_are_retried() -> None:
     driver, services, kms = _driver()
     original_find = kms.find_store
