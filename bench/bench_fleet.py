@@ -15,7 +15,7 @@ and the fleet's `--json` summary:
 - out at once: the most stores out of CONNECTED at one moment (must be <= max_in_flight);
 - cell rate: the highest rate, over every account-Region cell, of the four budgeted calls together
   (DescribeCustomKeyStores, Disconnect, Update, Connect), in any 1 simulated second and averaged over any 60
-  simulated seconds; against AWS's quota (5/s per cell) and the tool's budget (1/s, burst 5). Bounds: at most 5
+  simulated seconds; against AWS's quota (5/s per cell) and the tool's budget (1/s, burst 4). Bounds: at most 5
   in any second, at most 60 + 5 in any 60 s (the bucket's burst on top of its rate);
 - throttled: calls the world refused with ThrottlingException (the derived world has no [[quotas]], so none
   can be: the rates above are what would meet AWS's);
@@ -368,7 +368,7 @@ def render(results: list[Result], scale: float, shape: Shape, total: float) -> s
              "ideal = ceil(stores / in flight) x one store; waves ideal = sum over the waves of ceil(wave / in "
              "flight) x one store (a wave ends before the next starts)",
              "cell peak / mean: the busiest account-Region cell's DescribeCustomKeyStores + Disconnect + Update + "
-             "Connect, in any 1 simulated second and per second over any 60 (AWS quota 5/s; budget 1/s, burst 5)",
+             "Connect, in any 1 simulated second and per second over any 60 (AWS quota 5/s; budget 1/s, burst 4)",
              "throttled: the derived world has no [[quotas]], so nothing can be; the cell rates are what AWS would "
              "see",
              f"total {total:.0f} real s",
