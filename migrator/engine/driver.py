@@ -184,10 +184,12 @@ class Driver:
     def hook(self, event: str) -> None:
         facts = facts_for(self.plan, self.ks, run_id=self.services.run_id, store_id=self.store_id,
                           store_state=self.state, window_seconds=self.window(), dry_run=self.services.dry_run)
+        ran = True  # unless the hooks say none ran
         try:
-            self.services.hook(self.mid, event, facts)
+            ran = self.services.hook(self.mid, event, facts)
         finally:
-            self.ops.forget_last_look()  # a hook may act on the store: the next step looks again
+            if ran:
+                self.ops.forget_last_look()  # a hook may have acted on the store: the next step looks again
 
     def manual_help(self) -> dict[str, object]:
         original = self.original if self.snapshot else None

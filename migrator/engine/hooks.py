@@ -112,15 +112,18 @@ class Hooks:
         return [p for p in sorted(self.directory.iterdir())
                 if (p.name == event or p.name.startswith(event + ".")) and p.is_file() and os.access(p, os.X_OK)]
 
-    def fire(self, event: str, facts: HookFacts, record: Callable[[HookResult], None]) -> None:
-        """Run every script of `event`; `record` journals each result; a blocking failure raises HookFailed."""
+    def fire(self, event: str, facts: HookFacts, record: Callable[[HookResult], None]) -> int:
+        """Run every script of `event` (returns how many ran); `record` journals each result; a blocking
+        failure raises HookFailed."""
         refusal = self._refusal()
         if refusal:
             record(HookResult(event, str(self.directory), -1, refusal))
             if event in BLOCKING:
                 raise HookFailed(f"{event} hooks: {refusal}")
-            return
+            return 0
+        ran = 0
         for script in self.scripts(event):
+            ran += 1
             env = facts.environment(event, {**os.environ, **(self.context() if self.context else {})})
             try:
                 done = subprocess.run([str(script)], env=env, capture_output=True, timeout=self.timeout,
@@ -133,6 +136,7 @@ class Hooks:
             if not result.ok and event in BLOCKING:
                 last = output.strip().splitlines()[-1] if output.strip() else "no output"
                 raise HookFailed(f"hook {script.name} for {event} exited {code}: {last}")
+        return ran
 
     def _refusal(self) -> str | None:
         """Why no hook may run now: the directory is gone, or others may write it (unless allowed)."""

@@ -260,16 +260,17 @@ class RunContext:
         return {k: v for k, v in sorted(total.items()) if v > 0}
 
     # -- hooks, decisions and waits that need the outside world ---------------------------------
-    def hook(self, mid: int, event: str, facts: HookFacts) -> None:
+    def hook(self, mid: int, event: str, facts: HookFacts) -> bool:
+        """Fire the event's hooks; True when any ran (it may have acted on the store)."""
         if self.env.hooks is None:
-            return
+            return False
 
         def record(result: HookResult) -> None:
             self.record(mid, kind="hook", operation=event, outcome="ok" if result.ok else "failed",
                         detail={"hook": result.hook, "event": event, "exit_code": result.exit_code,
                                 "output": result.output})
 
-        self.env.hooks.fire(event, facts, record)
+        return self.env.hooks.fire(event, facts, record) > 0
 
     def approve(self, question: str) -> bool:
         return bool(self.env.approve(question))

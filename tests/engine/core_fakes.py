@@ -224,10 +224,11 @@ class MemoryServices:
     def abort_requested(self) -> Any:
         return self.abort
 
-    def hook(self, mid: int, event: str, facts: Any) -> None:
+    def hook(self, mid: int, event: str, facts: Any) -> bool:
         self.hooks_fired.append(event)
         if event in self.hook_failures:
             raise self.hook_failures[event]
+        return True  # as if a script ran
 
     def approve(self, question: str) -> bool:
         return self.approve_answer

@@ -107,7 +107,9 @@ def test_the_update_and_the_connect_act_on_the_looks_that_showed_their_state(jou
     poller's next tick on the window's critical path twice more)."""
     from migrator.engine import runner as engine
 
-    server = start_world(load_world("public-to-vpc", time_scale=600.0))
+    # A look may serve the next step for REUSE_SECONDS simulated: at scale 20 that leaves a loaded machine
+    # 250 real ms between the look and the step (at 600 it would be 8 ms); short changes keep the test short.
+    server = start_world(load_world("public-to-vpc", time_scale=20.0, connect=30.0, disconnect=30.0))
     result = engine.start(example_plan("public-to-vpc", max_disconnected=ROOMY_BUDGET), make_env(server, journal))
     assert result.outcome == "completed", result.message
 

@@ -38,10 +38,11 @@ def _on_hook(services: MemoryServices, event: str, action: Any) -> None:
     """Do `action()` when hook `event` fires: the operator typing a command at that moment of the run."""
     fire = services.hook
 
-    def hook(mid: int, name: str, facts: Any) -> None:
-        fire(mid, name, facts)
+    def hook(mid: int, name: str, facts: Any) -> bool:
+        ran = fire(mid, name, facts)
         if name == event:
             action()
+        return ran
 
     services.hook = hook  # type: ignore[method-assign]
 

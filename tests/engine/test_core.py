@@ -168,10 +168,11 @@ def test_a_before_disconnect_hook_that_changes_the_store_is_seen_before_the_disc
     driver, services, kms = _driver()
     fire = services.hook
 
-    def hand_edit(mid: int, event: str, facts: object) -> None:
+    def hand_edit(mid: int, event: str, facts: object) -> bool:
         fire(mid, event, facts)
         if event == "before-disconnect":
             kms.config = dataclasses.replace(kms.config, uri_path="/edited/kms/xks/v1")
+        return True
 
     services.hook = hand_edit  # type: ignore[method-assign]
     assert driver.run() == "stuck"
