@@ -74,6 +74,12 @@ def test_each_store_has_a_plan_of_its_own_that_the_plan_parser_accepts():
     assert fleet.whole.cells == [("111122223333", "us-east-1"), ("444455556666", "eu-west-1")]
 
 
+def test_the_fleets_request_rate_reaches_every_stores_plan_and_the_whole_one():
+    fleet = parse_fleet(SMALL.replace("[access]", "[defaults]\nrequest_rate = 3\n\n[access]", 1), "small.toml")
+    assert [s.plan.request_rate for s in fleet.stores] == [3.0, 3.0] and fleet.whole.request_rate == 3.0
+    assert parse_fleet(SMALL, "small.toml").whole.request_rate == 1.0  # the default, as in a plan
+
+
 def _broken(old: str, new: str) -> str:
     assert old in SMALL
     return SMALL.replace(old, new, 1)
@@ -102,6 +108,8 @@ BAD = [
     ("a typo'd key", _broken("max_in_flight = 2", "max_inflight = 2"),
      r"small\.toml: rollout\.max_inflight: unknown key"),
     ("no stores", SMALL.split("[[targets]]")[0], r"small\.toml: targets: at least one"),
+    ("a request rate above the quota", _broken("[access]", "[defaults]\nrequest_rate = 6\n\n[access]"),
+     r"small\.toml: defaults\.request_rate: must be more than 0 and at most 5 requests per second"),
 ]
 
 

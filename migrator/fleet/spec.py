@@ -10,6 +10,8 @@ Fleet file keys (plans/fleet-example.toml is a complete one):
     [defaults]                            # shared by every store
     max_disconnected = "15m"              # each store's downtime budget
     poll_interval = "5s"
+    request_rate = 1                      # requests per second per account-Region, shared by the fleet's stores
+                                          # there (Describe, Connect, Disconnect, Update; 0 < rate <= 5)
     accept_unverified = ["proxy.credential"]  # as a plan's [preflight]
 
     [access]                              # how each account is reached, unless [accounts.X] says otherwise
@@ -187,10 +189,16 @@ def _defaults(t: Table | None) -> dict[str, Any]:
     """The [plan]/[preflight] values every store's plan takes, checked here so an error names [defaults]."""
     if t is None:
         return {}
-    t.expect("max_disconnected", "poll_interval", "accept_unverified")
+    t.expect("max_disconnected", "poll_interval", "request_rate", "accept_unverified")
     out: dict[str, Any] = {key: t.data[key] for key in ("max_disconnected", "poll_interval", "accept_unverified")
                            if key in t.data}
     t.used.update(out)
+    if "request_rate" in t.data:
+        rate = t.get("request_rate", float)
+        if rate is None or not 0 < rate <= 5:
+            raise t.fail("request_rate", "must be more than 0 and at most 5 requests per second: AWS's quota per "
+                                         "account and Region, shared with every other caller")
+        out["request_rate"] = rate
     budget = parse_duration(out.get("max_disconnected", "15m"), f"{t.source}: {t.where('max_disconnected')}")
     poll = parse_duration(out.get("poll_interval", "5s"), f"{t.source}: {t.where('poll_interval')}")
     if budget <= 0:
@@ -312,7 +320,7 @@ def _plan_head(head: dict[str, Any], defaults: dict[str, Any], name: str, region
     for key in ("account_id", "extra_trusted_roots"):
         if head.get(key):
             plan[key] = head[key]
-    for key in ("max_disconnected", "poll_interval"):
+    for key in ("max_disconnected", "poll_interval", "request_rate"):
         if key in defaults:
             plan[key] = defaults[key]
     return plan
