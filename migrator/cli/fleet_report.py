@@ -19,6 +19,7 @@ from migrator.cli.report import out_dir, parse_formats, told_written
 from migrator.cli.text import printable
 
 if TYPE_CHECKING:
+    from migrator.cli.fleet_state import FleetView
     from migrator.journal.repository import Journal
 
 FLEET_ID = re.compile(r"fleet-[0-9]{8}-[0-9]{6}-[0-9a-f]{4}")  # fleet/stores.py new_fleet_id
@@ -33,9 +34,9 @@ def fleet_report(fleet_id: str | None, *, state: str | None, dry_run: bool, out:
     from migrator.report.files import write_fleet_record
 
     chosen = parse_formats(formats)
-    journal = _find(state, dry_run, fleet_id)
+    journal, view = _find(state, dry_run, fleet_id)
     try:
-        record = build(journal, fleet_id)
+        record = build(journal, fleet_id, view)
     finally:
         journal.close()
     folder = out_dir(out)
@@ -51,14 +52,15 @@ def fleet_report(fleet_id: str | None, *, state: str | None, dry_run: bool, out:
     return 0
 
 
-def build(journal: Journal, fleet_id: str | None) -> dict[str, Any]:
-    """The fleet's change record, from its DBOS record and its stores' journal runs."""
+def build(journal: Journal, fleet_id: str | None, view: FleetView | None = None) -> dict[str, Any]:
+    """The fleet's change record, from its DBOS record (`view`, when it was already read) and its stores'
+    journal runs."""
     from migrator.cli.fleet_state import fleet_view
     from migrator.journal.models import JournalError
     from migrator.report import fleet_record
     from migrator.report import record as change_record
 
-    summary, finished, request = fleet_view(journal, fleet_id)
+    summary, finished, request = view or fleet_view(journal, fleet_id)
     runs: dict[str, dict[str, Any]] = {}
     now = time.time()
     for store in summary.get("keystores") or []:
@@ -72,15 +74,16 @@ def build(journal: Journal, fleet_id: str | None) -> dict[str, Any]:
                                    executor_id=summary.get("executor_id"))
 
 
-def _find(state: str | None, dry_run: bool, fleet_id: str | None) -> Journal:
+def _find(state: str | None, dry_run: bool, fleet_id: str | None) -> tuple[Journal, FleetView | None]:
     """The journal whose DBOS state holds the fleet: --state, or the rehearsal journal with --dry-run; with
-    neither (and no XKSMIGRATE_STATE), a fleet id not in the journal is also looked for in the rehearsal's."""
+    neither (and no XKSMIGRATE_STATE), a fleet id not in the journal is also looked for in the rehearsal's
+    (and the fleet's view read then is handed on, not read again)."""
     import os
 
     from migrator.cli.fleet_state import fleet_view, state_journal
 
     if dry_run or state is not None or os.environ.get("XKSMIGRATE_STATE") or fleet_id is None:
-        return state_journal(state, dry_run)
+        return state_journal(state, dry_run), None
     for rehearsal in (False, True):
         try:
             journal = state_journal(None, rehearsal)
@@ -89,8 +92,7 @@ def _find(state: str | None, dry_run: bool, fleet_id: str | None) -> Journal:
                 raise
             continue
         try:
-            fleet_view(journal, fleet_id)
-            return journal
+            return journal, fleet_view(journal, fleet_id)
         except CliError:
             journal.close()
             if rehearsal:

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from migrator.fleet.stores import FleetRequest
     from migrator.journal.repository import Journal
 
+    FleetView = tuple[dict[str, Any], bool, FleetRequest]  # summary, whether it ended, the request
+
 
 def system_url(journal: Journal) -> str:
     """Where DBOS keeps the fleet's state: the journal's PostgreSQL database, or a SQLite file beside it."""
@@ -49,7 +51,7 @@ def state_journal(state: str | None, dry_run: bool, read_only: bool = True) -> J
     url = state or (support.default_journal_url(REHEARSAL_JOURNAL_NAME) if dry_run else None)
     return support.open_journal(url, rehearsal=dry_run, read_only=read_only)
 
-def fleet_view(journal: Journal, fleet_id: str | None) -> tuple[dict[str, Any], bool, FleetRequest]:
+def fleet_view(journal: Journal, fleet_id: str | None) -> FleetView:
     """The fleet's summary (as it ended, or where each store stands), whether it ended, and its request."""
     from dbos import DBOSClient
 
