@@ -38,12 +38,13 @@ def poller_for(clients: ClientFactory) -> CellPoller:
     before they are stamped."""
     with _MAKING:
         if not isinstance(clients.shared_poller, CellPoller):
-            pace = None
+            pace, budget = None, None
             if clients.cell_rate is not None:
                 budget = rate_budget.cell_budget(clients.budget_cell(), rate=clients.cell_rate,
                                                  scale=clients.time_scale)
                 pace = LookPace(budget, min(clients.cell_rate, DESCRIBE_RATE) * clients.time_scale)
-            clients.shared_poller = CellPoller(KmsApplier(clients.client("kms")).all_stores, pace=pace)
+            clients.shared_poller = CellPoller(KmsApplier(clients.client("kms")).all_stores, pace=pace,
+                                               budget=budget)
         return clients.shared_poller
 
 
@@ -97,8 +98,9 @@ class CellPoller:
     """Shared DescribeCustomKeyStores for one cell; thread-safe."""
 
     def __init__(self, all_stores: Callable[[], list[Observation]], clock: Callable[[], float] = time.time,
-                 pace: Callable[[Callable[[], bool]], None] | None = None):
-        self._all_stores, self._clock, self._pace = all_stores, clock, pace
+                 pace: Callable[[Callable[[], bool]], None] | None = None,
+                 budget: rate_budget.CellBudget | None = None):
+        self._all_stores, self._clock, self._pace, self._budget = all_stores, clock, pace, budget
         self._latest: _Look | None = None
         self._busy = False
         self._urgent_asks = 0  # stores whose step (not a poll) waits for the next look
@@ -112,8 +114,7 @@ class CellPoller:
 
     def admit_window(self) -> float:
         """Wait for the cell's turn to start a window (rate_budget.CellBudget.admit_window); 0 without a budget."""
-        budget = getattr(self._pace, "budget", None)
-        return budget.admit_window() if isinstance(budget, rate_budget.CellBudget) else 0.0
+        return self._budget.admit_window() if self._budget is not None else 0.0
 
     def describe(self, store_id: str, polling: bool = False) -> Observation:
         """The store as seen by a describe that started no earlier than this call. `polling`: the store waits for

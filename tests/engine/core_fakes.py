@@ -111,8 +111,11 @@ class RecordingApplier:
 
     paced_looks = False  # no cell poller: each wait polls on its own schedule
 
+    admission_wait: float = 0.0  # seconds another store's window of the cell makes this one wait its turn
+
     def admit_window(self) -> float:
-        return 0.0  # alone in its cell
+        self.clock.advance(self.admission_wait)
+        return self.admission_wait / self.clock.scale  # real seconds, as the cell budget says
 
     def disconnect(self, store_id: str) -> str:
         self.calls.append("DisconnectCustomKeyStore")

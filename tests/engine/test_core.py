@@ -179,6 +179,18 @@ def test_a_before_disconnect_hook_that_changes_the_store_is_seen_before_the_disc
     assert kms.mutating() == [] and services.transitions[-1][2]["error"].startswith("drift: in disconnecting")
 
 
+def test_a_store_waits_its_cells_turn_connected_and_its_window_starts_after() -> None:
+    driver, services, kms = _driver()
+    kms.admission_wait = 12.0
+    assert driver.run() == "completed"
+    [waited] = [e for e in _events(services, "note") if "cell's request budget" in str(e["detail"])]
+    assert waited["detail"]["waited_seconds"] == 12.0
+    start = next(t for t in services.transitions if t[1] == "disconnecting")[2]
+    assert start["disconnected_at"] >= 1_000_000.0 + 12.0  # the turn's wait is not in the window
+    assert services.events.index(waited) < services.events.index(
+        next(e for e in services.events if e["kind"] == "call" and e["operation"] == "DisconnectCustomKeyStore"))
+
+
 def test_transient_errors_before_the_disconnect_are_retried() -> None:
     driver, services, kms = _driver()
     original_find = kms.find_store
