@@ -236,10 +236,7 @@ def _plan_from_dict(top: Table) -> Plan:
                                          "per account and Region, shared with every other caller")
     if poll >= max_disc:
         raise head.fail("poll_interval", "must be shorter than max_disconnected")
-    rate = head.get("request_rate", float, default=1.0)
-    if not 0 < rate <= 5:
-        raise head.fail("request_rate", "must be more than 0 and at most 5 requests per second: AWS's quota per "
-                                        "account and Region, shared with every other caller")
+    rate = request_rate(head)
     role_name = head.text("role_name", RE_ROLE_NAME, lengths=(1, 64))
     external_id = head.text("external_id", RE_EXTERNAL_ID, lengths=(2, 1224))
     roots = head.get("extra_trusted_roots", list, default=[])
@@ -272,6 +269,15 @@ def _preflight(t: Table | None) -> tuple[str, ...]:
         raise t.fail("accept_unverified", "lists a check twice")
     t.done()
     return tuple(names)
+
+
+def request_rate(t: Table) -> float:
+    """`request_rate` of a [plan] (or a fleet's [defaults]): the cell budget's requests per second, 1 by default."""
+    rate: float = t.get("request_rate", float, default=1.0)
+    if not 0 < rate <= 5:
+        raise t.fail("request_rate", "must be more than 0 and at most 5 requests per second: AWS's quota per "
+                                     "account and Region, shared with every other caller")
+    return rate
 
 
 def _duration(t: Table, key: str, default: str) -> float:

@@ -73,6 +73,7 @@ from migrator.plan import (
     check_unique,
     parse_duration,
     parse_plan,
+    request_rate,
     store_from_table,
 )
 from migrator.plan_toml import PlanError, Table, decode_toml, show
@@ -194,11 +195,7 @@ def _defaults(t: Table | None) -> dict[str, Any]:
                            if key in t.data}
     t.used.update(out)
     if "request_rate" in t.data:
-        rate = t.get("request_rate", float)
-        if rate is None or not 0 < rate <= 5:
-            raise t.fail("request_rate", "must be more than 0 and at most 5 requests per second: AWS's quota per "
-                                         "account and Region, shared with every other caller")
-        out["request_rate"] = rate
+        out["request_rate"] = request_rate(t)
     budget = parse_duration(out.get("max_disconnected", "15m"), f"{t.source}: {t.where('max_disconnected')}")
     poll = parse_duration(out.get("poll_interval", "5s"), f"{t.source}: {t.where('poll_interval')}")
     if budget <= 0:
